@@ -1,0 +1,18 @@
+// Every operator schema of the package, in one place. Kernels register per dispatch key in
+// csrc/cpu and csrc/cuda; fake (meta) kernels and autograd live in mnv3_kernels/ops.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(mnv3, m) {
+  // Depthwise conv (weight (C,1,kh,kw), BN already folded into weight/bias), then activation
+  // ("none" | "relu" | "hardswish"). Output keeps the input's memory format.
+  m.def(
+      "dwconv_bn_act(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, str activation) -> Tensor");
+  // x * hardsigmoid(fc2(relu(fc1(mean_hw(x))))); fc1_weight (R,C), fc2_weight (C,R).
+  m.def(
+      "squeeze_excite(Tensor x, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight, "
+      "Tensor fc2_bias) -> Tensor");
+  // Single-pass piecewise activations (the paper's "optimized h-swish").
+  m.def("hardswish(Tensor x) -> Tensor");
+  m.def("hardsigmoid(Tensor x) -> Tensor");
+}

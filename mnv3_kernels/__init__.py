@@ -1,0 +1,32 @@
+"""Fused MobileNetV3 kernels for PyTorch.
+
+    import mnv3_kernels
+    model = mnv3_kernels.convert(model)   # fused depthwise conv+BN+act and squeeze-excite
+    mnv3_kernels.backends()               # backends usable here, best first
+    mnv3_kernels.build_info()             # what the compiled library holds
+"""
+from . import _extension
+from . import ops
+from .ops import backends
+from . import modules
+from .convert import convert, ConversionReport
+
+__version__ = "0.1.0"
+
+
+def build_info() -> dict:
+    """Versions, whether CUDA kernels were built, and the CPU ISA in use.
+
+    Comes from the compiled library (pybind11); when it is not loaded, says why.
+    """
+    import torch
+
+    if not _extension.LOADED:
+        return {"version": __version__, "compiled": "false", "load_error": _extension.LOAD_ERROR,
+                "torch_version": torch.__version__}
+    info = dict(_extension._C.build_info())
+    info["compiled"] = "true"
+    return info
+
+
+__all__ = ["convert", "ConversionReport", "backends", "build_info", "ops", "modules"]

@@ -1,0 +1,394 @@
+"""Public functional API: argument checks, backend choice, fake kernels and autograd.
+
+Every public function validates its arguments once (errors name the argument), picks a backend,
+and calls one registered operator:
+
+    "cpu", "cuda" -> torch.ops.mnv3.*         (csrc/, chosen by the tensor's dispatch key)
+    "triton"      -> torch.ops.mnv3_triton.*  (mnv3_kernels/triton)
+    "reference"   -> mnv3_kernels.reference   (the unfused PyTorch path)
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Union
+
+import torch
+
+from . import _extension, reference
+from . import triton as _triton
+
+IntOrPair = Union[int, Sequence[int]]
+
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+ACTIVATIONS = reference.ACTIVATIONS
+_CPU_DTYPES = (torch.float32,)
+_GPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backends
+# ----------------------------------------------------------------------------------------------
+def _cuda_usable() -> bool:
+    return _extension.CUDA_BUILT and torch.cuda.is_available()
+
+
+def _triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def backends() -> list:
+    """The backends usable on this machine, best first ("reference" is always there)."""
+    found = []
+    if _cuda_usable():
+        found.append("cuda")
+    if _triton.AVAILABLE:
+        found.append("triton")
+    if _extension.LOADED:
+        found.append("cpu")
+    found.append("reference")
+    return found
+
+
+def _unavailable_reason(backend: str) -> str:
+    if backend == "cpu":
+        return f"the compiled library is not loaded ({_extension.LOAD_ERROR})"
+    if backend == "cuda":
+        if not _extension.LOADED:
+            return f"the compiled library is not loaded ({_extension.LOAD_ERROR})"
+        if not _extension.CUDA_BUILT:
+            return "mnv3_kernels was built without CUDA kernels (rebuild with a CUDA toolkit or FORCE_CUDA=1)"
+        return "no CUDA device is available"
+    if backend == "triton":
+        return _triton.UNAVAILABLE_REASON
+    return "unknown backend"
+
+
+def resolve_backend(backend: str, x: torch.Tensor) -> str:
+    """The concrete backend that serves `x` for the requested `backend`; raises if it cannot."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if x.device.type == "cuda":
+            if x.dtype in _GPU_DTYPES and _cuda_usable():
+                return "cuda"
+            if x.dtype in _GPU_DTYPES and _triton.AVAILABLE:
+                return "triton"
+        elif x.device.type == "cpu" and x.dtype in _CPU_DTYPES and _extension.LOADED:
+            return "cpu"
+        return "reference"
+    if backend == "reference":
+        return backend
+    usable = _cuda_usable() if backend == "cuda" else (
+        _triton.AVAILABLE if backend == "triton" else _extension.LOADED)
+    if not usable:
+        raise RuntimeError(f"backend {backend!r} is not available: {_unavailable_reason(backend)}")
+    if backend == "cpu" and x.device.type != "cpu":
+        raise ValueError(f"backend 'cpu' needs CPU tensors, got x on {x.device}")
+    if backend == "cuda" and x.device.type != "cuda":
+        raise ValueError(f"backend 'cuda' needs CUDA tensors, got x on {x.device}")
+    if backend == "triton":
+        wanted = "cpu" if _triton_interpret() else "cuda"
+        if x.device.type != wanted:
+            how = "with TRITON_INTERPRET=1 " if wanted == "cpu" else ""
+            raise ValueError(f"backend 'triton' {how}needs {wanted.upper()} tensors, got x on {x.device}")
+    dtypes = _CPU_DTYPES if backend == "cpu" else _GPU_DTYPES
+    if backend == "triton" and _triton_interpret():
+        dtypes = _GPU_DTYPES
+    if x.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"backend {backend!r} supports x of dtype {names}; got {str(x.dtype).replace('torch.', '')}")
+    return backend
+
+
+def _op(name: str, backend: str):
+    if backend == "triton":
+        return getattr(torch.ops.mnv3_triton, name).default
+    return getattr(torch.ops.mnv3, name).default
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks (shared by every backend, the reference one included)
+# ----------------------------------------------------------------------------------------------
+def _pair(value: IntOrPair, name: str, minimum: int) -> list:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        pair = [value, value]
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        pair = [int(v) for v in value]
+    else:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if pair[0] < minimum or pair[1] < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {tuple(pair)}")
+    return pair
+
+
+def _check_tensor(t, name: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _check_like(t: torch.Tensor, name: str, x: torch.Tensor) -> None:
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    if t.dtype != x.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but x has dtype {x.dtype}")
+
+
+def _check_floating(x: torch.Tensor) -> None:
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def _check_dwconv(x, weight, bias, stride, padding, dilation, activation):
+    _check_tensor(x, "x")
+    _check_tensor(weight, "weight")
+    _check_floating(x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if weight.dim() != 4 or weight.shape[1] != 1:
+        raise ValueError(f"weight must be (C, 1, kh, kw) for a depthwise conv, got shape {tuple(weight.shape)}")
+    if weight.shape[0] != x.shape[1]:
+        raise ValueError(f"weight has {weight.shape[0]} channels but x has {x.shape[1]}")
+    _check_like(weight, "weight", x)
+    if bias is not None:
+        _check_tensor(bias, "bias")
+        if bias.dim() != 1 or bias.shape[0] != x.shape[1]:
+            raise ValueError(f"bias must be (C,) = ({x.shape[1]},), got shape {tuple(bias.shape)}")
+        _check_like(bias, "bias", x)
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    stride = _pair(stride, "stride", 1)
+    padding = _pair(padding, "padding", 0)
+    dilation = _pair(dilation, "dilation", 1)
+    for i, dim in enumerate(("height", "width")):
+        span = dilation[i] * (weight.shape[2 + i] - 1) + 1
+        if x.shape[2 + i] + 2 * padding[i] < span:
+            raise ValueError(
+                f"padded input {dim} ({x.shape[2 + i] + 2 * padding[i]}) is smaller than the "
+                f"dilated kernel {dim} ({span})"
+            )
+    return stride, padding, dilation
+
+
+def _fc_2d(w: torch.Tensor, name: str) -> torch.Tensor:
+    _check_tensor(w, name)
+    if w.dim() == 4 and w.shape[2] == 1 and w.shape[3] == 1:
+        return w.reshape(w.shape[0], w.shape[1])
+    if w.dim() != 2:
+        raise ValueError(f"{name} must be (out, in) or (out, in, 1, 1), got shape {tuple(w.shape)}")
+    return w
+
+
+def _check_se(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
+    _check_tensor(x, "x")
+    _check_floating(x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    C = x.shape[1]
+    w1 = _fc_2d(fc1_weight, "fc1_weight")
+    w2 = _fc_2d(fc2_weight, "fc2_weight")
+    R = w1.shape[0]
+    if w1.shape[1] != C:
+        raise ValueError(f"fc1_weight must be (R, C) with C = {C} (x's channels), got shape {tuple(fc1_weight.shape)}")
+    if tuple(w2.shape) != (C, R):
+        raise ValueError(f"fc2_weight must be (C, R) = ({C}, {R}), got shape {tuple(fc2_weight.shape)}")
+    for b, name, n in ((fc1_bias, "fc1_bias", R), (fc2_bias, "fc2_bias", C)):
+        _check_tensor(b, name)
+        if b.dim() != 1 or b.shape[0] != n:
+            raise ValueError(f"{name} must be ({n},), got shape {tuple(b.shape)}")
+    for t, name in ((w1, "fc1_weight"), (fc1_bias, "fc1_bias"), (w2, "fc2_weight"), (fc2_bias, "fc2_bias")):
+        _check_like(t, name, x)
+    return w1, w2
+
+
+# ----------------------------------------------------------------------------------------------
+# Public ops
+# ----------------------------------------------------------------------------------------------
+def dwconv_bn_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    activation: str = "hardswish",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Depthwise conv (BN folded into `weight`/`bias`) followed by `activation`, in one pass.
+
+    weight is (C, 1, kh, kw); stride/padding/dilation take an int or a pair as F.conv2d does;
+    activation is "none", "relu" or "hardswish". The output keeps x's memory format.
+    """
+    stride, padding, dilation = _check_dwconv(x, weight, bias, stride, padding, dilation, activation)
+    chosen = resolve_backend(backend, x)
+    if chosen == "reference":
+        return reference.dwconv_bn_act(x, weight, bias, stride, padding, dilation, activation)
+    return _op("dwconv_bn_act", chosen)(x, weight, bias, stride, padding, dilation, activation)
+
+
+def squeeze_excite(
+    x: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """x * hardsigmoid(fc2(relu(fc1(mean_hw(x))))); fc weights as (out, in) or (out, in, 1, 1)."""
+    w1, w2 = _check_se(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    chosen = resolve_backend(backend, x)
+    if chosen == "reference":
+        return reference.squeeze_excite(x, w1, fc1_bias, w2, fc2_bias)
+    return _op("squeeze_excite", chosen)(x, w1, fc1_bias, w2, fc2_bias)
+
+
+def hardswish(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Single-pass piecewise h-swish: 0 for x <= -3, x for x >= 3, x(x+3)/6 between."""
+    _check_tensor(x, "x")
+    _check_floating(x)
+    chosen = resolve_backend(backend, x)
+    if chosen == "reference":
+        return reference.hardswish(x)
+    return _op("hardswish", chosen)(x)
+
+
+def hardsigmoid(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Single-pass piecewise h-sigmoid: relu6(x + 3) / 6."""
+    _check_tensor(x, "x")
+    _check_floating(x)
+    chosen = resolve_backend(backend, x)
+    if chosen == "reference":
+        return reference.hardsigmoid(x)
+    return _op("hardsigmoid", chosen)(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fake kernels (shapes and strides only) so torch.compile and torch.export trace the ops
+# ----------------------------------------------------------------------------------------------
+def output_memory_format(x: torch.Tensor) -> torch.memory_format:
+    """Same rule as csrc/common/checks.cpp: channels_last in, channels_last out; else NCHW."""
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _dwconv_out_hw(x, weight, stride, padding, dilation):
+    out = []
+    for i in range(2):
+        span = dilation[i] * (weight.shape[2 + i] - 1) + 1
+        out.append((x.shape[2 + i] + 2 * padding[i] - span) // stride[i] + 1)
+    return out
+
+
+def _fake_dwconv_bn_act(x, weight, bias, stride, padding, dilation, activation):
+    oh, ow = _dwconv_out_hw(x, weight, stride, padding, dilation)
+    return torch.empty(
+        (x.shape[0], x.shape[1], oh, ow), dtype=x.dtype, device=x.device,
+        memory_format=output_memory_format(x),
+    )
+
+
+def _fake_squeeze_excite(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
+    return torch.empty(tuple(x.shape), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+
+
+def _fake_elementwise(x):
+    return torch.empty_like(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd: backward in PyTorch ops (the forward kernels are the fused part)
+# ----------------------------------------------------------------------------------------------
+def _dw_setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, activation = inputs
+    ctx.conv_args = (list(stride), list(padding), list(dilation), activation, bias is not None)
+    ctx.save_for_backward(x, weight, bias, output if activation == "relu" else None)
+
+
+def _dw_backward(ctx, grad):
+    x, weight, bias, out = ctx.saved_tensors
+    stride, padding, dilation, activation, has_bias = ctx.conv_args
+    if activation == "relu":
+        grad = torch.ops.aten.threshold_backward(grad, out, 0)
+    elif activation == "hardswish":
+        pre = torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups=x.shape[1])
+        grad = torch.ops.aten.hardswish_backward(grad, pre)
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    gx, gw, gb = torch.ops.aten.convolution_backward(
+        grad, x, weight, [x.shape[1]] if has_bias else None, stride, padding, dilation,
+        False, [0, 0], x.shape[1], [need_x, need_w, need_b and has_bias],
+    )
+    return gx, gw, gb if has_bias else None, None, None, None, None
+
+
+def _se_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _se_backward(ctx, grad):
+    x, w1, b1, w2, b2 = ctx.saved_tensors
+    pooled = x.float().mean(dim=(2, 3))
+    hidden_pre = pooled @ w1.float().t() + b1.float()
+    hidden = torch.relu(hidden_pre)
+    gate_pre = hidden @ w2.float().t() + b2.float()
+    gate = torch.nn.functional.hardsigmoid(gate_pre)
+    g = grad.float()
+    grad_x = g * gate[:, :, None, None]
+    grad_gate = (g * x.float()).sum(dim=(2, 3))
+    grad_gate_pre = torch.ops.aten.hardsigmoid_backward(grad_gate, gate_pre)
+    grad_w2 = grad_gate_pre.t() @ hidden
+    grad_b2 = grad_gate_pre.sum(0)
+    grad_hidden_pre = torch.ops.aten.threshold_backward(grad_gate_pre @ w2.float(), hidden, 0)
+    grad_w1 = grad_hidden_pre.t() @ pooled
+    grad_b1 = grad_hidden_pre.sum(0)
+    grad_pooled = grad_hidden_pre @ w1.float()
+    hw = x.shape[2] * x.shape[3]
+    grad_x = grad_x + (grad_pooled / hw)[:, :, None, None]
+    return (grad_x.to(x.dtype), grad_w1.to(w1.dtype), grad_b1.to(b1.dtype),
+            grad_w2.to(w2.dtype), grad_b2.to(b2.dtype))
+
+
+def _elementwise_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _hardswish_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return torch.ops.aten.hardswish_backward(grad, x)
+
+
+def _hardsigmoid_backward(ctx, grad):
+    (x,) = ctx.saved_tensors
+    return torch.ops.aten.hardsigmoid_backward(grad, x)
+
+
+_AUTOGRAD = {
+    "dwconv_bn_act": (_dw_backward, _dw_setup_context),
+    "squeeze_excite": (_se_backward, _se_setup_context),
+    "hardswish": (_hardswish_backward, _elementwise_setup_context),
+    "hardsigmoid": (_hardsigmoid_backward, _elementwise_setup_context),
+}
+_FAKES = {
+    "dwconv_bn_act": _fake_dwconv_bn_act,
+    "squeeze_excite": _fake_squeeze_excite,
+    "hardswish": _fake_elementwise,
+    "hardsigmoid": _fake_elementwise,
+}
+
+
+def _register(namespace: str, with_fake: bool) -> None:
+    for name, (backward, setup_context) in _AUTOGRAD.items():
+        qualname = f"{namespace}::{name}"
+        if with_fake:
+            torch.library.register_fake(qualname, _FAKES[name])
+        torch.library.register_autograd(qualname, backward, setup_context=setup_context)
+
+
+if _extension.LOADED:
+    _register("mnv3", with_fake=True)
+if _triton.AVAILABLE:
+    # triton_op derives its fake kernel by running the Python wrapper on fake tensors.
+    _register("mnv3_triton", with_fake=False)

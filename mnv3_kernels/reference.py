@@ -1,0 +1,113 @@
+"""The unfused PyTorch path.
+
+This is the oracle every kernel is tested against and the fallback used when no fused
+backend can serve a call. It is written with plain PyTorch ops, one pass per op, exactly as
+an eager MobileNetV3 runs them.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("none", "relu", "hardswish")
+
+
+def activation(x: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "none":
+        return x
+    if name == "relu":
+        return F.relu(x)
+    if name == "hardswish":
+        return F.hardswish(x)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
+def dwconv_bn_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    activation_name: str,
+) -> torch.Tensor:
+    """Depthwise conv with BN already folded into weight/bias, then the activation."""
+    y = F.conv2d(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups=x.shape[1])
+    return activation(y, activation_name)
+
+
+def conv_bn_act_unfolded(
+    x: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: Optional[torch.Tensor],
+    bn_weight: torch.Tensor,
+    bn_bias: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    activation_name: str,
+) -> torch.Tensor:
+    """conv2d -> batch_norm (eval) -> activation: three passes, as eager PyTorch runs them."""
+    y = F.conv2d(x, conv_weight, conv_bias, tuple(stride), tuple(padding), tuple(dilation), groups=x.shape[1])
+    y = F.batch_norm(y, running_mean, running_var, bn_weight, bn_bias, False, 0.0, eps)
+    return activation(y, activation_name)
+
+
+def fold_bn(
+    conv_weight: torch.Tensor,
+    conv_bias: Optional[torch.Tensor],
+    bn_weight: Optional[torch.Tensor],
+    bn_bias: Optional[torch.Tensor],
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    eps: float,
+):
+    """Eval BN folded into the conv: w' = w*g/sqrt(var+eps), b' = beta + (b - mean)*g/sqrt(var+eps)."""
+    scale = torch.rsqrt(running_var.float() + eps)
+    if bn_weight is not None:
+        scale = scale * bn_weight.float()
+    shift = -running_mean.float() * scale
+    if bn_bias is not None:
+        shift = shift + bn_bias.float()
+    if conv_bias is not None:
+        shift = shift + conv_bias.float() * scale
+    w = conv_weight.float() * scale.reshape(-1, *([1] * (conv_weight.dim() - 1)))
+    return w.to(conv_weight.dtype), shift.to(conv_weight.dtype)
+
+
+def squeeze_excite(
+    x: torch.Tensor,
+    fc1_weight: torch.Tensor,
+    fc1_bias: torch.Tensor,
+    fc2_weight: torch.Tensor,
+    fc2_bias: torch.Tensor,
+) -> torch.Tensor:
+    """x * hardsigmoid(fc2(relu(fc1(mean_hw(x))))), fc weights given as (out, in)."""
+    pooled = x.mean(dim=(2, 3))
+    hidden = F.relu(F.linear(pooled, fc1_weight.reshape(fc1_weight.shape[0], -1), fc1_bias))
+    gate = F.hardsigmoid(F.linear(hidden, fc2_weight.reshape(fc2_weight.shape[0], -1), fc2_bias))
+    return x * gate[:, :, None, None]
+
+
+def hardswish(x: torch.Tensor) -> torch.Tensor:
+    return F.hardswish(x)
+
+
+def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
+    return F.hardsigmoid(x)
+
+
+# The activation variants of the paper's Table 5, in plain PyTorch ops.
+def hardswish_naive_chain(x: torch.Tensor) -> torch.Tensor:
+    """h-swish as a chain of ops: add, relu6, mul, div (four passes)."""
+    return x * F.relu6(x + 3.0) / 6.0
+
+
+def hardswish_piecewise_where(x: torch.Tensor) -> torch.Tensor:
+    """The paper's piecewise formula written with torch.where."""
+    return torch.where(x <= -3.0, torch.zeros_like(x), torch.where(x >= 3.0, x, x * (x + 3.0) / 6.0))
