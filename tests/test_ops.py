@@ -1,0 +1,329 @@
+"""Every public op against the unfused reference, on CPU tensors, for each compiled CPU backend."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnv3_kernels import ops, reference
+from mnv3_kernels.layers import DW_LAYERS, SE_LAYERS
+
+from conftest import folded_dw_params, se_params
+
+CPU_BACKENDS = [b for b in ("cpu",) if b in ops.backends()]
+needs_cpu = pytest.mark.skipif(not CPU_BACKENDS, reason="compiled CPU library not loaded")
+LAYOUTS = ["nchw", "channels_last"]
+
+
+def _layout(x, layout):
+    return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x.contiguous()
+
+
+def _assert_close(got, want, rtol=1e-4, atol=1e-5):
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+
+
+def _check_dwconv(backend, x, weight, bias, stride, padding, dilation, activation):
+    got = ops.dwconv_bn_act(x, weight, bias, stride, padding, dilation, activation, backend=backend)
+    want = reference.dwconv_bn_act(
+        x, weight, bias, ops._pair(stride, "stride", 1), ops._pair(padding, "padding", 0),
+        ops._pair(dilation, "dilation", 1), activation,
+    )
+    _assert_close(got, want)
+    assert got.dtype == x.dtype
+    return got
+
+
+# ---------------------------------------------------------------------------------------------
+# dwconv_bn_act
+# ---------------------------------------------------------------------------------------------
+_DISTINCT = {(l.channels, l.kernel, l.stride, l.size, l.activation): l for l in DW_LAYERS}.values()
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("layer", list(_DISTINCT), ids=lambda l: l.name)
+def test_dwconv_mobilenet_layers(backend, layout, batch, layer):
+    x = _layout(torch.randn(batch, layer.channels, layer.size, layer.size), layout)
+    w, b = folded_dw_params(layer.channels, layer.kernel)
+    y = _check_dwconv(backend, x, w, b, layer.stride, layer.padding, 1, layer.activation)
+    assert y.shape[-1] == layer.out_size
+    if layout == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    else:
+        assert y.is_contiguous()
+
+
+# (N, C, H, W, kh, kw, stride, padding, dilation)
+AWKWARD = [
+    (2, 13, 15, 17, 3, 3, 2, 1, 1),     # odd H/W with stride 2, C not a multiple of 8
+    (1, 24, 7, 9, 5, 5, 2, 2, 1),
+    (2, 8, 1, 11, 3, 3, 1, 1, 1),       # H = 1
+    (2, 8, 11, 1, 3, 3, 2, 1, 1),       # W = 1
+    (1, 5, 1, 1, 3, 3, 1, 1, 1),        # H = W = 1
+    (1, 33, 14, 14, 3, 3, 1, 2, 2),     # dilation 2 (segmentation backbones)
+    (1, 17, 13, 13, 5, 5, 1, 4, 2),
+    (2, 9, 12, 10, 7, 7, 1, 3, 1),      # k = 7
+    (1, 10, 9, 12, 3, 5, (1, 2), (1, 2), 1),  # kh != kw, per-axis stride
+    (1, 12, 10, 10, 3, 3, 3, 0, 1),     # stride 3, no padding
+    (1, 7, 6, 6, 1, 1, 1, 0, 1),        # 1x1 depthwise
+    (1, 16, 8, 8, 3, 3, 1, 3, 1),       # padding larger than the kernel radius
+    (3, 1, 9, 9, 3, 3, 2, 1, 1),        # C = 1
+    (1, 16, 9, 9, 3, 3, 1, (0, 2), (2, 1)),
+]
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("activation", ["none", "relu", "hardswish"])
+@pytest.mark.parametrize("case", AWKWARD, ids=str)
+def test_dwconv_awkward(backend, layout, activation, case):
+    n, c, h, w, kh, kw, stride, padding, dilation = case
+    x = _layout(torch.randn(n, c, h, w) * 3, layout)
+    weight, bias = folded_dw_params(c, kh, kernel_w=kw)
+    _check_dwconv(backend, x, weight, bias, stride, padding, dilation, activation)
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_dwconv_without_bias(backend):
+    x = torch.randn(2, 20, 11, 11)
+    weight, _ = folded_dw_params(20, 3)
+    _check_dwconv(backend, x, weight, None, 1, 1, 1, "hardswish")
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_dwconv_batch_zero(backend, layout):
+    x = _layout(torch.randn(0, 16, 9, 9), layout)
+    weight, bias = folded_dw_params(16, 3)
+    y = ops.dwconv_bn_act(x, weight, bias, 2, 1, backend=backend)
+    assert y.shape == (0, 16, 5, 5)
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("view", ["slice_w", "slice_c", "transposed_hw", "strided_batch"])
+def test_dwconv_non_contiguous(backend, view):
+    base = torch.randn(4, 24, 16, 18)
+    x = {
+        "slice_w": base[..., 1:15],
+        "slice_c": base[:, 3:19],
+        "transposed_hw": base.transpose(2, 3),
+        "strided_batch": base[::2],
+    }[view]
+    assert not x.is_contiguous()
+    weight, bias = folded_dw_params(x.shape[1], 3)
+    _check_dwconv(backend, x, weight, bias, 2, 1, 1, "hardswish")
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_dwconv_non_contiguous_weight(backend):
+    x = torch.randn(1, 16, 10, 10)
+    weight = torch.randn(16, 1, 5, 3).transpose(2, 3)
+    bias = torch.randn(32)[::2]
+    _check_dwconv(backend, x, weight, bias, 1, 1, 1, "relu")
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("activation", ["none", "relu", "hardswish"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_dwconv_gradients(backend, activation, layout):
+    x = _layout(torch.randn(2, 12, 9, 9) * 3, layout).requires_grad_()
+    weight, bias = folded_dw_params(12, 3)
+    weight.requires_grad_()
+    bias.requires_grad_()
+    y = ops.dwconv_bn_act(x, weight, bias, 2, 1, 1, activation, backend=backend)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, weight, bias), g)
+    want_y = reference.dwconv_bn_act(x, weight, bias, (2, 2), (1, 1), (1, 1), activation)
+    want = torch.autograd.grad(want_y, (x, weight, bias), g)
+    for a, b in zip(got, want):
+        _assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@needs_cpu
+@pytest.mark.parametrize("activation", ["relu", "hardswish"])
+def test_dwconv_opcheck(activation):
+    x = torch.randn(2, 12, 9, 9).requires_grad_()
+    weight, bias = folded_dw_params(12, 3)
+    args = (x, weight.requires_grad_(), bias.requires_grad_(), [2, 2], [1, 1], [1, 1], activation)
+    torch.library.opcheck(torch.ops.mnv3.dwconv_bn_act.default, args)
+    cl = (x.detach().contiguous(memory_format=torch.channels_last), weight.detach(), None, [1, 1], [2, 2], [2, 2], activation)
+    torch.library.opcheck(torch.ops.mnv3.dwconv_bn_act.default, cl)
+
+
+# ---------------------------------------------------------------------------------------------
+# squeeze_excite
+# ---------------------------------------------------------------------------------------------
+def _check_se(backend, x, params, **tol):
+    got = ops.squeeze_excite(x, *params, backend=backend)
+    want = reference.squeeze_excite(x, *params)
+    _assert_close(got, want, **tol)
+    return got
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("batch", [1, 4])
+@pytest.mark.parametrize("layer", SE_LAYERS, ids=lambda l: l.name)
+def test_se_mobilenet_layers(backend, layout, batch, layer):
+    x = _layout(torch.randn(batch, layer.channels, layer.size, layer.size), layout)
+    y = _check_se(backend, x, se_params(layer.channels, layer.squeeze))
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("shape", [(2, 13, 1, 1), (1, 33, 5, 7), (3, 8, 1, 9), (0, 16, 4, 4), (2, 1, 3, 3)], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_se_awkward(backend, shape, layout):
+    x = _layout(torch.randn(*shape), layout)
+    _check_se(backend, x, se_params(shape[1], max(1, shape[1] // 4)))
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_se_conv_shaped_weights_and_non_contiguous_input(backend):
+    x = torch.randn(2, 40, 9, 11)[:, :, 1:8, ::2]
+    w1, b1, w2, b2 = se_params(40, 16)
+    got = ops.squeeze_excite(x, w1[:, :, None, None], b1, w2[:, :, None, None], b2, backend=backend)
+    _assert_close(got, reference.squeeze_excite(x, w1, b1, w2, b2))
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_se_gradients(backend):
+    x = torch.randn(2, 24, 5, 5).requires_grad_()
+    params = [p.requires_grad_() for p in se_params(24, 8)]
+    y = ops.squeeze_excite(x, *params, backend=backend)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, *params), g)
+    want = torch.autograd.grad(reference.squeeze_excite(x, *params), (x, *params), g)
+    for a, b in zip(got, want):
+        _assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@needs_cpu
+def test_se_opcheck():
+    x = torch.randn(2, 24, 5, 5).requires_grad_()
+    params = [p.requires_grad_() for p in se_params(24, 8)]
+    torch.library.opcheck(torch.ops.mnv3.squeeze_excite.default, (x, *params))
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.mnv3.squeeze_excite.default, (x_cl, *[p.detach() for p in params]))
+
+
+# ---------------------------------------------------------------------------------------------
+# hardswish / hardsigmoid
+# ---------------------------------------------------------------------------------------------
+_ACTS = {"hardswish": (ops.hardswish, F.hardswish), "hardsigmoid": (ops.hardsigmoid, F.hardsigmoid)}
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("name", list(_ACTS))
+@pytest.mark.parametrize("shape", [(1, 16, 112, 112), (8, 960, 7, 7), (3, 5, 7), (0, 4), (1,), ()], ids=str)
+def test_activation_values(backend, name, shape):
+    fused, ref = _ACTS[name]
+    x = torch.randn(shape) * 4
+    _assert_close(fused(x, backend=backend), ref(x), rtol=1e-6, atol=1e-6)
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("name", list(_ACTS))
+def test_activation_breakpoints(backend, name):
+    fused, ref = _ACTS[name]
+    x = torch.tensor([-1e9, -3.0001, -3.0, -2.9999, -1.0, 0.0, 1.0, 2.9999, 3.0, 3.0001, 1e9])
+    _assert_close(fused(x, backend=backend), ref(x), rtol=1e-6, atol=1e-6)
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("name", list(_ACTS))
+@pytest.mark.parametrize("view", ["channels_last", "transposed", "sliced"])
+def test_activation_layouts(backend, name, view):
+    fused, ref = _ACTS[name]
+    base = torch.randn(2, 12, 10, 14) * 4
+    x = {
+        "channels_last": base.contiguous(memory_format=torch.channels_last),
+        "transposed": base.transpose(1, 3),
+        "sliced": base[:, ::2, 1:9],
+    }[view]
+    y = fused(x, backend=backend)
+    _assert_close(y, ref(x), rtol=1e-6, atol=1e-6)
+    if view == "channels_last":
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("name", list(_ACTS))
+def test_activation_gradients(backend, name):
+    fused, ref = _ACTS[name]
+    x = (torch.randn(3, 8, 5, 5) * 4).requires_grad_()
+    g = torch.randn(3, 8, 5, 5)
+    (got,) = torch.autograd.grad(fused(x, backend=backend), x, g)
+    (want,) = torch.autograd.grad(ref(x), x, g)
+    _assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@needs_cpu
+@pytest.mark.parametrize("name", list(_ACTS))
+def test_activation_opcheck(name):
+    op = getattr(torch.ops.mnv3, name).default
+    x = (torch.randn(2, 8, 5, 5) * 4).requires_grad_()
+    torch.library.opcheck(op, (x,))
+    torch.library.opcheck(op, (x.detach().contiguous(memory_format=torch.channels_last),))
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend choice and torch.compile / torch.export
+# ---------------------------------------------------------------------------------------------
+def test_auto_falls_back_to_reference_for_unsupported_dtype():
+    x = torch.randn(1, 8, 6, 6, dtype=torch.float64)
+    weight, bias = folded_dw_params(8, 3, dtype=torch.float64)
+    assert ops.resolve_backend("auto", x) == "reference"
+    _check_dwconv("auto", x, weight, bias, 1, 1, 1, "hardswish")
+
+
+@needs_cpu
+def test_auto_picks_cpu_for_float32():
+    assert ops.resolve_backend("auto", torch.randn(1, 8, 4, 4)) == "cpu"
+
+
+@needs_cpu
+def test_compile_fullgraph_matches():
+    weight, bias = folded_dw_params(16, 3)
+    se = se_params(16, 8)
+
+    def block(x):
+        y = ops.dwconv_bn_act(x, weight, bias, 2, 1, 1, "hardswish")
+        y = ops.squeeze_excite(y, *se)
+        return ops.hardswish(y) + ops.hardsigmoid(y)
+
+    x = torch.randn(2, 16, 15, 15).contiguous(memory_format=torch.channels_last)
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    _assert_close(compiled(x), block(x))
+
+
+@needs_cpu
+def test_export_sees_the_operators():
+    weight, bias = folded_dw_params(8, 3)
+
+    class Block(torch.nn.Module):
+        def forward(self, x):
+            return ops.dwconv_bn_act(x, weight, bias, 1, 1, 1, "relu")
+
+    x = torch.randn(1, 8, 10, 10)
+    exported = torch.export.export(Block(), (x,))
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert "mnv3.dwconv_bn_act.default" in targets
+    _assert_close(exported.module()(x), Block()(x))
