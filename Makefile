@@ -5,7 +5,6 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 JOBS ?= 2
-TORCH_CMAKE = $(shell $(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')
 export MAX_JOBS ?= $(JOBS)
 
 .PHONY: setup run run-full test test-python test-triton test-benchmarks test-cuda-build test-cpp
@@ -39,6 +38,7 @@ test-cuda-build:
 	else echo "CUDA kernels not built on this machine: CUDA build check skipped"; fi
 
 test-cpp:
-	cmake -S . -B build/cmake -DCMAKE_PREFIX_PATH="$(TORCH_CMAKE)" -DCMAKE_BUILD_TYPE=Release > build/cmake.log
+	mkdir -p build
+	TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} cmake -S . -B build/cmake $$($(PYTHON) cmake/torch_cmake_args.py) -DCMAKE_BUILD_TYPE=Release > build/cmake.log
 	cmake --build build/cmake -j $(JOBS)
 	ctest --test-dir build/cmake --output-on-failure
