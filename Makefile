@@ -6,6 +6,8 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 JOBS ?= 2
 export MAX_JOBS ?= $(JOBS)
+# Also read by torch's CMake config, which otherwise probes for a GPU at configure time.
+export TORCH_CUDA_ARCH_LIST ?= 9.0
 
 .PHONY: setup run run-full test test-python test-triton test-benchmarks test-cuda-build test-cpp
 
@@ -39,6 +41,6 @@ test-cuda-build:
 
 test-cpp:
 	mkdir -p build
-	TORCH_CUDA_ARCH_LIST=$${TORCH_CUDA_ARCH_LIST:-9.0} cmake -S . -B build/cmake $$($(PYTHON) cmake/torch_cmake_args.py) -DCMAKE_BUILD_TYPE=Release > build/cmake.log
+	cmake -S . -B build/cmake $$($(PYTHON) cmake/torch_cmake_args.py) -DCMAKE_BUILD_TYPE=Release > build/cmake.log
 	cmake --build build/cmake -j $(JOBS)
 	ctest --test-dir build/cmake --output-on-failure
