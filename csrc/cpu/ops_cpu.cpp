@@ -1,22 +1,46 @@
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
-// CPU implementations of the mnv3 operators (dispatch key CPU).
-// Placeholder scalar kernels: correct on every layout; the vectorized kernels replace them.
+// CPU implementations of the mnv3 operators (dispatch key CPU): argument checks, layout
+// choice, weight packing and threading. The arithmetic lives in the per-ISA kernel tables
+// (kernels_avx2.cpp, kernels_portable.cpp), picked at run time.
 #include <ATen/core/Tensor.h>
+#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/hardsigmoid.h>
-#include <ATen/ops/linear.h>
-#include <ATen/ops/mean.h>
-#include <ATen/ops/relu.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
 
 #include "../common/activation.h"
 #include "../common/checks.h"
+#include "isa.h"
+#include "kernels.h"
+#include "plan.h"
 
 namespace mnv3 {
 namespace cpu {
 namespace {
+
+const KernelTable& kernels() {
+  return active_isa() == Isa::Avx2 ? avx2_kernels() : portable_kernels();
+}
+
+// Below this many elements an element-wise pass runs on the calling thread: an OpenMP
+// fork/join costs several microseconds.
+constexpr int64_t kSerialElems = 1 << 16;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Runs f(begin, end) over [0, n), threaded only when the whole call is worth it.
+template <typename F>
+void run_items(int64_t n, int64_t total_work, int64_t serial_work, const F& f) {
+  if (n <= 0) return;
+  if (total_work < serial_work || n == 1 || at::get_num_threads() == 1 || at::in_parallel_region()) {
+    f(0, n);
+    return;
+  }
+  at::parallel_for(0, n, 1, f);
+}
 
 at::Tensor dwconv_bn_act_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
                              const c10::optional<at::Tensor>& bias_in, at::IntArrayRef stride,
@@ -28,41 +52,52 @@ at::Tensor dwconv_bn_act_cpu(const at::Tensor& x_in, const at::Tensor& weight_in
   TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat, op, ": x must be float32, got ",
                    x_in.scalar_type());
   const auto fmt = output_memory_format(x_in);
+  at::Tensor out = at::empty({p.N, p.C, p.OH, p.OW}, x_in.options().memory_format(fmt));
+  if (out.numel() == 0) return out;
+  // Neither NCHW- nor NHWC-dense inputs (slices, permutes) are copied once into the output's
+  // layout; the two dense layouts are read in place.
   const at::Tensor x = x_in.contiguous(fmt);
   const at::Tensor w = weight_in.contiguous();
-  at::Tensor out = at::empty({p.N, p.C, p.OH, p.OW}, x.options().memory_format(fmt));
-  if (out.numel() == 0) return out;
-  const float* xp = x.data_ptr<float>();
   const float* wp = w.data_ptr<float>();
-  at::Tensor b = bias_in.has_value() ? bias_in->contiguous() : at::Tensor();
+  at::Tensor b;
+  if (bias_in.has_value()) b = bias_in->contiguous();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
-  float* op_ = out.data_ptr<float>();
-  const auto xs = x.strides();
-  const auto os = out.strides();
-  at::parallel_for(0, p.N * p.C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t nc = begin; nc < end; ++nc) {
-      const int64_t n = nc / p.C, c = nc % p.C;
-      for (int64_t oh = 0; oh < p.OH; ++oh) {
-        for (int64_t ow = 0; ow < p.OW; ++ow) {
-          float acc = bp ? bp[c] : 0.0f;
-          for (int64_t kh = 0; kh < p.KH; ++kh) {
-            const int64_t ih = oh * p.SH - p.PH + kh * p.DH;
-            if (ih < 0 || ih >= p.H) continue;
-            for (int64_t kw = 0; kw < p.KW; ++kw) {
-              const int64_t iw = ow * p.SW - p.PW + kw * p.DW;
-              if (iw < 0 || iw >= p.W) continue;
-              acc += xp[n * xs[0] + c * xs[1] + ih * xs[2] + iw * xs[3]] *
-                     wp[(c * p.KH + kh) * p.KW + kw];
-            }
-          }
-          float v = act == Activation::ReLU        ? apply_activation<Activation::ReLU>(acc)
-                    : act == Activation::HardSwish ? apply_activation<Activation::HardSwish>(acc)
-                                                   : acc;
-          op_[n * os[0] + c * os[1] + oh * os[2] + ow * os[3]] = v;
-        }
-      }
+
+  DwArgs a;
+  a.p = p;
+  a.act = static_cast<int>(act);
+  a.x = x.data_ptr<float>();
+  a.y = out.data_ptr<float>();
+  const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
+  const bool nested = at::in_parallel_region();
+  const DwPlan plan = plan_dwconv(a, nhwc, nested ? 1 : at::get_num_threads());
+  const KernelTable& k = kernels();
+  std::vector<float> packed, zeros;
+  if (nhwc) {
+    packed.resize(static_cast<size_t>(dw_nhwc_packed_floats(p.C, p.KH, p.KW)));
+    pack_nhwc_weights(wp, bp, p.C, p.KH * p.KW, packed.data());
+    a.w = packed.data();
+    a.b = nullptr;
+  } else {
+    if (bp == nullptr) {
+      zeros.assign(static_cast<size_t>(p.C), 0.0f);
+      bp = zeros.data();
     }
-  });
+    a.w = wp;
+    a.b = bp;
+  }
+  auto body = [&](int64_t begin, int64_t end) {
+    if (nhwc) {
+      k.dw_nhwc(a, begin, end);
+    } else {
+      k.dw_nchw(a, begin, end);
+    }
+  };
+  if (plan.parallel && plan.items > 1) {
+    at::parallel_for(0, plan.items, 1, body);
+  } else {
+    body(0, plan.items);
+  }
   return out;
 }
 
@@ -74,11 +109,52 @@ at::Tensor squeeze_excite_cpu(const at::Tensor& x_in, const at::Tensor& fc1_weig
   TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat, op, ": x must be float32, got ",
                    x_in.scalar_type());
   const auto fmt = output_memory_format(x_in);
+  at::Tensor out = at::empty(x_in.sizes(), x_in.options().memory_format(fmt));
+  if (out.numel() == 0) return out;
   const at::Tensor x = x_in.contiguous(fmt);
-  const at::Tensor pooled = x.mean({2, 3});
-  const at::Tensor gate =
-      at::hardsigmoid(at::linear(at::relu(at::linear(pooled, fc1_weight, fc1_bias)), fc2_weight, fc2_bias));
-  return x.mul(gate.unsqueeze(-1).unsqueeze(-1)).contiguous(fmt);
+  const at::Tensor w1 = fc1_weight.contiguous(), b1 = fc1_bias.contiguous();
+  const at::Tensor w2 = fc2_weight.contiguous(), b2 = fc2_bias.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), R = w1.size(0);
+  const float* xp = x.data_ptr<float>();
+  float* yp = out.data_ptr<float>();
+  const KernelTable& k = kernels();
+  std::vector<float> mean(static_cast<size_t>(N * C)), gate(static_cast<size_t>(N * C));
+  std::vector<float> hidden(static_cast<size_t>(std::max<int64_t>(N * R, 1)));
+  const int64_t total = N * C * HW;
+  const float inv_hw = 1.0f / static_cast<float>(HW);
+
+  if (fmt == at::MemoryFormat::ChannelsLast) {
+    const int64_t cblocks = ceil_div(C, 64);
+    run_items(N * cblocks, total, kSerialElems, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t n = i / cblocks, c0 = (i % cblocks) * 64;
+        k.pixel_sums(xp + n * HW * C, mean.data() + n * C, C, HW, c0, std::min(C, c0 + 64));
+      }
+    });
+  } else {
+    run_items(N * C, total, kSerialElems,
+              [&](int64_t begin, int64_t end) { k.plane_sums(xp, mean.data(), HW, begin, end); });
+  }
+  for (auto& m : mean) m *= inv_hw;
+  k.se_mlp(mean.data(), w1.data_ptr<float>(), b1.data_ptr<float>(), w2.data_ptr<float>(),
+           b2.data_ptr<float>(), gate.data(), hidden.data(), N, C, R);
+
+  if (fmt == at::MemoryFormat::ChannelsLast) {
+    // Flat pixel range over all samples, split where the sample (and so the gate) changes.
+    run_items(N * HW, total, kSerialElems, [&](int64_t begin, int64_t end) {
+      while (begin < end) {
+        const int64_t n = begin / HW;
+        const int64_t stop = std::min(end, (n + 1) * HW);
+        k.scale_pixels(xp, yp, gate.data() + n * C, C, begin, stop);
+        begin = stop;
+      }
+    });
+  } else {
+    run_items(N * C, total, kSerialElems, [&](int64_t begin, int64_t end) {
+      k.scale_planes(xp, yp, gate.data(), HW, begin, end);
+    });
+  }
+  return out;
 }
 
 template <bool Swish>
@@ -86,12 +162,22 @@ at::Tensor hard_act_cpu(const at::Tensor& x_in) {
   const char* op = Swish ? "mnv3::hardswish (CPU)" : "mnv3::hardsigmoid (CPU)";
   TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat, op, ": x must be float32, got ",
                    x_in.scalar_type());
-  const at::Tensor x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
+  // Dense inputs of any layout are processed as flat storage; the output takes their strides.
+  at::Tensor x = x_in.is_non_overlapping_and_dense() ? x_in : x_in.contiguous();
   at::Tensor out = at::empty_like(x);
+  if (out.strides() != x.strides()) {
+    x = x.contiguous();
+    out = at::empty_like(x);
+  }
+  const int64_t n = x.numel();
+  if (n == 0) return out;
   const float* xp = x.data_ptr<float>();
   float* yp = out.data_ptr<float>();
-  at::parallel_for(0, x.numel(), 32768, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) yp[i] = Swish ? hardswish_f(xp[i]) : hardsigmoid_f(xp[i]);
+  const KernelTable& k = kernels();
+  constexpr int64_t kChunk = 1 << 15;
+  run_items(ceil_div(n, kChunk), n, kSerialElems * 4, [&](int64_t begin, int64_t end) {
+    const int64_t lo = begin * kChunk, hi = std::min(n, end * kChunk);
+    k.hard_act(xp + lo, yp + lo, hi - lo, Swish);
   });
   return out;
 }

@@ -1,0 +1,58 @@
+// Raw-pointer interface of the CPU kernels. Plain C++ on purpose: the ISA-specific translation
+// units include this header and nothing from torch, so no inline torch code gets compiled for a
+// wider instruction set than the rest of the library.
+#pragma once
+
+#include <cstdint>
+
+#include "../common/dwconv_params.h"
+
+namespace mnv3 {
+namespace cpu {
+
+// One dwconv_bn_act call. Work is cut into "items" that the caller spreads over threads:
+//   NHWC: item = (n, oh, channel block of tiles_per_block 8-channel tiles)
+//   NCHW: item = (n, c, block of row_block output rows)
+struct DwArgs {
+  DwConvParams p;
+  int act;                  // Activation as int: 0 none, 1 relu, 2 hardswish
+  const float* x;           // input, NHWC or NCHW contiguous
+  float* y;                 // output, same layout as x
+  const float* w;           // NCHW: weight (C, KH*KW); NHWC: packed, see dw_nhwc_packed_floats
+  const float* b;           // NCHW: bias (C), never null; NHWC: unused (bias is packed)
+  int64_t tiles_per_block;  // NHWC
+  int64_t row_block;        // NCHW
+};
+
+// NHWC packed weights: per 8-channel tile t, 8 * (1 + KH*KW) floats:
+// [bias(8)][tap 0 (8)][tap 1 (8)]..., channels past C zero.
+inline int64_t dw_nhwc_packed_floats(int64_t C, int64_t KH, int64_t KW) {
+  return (C + 7) / 8 * 8 * (1 + KH * KW);
+}
+
+struct KernelTable {
+  void (*dw_nhwc)(const DwArgs& a, int64_t item_begin, int64_t item_end);
+  void (*dw_nchw)(const DwArgs& a, int64_t item_begin, int64_t item_end);
+  // y[i] = hardswish(x[i]) (swish) or hardsigmoid(x[i]), i in [0, n)
+  void (*hard_act)(const float* x, float* y, int64_t n, bool swish);
+  // sums[pl] = sum of x[pl*hw .. pl*hw+hw) for planes pl in [begin, end)
+  void (*plane_sums)(const float* x, float* sums, int64_t hw, int64_t begin, int64_t end);
+  // sums[c] = sum over hw pixels of x[pix*C + c], c in [c0, c1): one NHWC sample
+  void (*pixel_sums)(const float* x, float* sums, int64_t C, int64_t hw, int64_t c0, int64_t c1);
+  // y = x * s[plane] for planes in [begin, end) of hw elements (NCHW)
+  void (*scale_planes)(const float* x, float* y, const float* s, int64_t hw, int64_t begin,
+                       int64_t end);
+  // y[pix*C + c] = x[pix*C + c] * s[c] for pixels in [begin, end) of one NHWC sample
+  void (*scale_pixels)(const float* x, float* y, const float* s, int64_t C, int64_t begin,
+                       int64_t end);
+  // gate(N,C) = hardsigmoid(fc2(relu(fc1(mean)))) with mean(N,C), w1(R,C), w2(C,R);
+  // hidden is scratch of N*R floats.
+  void (*se_mlp)(const float* mean, const float* w1, const float* b1, const float* w2,
+                 const float* b2, float* gate, float* hidden, int64_t N, int64_t C, int64_t R);
+};
+
+const KernelTable& portable_kernels();
+const KernelTable& avx2_kernels();  // only call when the CPU has AVX2+FMA
+
+}  // namespace cpu
+}  // namespace mnv3

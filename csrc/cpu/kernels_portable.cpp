@@ -1,0 +1,81 @@
+// Portable build of the CPU kernels: 8-float vectors as plain arrays that the compiler
+// vectorizes for whatever baseline ISA the library is built for.
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace mnv3 {
+namespace cpu {
+namespace {
+
+struct vf {
+  float v[8];
+};
+
+inline vf vload(const float* p) {
+  vf r;
+  for (int i = 0; i < 8; ++i) r.v[i] = p[i];
+  return r;
+}
+inline void vstore(float* p, vf a) {
+  for (int i = 0; i < 8; ++i) p[i] = a.v[i];
+}
+inline vf vset1(float s) {
+  vf r;
+  for (int i = 0; i < 8; ++i) r.v[i] = s;
+  return r;
+}
+inline vf vzero() { return vset1(0.0f); }
+inline vf vfma(vf a, vf b, vf c) {
+  vf r;
+  for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];
+  return r;
+}
+inline vf vadd(vf a, vf b) {
+  vf r;
+  for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] + b.v[i];
+  return r;
+}
+inline vf vmul(vf a, vf b) {
+  vf r;
+  for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] * b.v[i];
+  return r;
+}
+inline vf vmax(vf a, vf b) {
+  vf r;
+  for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
+  return r;
+}
+inline vf vmin(vf a, vf b) {
+  vf r;
+  for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i];
+  return r;
+}
+// Lanes past n read as 0 and are not written: partial tiles stay inside the tensor.
+inline vf vload_n(const float* p, int n) {
+  vf r = vzero();
+  for (int i = 0; i < n; ++i) r.v[i] = p[i];
+  return r;
+}
+inline void vstore_n(float* p, vf a, int n) {
+  for (int i = 0; i < n; ++i) p[i] = a.v[i];
+}
+inline float vhsum(vf a) {
+  return ((a.v[0] + a.v[4]) + (a.v[2] + a.v[6])) + ((a.v[1] + a.v[5]) + (a.v[3] + a.v[7]));
+}
+inline void vdeinterleave2(const float* p, vf& even, vf& odd) {
+  for (int i = 0; i < 8; ++i) {
+    even.v[i] = p[2 * i];
+    odd.v[i] = p[2 * i + 1];
+  }
+}
+
+#include "kernels_impl.h"
+
+}  // namespace
+
+const KernelTable& portable_kernels() { return kTable; }
+
+}  // namespace cpu
+}  // namespace mnv3

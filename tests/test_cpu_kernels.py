@@ -1,0 +1,195 @@
+"""Kernel-level coverage of the C++ CPU backend: every vector/tail/border code path of both ISAs,
+checked against mnv3_kernels.reference."""
+import pytest
+import torch
+
+from mnv3_kernels import _extension, ops, reference
+from mnv3_kernels.layers import DW_LAYERS
+
+from conftest import folded_dw_params, se_params
+
+pytestmark = pytest.mark.skipif(not _extension.LOADED, reason="compiled library not loaded")
+
+ISAS = ["portable"]
+if _extension.LOADED and _extension.BUILD_INFO.get("cpu_isa_supported") == "avx2":
+    ISAS.insert(0, "avx2")
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    before = _extension._C.build_info()["cpu_isa"]
+    _extension._C._set_cpu_isa(request.param)
+    assert _extension._C.build_info()["cpu_isa"] == request.param
+    yield request.param
+    _extension._C._set_cpu_isa(before)
+
+
+def _layout(x, layout):
+    if layout == "nchw":
+        return x.contiguous()
+    if layout == "nhwc":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "sliced":  # neither NCHW- nor NHWC-dense
+        big = torch.randn(x.shape[0], x.shape[1] + 3, x.shape[2] + 2, x.shape[3] * 2)
+        view = big[:, 1:1 + x.shape[1], 2:, ::2]
+        view.copy_(x)
+        return view
+    raise ValueError(layout)
+
+
+def _expected_format(x):
+    return ops.output_memory_format(x)
+
+
+def check_dw(x, C, kh, kw=None, stride=1, padding=0, dilation=1, act="hardswish", bias=True,
+             atol=ATOL):
+    w, b = folded_dw_params(C, kh, kernel_w=kw)
+    b = b if bias else None
+    got = ops.dwconv_bn_act(x, w, b, stride, padding, dilation, act, backend="cpu")
+    s, pd, dl = (ops._pair(v, n, m) for v, n, m in ((stride, "s", 1), (padding, "p", 0), (dilation, "d", 1)))
+    want = reference.dwconv_bn_act(x, w, b, s, pd, dl, act)
+    assert got.shape == want.shape
+    assert got.is_contiguous(memory_format=_expected_format(x))
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=atol)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("C", list(range(1, 18)) + [24, 33])
+def test_dw_channel_residues(isa, layout, C):
+    # Every C mod 8 residue, with widths hitting each pixel-block remainder of the NHWC
+    # micro-kernels (blocks of 4, 5, 6 pixels) and each 8-column tail of the NCHW one.
+    for W in (1, 12, 19):
+        x = _layout(torch.randn(2, C, 5, W), layout)
+        check_dw(x, C, 3, stride=1, padding=1, act="relu")
+        check_dw(x, C, 5, stride=2, padding=2, act="hardswish")
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "sliced"])
+@pytest.mark.parametrize("k,s", [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2)])
+@pytest.mark.parametrize("act", ["relu", "hardswish"])
+def test_dw_fast_shapes(isa, layout, k, s, act):
+    for H, W in ((1, 1), (9, 1), (13, 11), (16, 23)):
+        if H + 2 * (k // 2) < k or W + 2 * (k // 2) < k:
+            continue
+        x = _layout(torch.randn(2, 27, H, W), layout)
+        check_dw(x, 27, k, stride=s, padding=k // 2, act=act)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize(
+    "kh,kw,stride,padding,dilation",
+    [
+        (3, 5, 1, (1, 2), 1),
+        (5, 3, (2, 1), (2, 1), 1),
+        (3, 3, 1, 2, 2),
+        (3, 3, (1, 3), (0, 4), (2, 1)),
+        (1, 1, 1, 0, 1),
+        (1, 7, (3, 2), (0, 3), (1, 2)),
+        (2, 4, 2, (1, 0), 1),
+        (3, 3, 1, 6, 1),        # padding wider than the kernel: whole rows/columns of padding
+        (5, 5, 3, 4, 3),
+        (4, 4, 4, 0, 1),
+    ],
+)
+def test_dw_generic(isa, layout, kh, kw, stride, padding, dilation):
+    for C, H, W in ((11, 17, 15), (24, 6, 31), (3, 9, 9)):
+        x = _layout(torch.randn(2, C, H, W), layout)
+        check_dw(x, C, kh, kw, stride, padding, dilation, act="hardswish")
+        check_dw(x, C, kh, kw, stride, padding, dilation, act="none", bias=False)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_dw_mobilenet_layers(isa, layout):
+    seen = set()
+    for layer in DW_LAYERS:
+        key = (layer.channels, layer.kernel, layer.stride, layer.size, layer.activation)
+        if key in seen:
+            continue
+        seen.add(key)
+        x = _layout(torch.randn(1, layer.channels, layer.size, layer.size), layout)
+        check_dw(x, layer.channels, layer.kernel, stride=layer.stride, padding=layer.padding,
+                 act=layer.activation, atol=1e-4)
+
+
+def test_dw_threaded_and_large(isa):
+    # Enough work to cross the threading threshold, odd sizes with stride 2, both layouts.
+    for layout in ("nchw", "nhwc"):
+        x = _layout(torch.randn(3, 37, 61, 45), layout)
+        check_dw(x, 37, 3, stride=2, padding=1, atol=1e-4)
+        check_dw(x, 37, 5, stride=1, padding=2, atol=1e-4)
+    # Few planes, tall image: NCHW splits rows into blocks.
+    x = torch.randn(1, 2, 300, 20)
+    check_dw(x, 2, 3, stride=1, padding=1, atol=1e-4)
+    # Very wide rows: NCHW scratch falls back to one row per block.
+    x = torch.randn(1, 2, 5, 20000)
+    check_dw(x, 2, 5, stride=2, padding=2, atol=1e-4)
+
+
+def test_dw_batch0_and_formats(isa):
+    w, b = folded_dw_params(16, 3)
+    x = torch.randn(0, 16, 8, 8)
+    y = ops.dwconv_bn_act(x, w, b, 1, 1, 1, "relu", backend="cpu")
+    assert y.shape == (0, 16, 8, 8)
+    x = torch.randn(0, 16, 8, 8).contiguous(memory_format=torch.channels_last)
+    y = ops.dwconv_bn_act(x, w, b, 2, 1, 1, "relu", backend="cpu")
+    assert y.shape == (0, 16, 4, 4)
+    # NHWC in -> NHWC out; NCHW in -> NCHW out; ambiguous (C == 1) -> NCHW.
+    x = torch.randn(2, 16, 9, 9).contiguous(memory_format=torch.channels_last)
+    y = ops.dwconv_bn_act(x, w, b, 1, 1, 1, "relu", backend="cpu")
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    y = ops.dwconv_bn_act(x.contiguous(), w, b, 1, 1, 1, "relu", backend="cpu")
+    assert y.is_contiguous()
+    w1, b1 = folded_dw_params(1, 3)
+    x = torch.randn(2, 1, 9, 9)
+    check_dw(x.contiguous(memory_format=torch.channels_last), 1, 3, padding=1)
+
+
+def test_dw_non_float_rejected():
+    w, b = folded_dw_params(8, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="float32"):
+        torch.ops.mnv3.dwconv_bn_act(torch.randn(1, 8, 5, 5, dtype=torch.float64), w, b,
+                                     [1, 1], [1, 1], [1, 1], "relu")
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "sliced"])
+@pytest.mark.parametrize("C,R,H,W", [(1, 8, 1, 1), (5, 3, 1, 1), (13, 8, 3, 5), (24, 8, 7, 7),
+                                     (72, 24, 28, 28), (67, 16, 9, 4), (960, 240, 7, 7),
+                                     (130, 0, 2, 2)])
+def test_squeeze_excite(isa, layout, C, R, H, W):
+    x = _layout(torch.randn(3, C, H, W), layout)
+    w1, b1, w2, b2 = se_params(C, R)
+    got = ops.squeeze_excite(x, w1, b1, w2, b2, backend="cpu")
+    want = reference.squeeze_excite(x, w1, b1, w2, b2)
+    assert got.is_contiguous(memory_format=_expected_format(x))
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=1e-5 * max(1.0, (C * H * W) ** 0.5 / 10))
+
+
+def test_squeeze_excite_empty(isa):
+    w1, b1, w2, b2 = se_params(8, 8)
+    for shape in ((0, 8, 4, 4), (2, 8, 0, 3)):
+        got = ops.squeeze_excite(torch.randn(shape), w1, b1, w2, b2, backend="cpu")
+        assert got.shape == shape
+
+
+@pytest.mark.parametrize("fn", ["hardswish", "hardsigmoid"])
+def test_hard_activations(isa, fn):
+    ours = getattr(ops, fn)
+    ref = getattr(reference, fn)
+    special = torch.tensor([-3.0, 0.0, 3.0, -3.0001, -2.9999, 2.9999, 3.0001, -1e30, 1e30,
+                            -0.0, 1.5, -1.5, 6.0, -6.0, float("inf"), float("-inf")])
+    torch.testing.assert_close(ours(special, backend="cpu"), ref(special), rtol=1e-6, atol=1e-7,
+                               equal_nan=True)
+    exact = ours(torch.tensor([-3.0, 0.0, 3.0]), backend="cpu")
+    assert exact[0].item() == 0.0 and exact[1].item() == (0.0 if fn == "hardswish" else 0.5)
+    assert exact[2].item() == (3.0 if fn == "hardswish" else 1.0)
+    for n in (0, 1, 7, 8, 9, 100, 70001):
+        x = torch.randn(n) * 4
+        torch.testing.assert_close(ours(x, backend="cpu"), ref(x), rtol=RTOL, atol=ATOL)
+    x = torch.randn(2, 5, 6, 7) * 4
+    for inp in (x.contiguous(memory_format=torch.channels_last), x[:, :, ::2, 1:], x.transpose(1, 3)):
+        got = ours(inp, backend="cpu")
+        torch.testing.assert_close(got, ref(inp), rtol=RTOL, atol=ATOL)
+        if inp.is_non_overlapping_and_dense():
+            assert got.stride() == inp.stride()
