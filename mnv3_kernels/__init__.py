@@ -9,7 +9,7 @@ from . import _extension
 from . import ops
 from .ops import backends
 from . import modules
-from .convert import convert, ConversionReport
+from .convert import convert, conversion_report, ConversionEntry, ConversionReport
 
 __version__ = "0.1.0"
 
@@ -29,4 +29,4 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["convert", "ConversionReport", "backends", "build_info", "ops", "modules"]
+__all__ = ["convert", "conversion_report", "ConversionEntry", "ConversionReport", "backends", "build_info", "ops", "modules"]

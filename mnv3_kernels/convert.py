@@ -1,4 +1,317 @@
-"""Model surgery."""
-class ConversionReport: pass
-def convert(model, backend="auto"):
-    raise NotImplementedError
+"""Model surgery: replace the depthwise conv+BN+act and squeeze-excite parts of torchvision and
+timm MobileNetV3 (and anything built from the same pieces) with the fused modules.
+
+    model = mnv3_kernels.convert(model)        # same object, converted in place
+    print(model.mnv3_report)                   # what was replaced, what was left alone and why
+
+Recognized structures (everything else is left untouched):
+
+- ``nn.Sequential(conv, bn[, act])`` with children "0", "1"[, "2"] and a depthwise conv --
+  torchvision's ``Conv2dNormActivation`` -> ``FusedDepthwiseConvBNAct``.
+- timm ``DepthwiseSeparableConv`` (``conv_dw`` -> ``bn1``) and ``InvertedResidual``
+  (``conv_dw`` -> ``bn2``), whose BN is a ``BatchNormAct2d`` and whose ``aa`` is Identity
+  -> head/tail pair (``fused_conv_bn_act_pair``).
+- torchvision ``SqueezeExcitation`` and timm ``SqueezeExcite`` -> ``FusedSqueezeExcite``.
+
+A candidate that cannot be served exactly (TF-'same' ``Conv2dSame``, padding modes other than
+zeros, grouped but not depthwise convs, BN without running statistics, activations other than
+ReLU/Hardswish/Identity, gates other than hard-sigmoid, ...) is left alone and listed in the
+report with the reason. Only module objects are swapped: Parameters and buffers are the same
+objects, so ``state_dict`` keys, values and order are unchanged.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch.nn as nn
+
+from . import modules as M
+
+__all__ = ["convert", "conversion_report", "ConversionReport", "ConversionEntry"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------
+KINDS = {"dwconv": "depthwise conv+BN+act", "se": "squeeze-excite"}
+
+
+@dataclass
+class ConversionEntry:
+    """One candidate: where it is, what it is, and whether it was fused (else why not)."""
+
+    path: str
+    kind: str            # "dwconv" | "se"
+    status: str          # "fused" | "skipped" | "already fused"
+    shape: str           # e.g. "C=72 k=5x5 stride=2 dilation=1 act=relu" or "C=72 squeeze=24"
+    reason: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.status:<13} {self.kind:<6} {self.path or '<root>'}  {self.shape}"
+        return text + (f"  -- {self.reason}" if self.reason else "")
+
+
+@dataclass
+class ConversionReport:
+    """What ``convert`` did: one entry per candidate, fused or skipped (with the reason).
+
+    ``str(report)`` is a readable summary; ``counts()`` gives numbers per kind and status.
+    """
+
+    backend: str = "auto"
+    entries: List[ConversionEntry] = field(default_factory=list)
+
+    def _select(self, status: str, kind: Optional[str]) -> List[ConversionEntry]:
+        return [e for e in self.entries if e.status == status and (kind is None or e.kind == kind)]
+
+    def fused(self, kind: Optional[str] = None) -> List[ConversionEntry]:
+        """Entries replaced by this conversion (optionally of one kind: "dwconv" or "se")."""
+        return self._select("fused", kind)
+
+    def skipped(self, kind: Optional[str] = None) -> List[ConversionEntry]:
+        """Candidates left alone, each with its reason."""
+        return self._select("skipped", kind)
+
+    def counts(self) -> Dict[str, Dict[str, int]]:
+        """{kind: {status: count}} for every kind."""
+        out = {k: {"fused": 0, "skipped": 0, "already fused": 0} for k in KINDS}
+        for e in self.entries:
+            out[e.kind][e.status] += 1
+        return out
+
+    def __str__(self) -> str:
+        counts = self.counts()
+        lines = [f"mnv3_kernels conversion (backend={self.backend!r})"]
+        for kind, label in KINDS.items():
+            c = counts[kind]
+            extra = f", {c['already fused']} already fused" if c["already fused"] else ""
+            lines.append(f"  {label}: {c['fused']} fused, {c['skipped']} skipped{extra}")
+        lines += [f"    {e}" for e in self.entries]
+        return "\n".join(lines)
+
+
+def _dw_shape(conv, act_name: Optional[str]) -> str:
+    k = "x".join(str(v) for v in conv.kernel_size)
+    stride = conv.stride[0] if conv.stride[0] == conv.stride[1] else tuple(conv.stride)
+    dilation = conv.dilation[0] if conv.dilation[0] == conv.dilation[1] else tuple(conv.dilation)
+    return (f"C={conv.out_channels} k={k} stride={stride} dilation={dilation} "
+            f"act={act_name if act_name else '?'}")
+
+
+def _se_shape(fc1) -> str:
+    return f"C={getattr(fc1, 'in_channels', '?')} squeeze={getattr(fc1, 'out_channels', '?')}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Structures of the model zoos (imported lazily: neither torchvision nor timm is required)
+# ----------------------------------------------------------------------------------------------
+def _torchvision_se():
+    try:
+        from torchvision.ops.misc import SqueezeExcitation
+    except Exception:  # noqa: BLE001  (missing or broken torchvision: nothing of it to convert)
+        return None
+    return SqueezeExcitation
+
+
+def _timm_classes():
+    try:
+        from timm.layers.norm_act import BatchNormAct2d
+        from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
+    except Exception:  # noqa: BLE001
+        return None
+    return {"bn_act": BatchNormAct2d, "blocks": {DepthwiseSeparableConv: "bn1", InvertedResidual: "bn2"},
+            "se": SqueezeExcite}
+
+
+def _own_forward(module, cls) -> bool:
+    # A subclass that overrides forward may call its children differently.
+    return isinstance(module, cls) and type(module).forward is cls.forward
+
+
+_FUSED_DW = (M.FusedDepthwiseConvBNAct, M.DepthwiseConvBNActHead)
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion
+# ----------------------------------------------------------------------------------------------
+class _Converter:
+    def __init__(self, model: nn.Module, backend: str):
+        self.model = model
+        self.backend = backend
+        self.report = ConversionReport(backend=backend)
+        self.seen = set()  # ids of depthwise convs already accounted for
+        self.tv_se = _torchvision_se()
+        self.timm = _timm_classes()
+
+    def add(self, path, kind, status, shape, reason=""):
+        self.report.entries.append(ConversionEntry(path, kind, status, shape, reason))
+
+    def replace(self, path: str, new: nn.Module) -> None:
+        parent_path, _, name = path.rpartition(".")
+        setattr(self.model.get_submodule(parent_path), name, new)
+
+    def run(self) -> ConversionReport:
+        # Snapshot first: the walk must not see the modules it creates.
+        for path, module in list(self.model.named_modules(remove_duplicate=True)):
+            self.visit(path, module)
+        self.leftovers()
+        return self.report
+
+    def visit(self, path: str, module: nn.Module) -> None:
+        if isinstance(module, _FUSED_DW):
+            # Converting twice only updates the backend.
+            module.backend = self.backend
+            conv = module[0] if isinstance(module, nn.Sequential) else module
+            self.seen.add(id(conv))
+            act = module.activation if isinstance(module, nn.Sequential) else module.tail.activation
+            self.add(path, "dwconv", "already fused", _dw_shape(conv, act))
+        elif isinstance(module, M.FusedSqueezeExcite):
+            module.backend = self.backend
+            self.add(path, "se", "already fused", _se_shape(module._role("fc1")))
+        elif type(module).forward is nn.Sequential.forward and isinstance(module, nn.Sequential):
+            self.visit_sequential(path, module)
+        elif self.tv_se is not None and isinstance(module, self.tv_se):
+            self.visit_se(path, module, dict(fc1="fc1", fc2="fc2", act="activation",
+                                             gate="scale_activation", pool="avgpool"),
+                          own_forward=_own_forward(module, self.tv_se)
+                          and type(module)._scale is self.tv_se._scale)
+        elif self.timm is not None and isinstance(module, self.timm["se"]):
+            self.visit_se(path, module, dict(fc1="conv_reduce", fc2="conv_expand", act="act1", gate="gate"),
+                          own_forward=_own_forward(module, self.timm["se"]))
+        elif self.timm is not None:
+            for cls, bn_name in self.timm["blocks"].items():
+                if isinstance(module, cls):
+                    self.visit_timm_block(path, module, cls, bn_name)
+                    break
+
+    # -- nn.Sequential(conv, bn[, act]) ---------------------------------------------------------
+    def visit_sequential(self, path: str, seq: nn.Sequential) -> None:
+        children = list(seq._modules.items())
+        if len(children) not in (2, 3) or [n for n, _ in children] != ["0", "1", "2"][: len(children)]:
+            return
+        conv, bn = children[0][1], children[1][1]
+        act = children[2][1] if len(children) == 3 else None
+        if not (isinstance(conv, nn.Conv2d) and conv.groups > 1 and isinstance(bn, nn.modules.batchnorm._BatchNorm)):
+            return
+        self.seen.add(id(conv))
+        shape = _dw_shape(conv, M.activation_name(act) or type(act).__name__)
+        reason = M.depthwise_unsupported_reason(conv, bn, act)
+        if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
+            reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
+        if reason is None and not path:
+            reason = "the root module cannot be replaced in place"
+        if reason is not None:
+            self.add(path, "dwconv", "skipped", shape, reason)
+            return
+        fused = M.FusedDepthwiseConvBNAct.from_sequential(seq, backend=self.backend)
+        # Keep public attributes such a Sequential carries (torchvision: out_channels).
+        for key, value in vars(seq).items():
+            if not key.startswith("_") and key not in ("training",) and key not in vars(fused):
+                setattr(fused, key, value)
+        self.replace(path, fused)
+        self.add(path, "dwconv", "fused", shape)
+
+    # -- timm DepthwiseSeparableConv / InvertedResidual ----------------------------------------
+    def visit_timm_block(self, path: str, block: nn.Module, cls, bn_name: str) -> None:
+        conv = getattr(block, "conv_dw", None)
+        bn = getattr(block, bn_name, None)
+        if not isinstance(conv, nn.Conv2d) or isinstance(conv, _FUSED_DW):
+            return
+        self.seen.add(id(conv))
+        conv_path = f"{path}.conv_dw" if path else "conv_dw"
+        act = getattr(bn, "act", None)
+        shape = _dw_shape(conv, M.activation_name(act) or type(act).__name__)
+        reason = None
+        if not _own_forward(block, cls):
+            reason = f"{type(block).__name__} overrides {cls.__name__}.forward"
+        elif not _own_forward(bn, self.timm["bn_act"]):
+            reason = f"{bn_name} is {type(bn).__name__}, not timm's BatchNormAct2d"
+        elif type(getattr(block, "aa", None)) is not nn.Identity:
+            reason = f"anti-aliasing layer {type(block.aa).__name__} between conv_dw and {bn_name}"
+        elif type(bn.drop) not in (nn.Identity, nn.Dropout, nn.Dropout2d):
+            reason = f"{bn_name}.drop is {type(bn.drop).__name__} (not identity in eval mode)"
+        else:
+            reason = M.depthwise_unsupported_reason(conv, bn, act)
+        if reason is not None:
+            self.add(conv_path, "dwconv", "skipped", shape, reason)
+            return
+        head, tail = M.fused_conv_bn_act_pair(conv, bn, act=bn.act, drop=bn.drop, backend=self.backend)
+        block.conv_dw = head
+        setattr(block, bn_name, tail)
+        self.add(conv_path, "dwconv", "fused", shape)
+
+    # -- squeeze-excite --------------------------------------------------------------------------
+    def visit_se(self, path: str, se: nn.Module, roles: dict, own_forward: bool) -> None:
+        fc1 = se._modules.get(roles["fc1"])
+        shape = _se_shape(fc1)
+        kids = se._modules
+        reason = None
+        if not own_forward:
+            reason = f"{type(se).__name__} overrides its base class's forward"
+        elif se._parameters or se._buffers:
+            reason = "the SE module owns parameters or buffers directly"
+        elif any(name not in kids for name in roles.values()):
+            reason = "missing children"
+        else:
+            reason = M.squeeze_excite_unsupported_reason(kids[roles["fc1"]], kids[roles["fc2"]],
+                                                         kids[roles["act"]], kids[roles["gate"]])
+            pool = kids.get(roles.get("pool"))
+            if reason is None and pool is not None and (
+                type(pool) is not nn.AdaptiveAvgPool2d or pool.output_size not in (1, (1, 1))
+            ):
+                reason = f"pool {type(pool).__name__} is not a global average pool"
+        if reason is None and not path:
+            reason = "the root module cannot be replaced in place"
+        if reason is not None:
+            self.add(path, "se", "skipped", shape, reason)
+            return
+        self.replace(path, M.FusedSqueezeExcite.wrap(se, backend=self.backend, **roles))
+        self.add(path, "se", "fused", shape)
+
+    # -- depthwise convs in no recognized structure ----------------------------------------------
+    def leftovers(self) -> None:
+        for path, module in self.model.named_modules():
+            if (isinstance(module, nn.Conv2d) and not isinstance(module, _FUSED_DW)
+                    and module.groups > 1 and id(module) not in self.seen):
+                self.seen.add(id(module))
+                self.add(path, "dwconv", "skipped", _dw_shape(module, None),
+                         "not part of a recognized conv -> BatchNorm structure")
+
+
+def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
+    """Replace, in place, every depthwise conv+BN(+ReLU/Hardswish/none) and every hard-sigmoid
+    squeeze-excite of `model` that can be served exactly with a fused module.
+
+    Returns the same model object. The ``ConversionReport`` is attached as
+    ``model.mnv3_report`` (also returned by ``conversion_report(model)``). ``backend`` is stored
+    in every fused module (change it later with ``module.backend = ...``); "auto" picks per call.
+    Converting an already converted model only updates the modules' backend.
+
+    Raises TypeError if `model` is not an ``nn.Module``, ValueError for an unknown backend name
+    and RuntimeError for a backend this machine cannot run.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert() expects a torch.nn.Module, got {type(model).__name__}")
+    M.check_backend(backend)
+    report = _Converter(model, backend).run()
+    model.mnv3_report = report
+    return model
+
+
+def conversion_report(model: nn.Module) -> ConversionReport:
+    """The report of the last ``convert(model)``; for a model converted otherwise (or loaded
+    without the attribute), one listing the fused modules it holds."""
+    report = getattr(model, "mnv3_report", None)
+    if isinstance(report, ConversionReport):
+        return report
+    report = ConversionReport(backend="?")
+    for path, m in model.named_modules():
+        if isinstance(m, M.FusedDepthwiseConvBNAct):
+            report.entries.append(ConversionEntry(path, "dwconv", "fused", _dw_shape(m[0], m.activation)))
+        elif isinstance(m, M.DepthwiseConvBNActHead):
+            report.entries.append(ConversionEntry(path, "dwconv", "fused", _dw_shape(m, m.tail.activation)))
+        elif isinstance(m, M.FusedSqueezeExcite):
+            report.entries.append(ConversionEntry(path, "se", "fused", _se_shape(m._role("fc1"))))
+    return report
+

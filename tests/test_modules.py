@@ -1,0 +1,437 @@
+"""Fused modules: numerics against the unfused originals, state_dict preservation, the folded
+weight cache, training mode, backend switching, copying, and torch.compile."""
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mnv3_kernels import modules as M
+from mnv3_kernels import ops
+
+from conftest import random_bn_
+
+BACKENDS = [b for b in ("cpu", "reference") if b in ops.backends()]
+FORMATS = [torch.contiguous_format, torch.channels_last]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The machine is shared: OpenMP spinning on an oversubscribed 2-core box is very slow.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def make_dw(c=24, k=3, stride=1, dilation=1, act="relu", bias=False, affine=True):
+    conv = nn.Conv2d(c, c, k, stride, dilation * (k - 1) // 2, dilation, groups=c, bias=bias)
+    bn = random_bn_(nn.BatchNorm2d(c, eps=1e-3, affine=affine))
+    acts = {"relu": nn.ReLU(inplace=True), "hardswish": nn.Hardswish(), "identity": nn.Identity(), None: None}
+    return conv, bn, acts[act]
+
+
+class BNAct(nn.BatchNorm2d):
+    """A BN + activation module in the style of timm's BatchNormAct2d."""
+
+    def __init__(self, c, act):
+        super().__init__(c)
+        self.drop = nn.Identity()
+        self.act = act
+
+    def forward(self, x):
+        return self.act(self.drop(super().forward(x)))
+
+
+class SiblingBlock(nn.Module):
+    """conv_dw and bn as siblings, called adjacently (as in timm's blocks)."""
+
+    def __init__(self, c=16, k=3, stride=1, act=None):
+        super().__init__()
+        self.conv_dw = nn.Conv2d(c, c, k, stride, k // 2, groups=c, bias=False)
+        self.bn = random_bn_(BNAct(c, act if act is not None else nn.Hardswish()))
+        self.pw = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        return self.pw(self.bn(self.conv_dw(x)))
+
+
+def fuse_block(block, backend="auto"):
+    head, tail = M.fused_conv_bn_act_pair(block.conv_dw, block.bn, act=block.bn.act, drop=block.bn.drop,
+                                          backend=backend)
+    block.conv_dw, block.bn = head, tail
+    return block
+
+
+def make_se(c=32, r=8, gate=None):
+    fc1, fc2 = nn.Conv2d(c, r, 1), nn.Conv2d(r, c, 1)
+    with torch.no_grad():
+        fc2.bias.uniform_(-2, 2)
+    return fc1, fc2, nn.ReLU(), gate if gate is not None else nn.Hardsigmoid()
+
+
+class SE(nn.Module):
+    def __init__(self, c=32, r=8):
+        super().__init__()
+        self.conv_reduce, self.conv_expand, self.act1, self.gate = make_se(c, r)
+
+    def forward(self, x):
+        s = x.mean((2, 3), keepdim=True)
+        return x * self.gate(self.conv_expand(self.act1(self.conv_reduce(s))))
+
+
+# ----------------------------------------------------------------------------------------------
+# FusedDepthwiseConvBNAct
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cfg", [
+    dict(k=3, stride=1, act="relu"),
+    dict(k=5, stride=2, act="hardswish"),
+    dict(k=3, stride=1, dilation=2, act="identity", bias=True),
+    dict(k=5, stride=1, act=None, affine=False),
+    dict(c=13, k=3, stride=2, act="hardswish", bias=True),
+])
+def test_sequential_eval_matches_original(backend, cfg):
+    orig = nn.Sequential(*[m for m in make_dw(**cfg) if m is not None]).eval()
+    ref = copy.deepcopy(orig)
+    fused = M.FusedDepthwiseConvBNAct.from_sequential(orig, backend=backend)
+    assert fused.training is False
+    c = orig[0].in_channels
+    for fmt in FORMATS:
+        x = torch.randn(2, c, 17, 19).to(memory_format=fmt)
+        with torch.no_grad():
+            want = ref(x)
+            got = fused(x)
+        assert got.shape == want.shape
+        assert rel_err(got, want) <= 1e-4
+
+
+def test_sequential_state_dict_and_structure():
+    conv, bn, act = make_dw()
+    seq = nn.Sequential(conv, bn, act)
+    before = seq.state_dict()
+    fused = M.FusedDepthwiseConvBNAct(conv, bn, act)
+    after = fused.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert fused[0] is conv and fused[1] is bn and fused[2] is act and len(fused) == 3
+    assert fused.out_channels == conv.out_channels
+    text = repr(fused)
+    assert "C=24" in text and "backend='auto'" in text and "activation=relu" in text
+
+
+def test_sequential_load_state_dict_takes_effect():
+    fused = M.FusedDepthwiseConvBNAct(*make_dw()).eval()
+    other = nn.Sequential(*make_dw()).eval()
+    x = torch.randn(2, 24, 12, 12)
+    with torch.no_grad():
+        fused(x)  # fill the cache with the old weights
+        fused.load_state_dict(other.state_dict())
+        assert rel_err(fused(x), other(x)) <= 1e-4
+
+
+def test_cache_is_reused_and_refreshed():
+    fused = M.FusedDepthwiseConvBNAct(*make_dw(act="hardswish")).eval()
+    ref = copy.deepcopy(nn.Sequential(*fused))
+    conv, bn = fused[0], fused[1]
+    x = torch.randn(2, 24, 10, 10)
+    with torch.no_grad():
+        w1, _ = fused._folded(conv.weight, conv.bias, bn)
+        w2, _ = fused._folded(conv.weight, conv.bias, bn)
+        assert w1 is w2  # cached
+        fused(x)
+        # In-place buffer and parameter updates, as an optimizer or a user would do them.
+        bn.running_var.mul_(3.0)
+        ref[1].running_var.mul_(3.0)
+        assert rel_err(fused(x), ref(x)) <= 1e-4
+        bn.weight.add_(0.25)
+        ref[1].weight.add_(0.25)
+        conv.weight.mul_(-1)
+        ref[0].weight.mul_(-1)
+        assert rel_err(fused(x), ref(x)) <= 1e-4
+        # Replacing a tensor (same version counter) is noticed too.
+        bn.running_mean = torch.full_like(bn.running_mean, 0.3)
+        ref[1].running_mean = torch.full_like(bn.running_mean, 0.3)
+        assert rel_err(fused(x), ref(x)) <= 1e-4
+        bn.eps = 0.5
+        ref[1].eps = 0.5
+        assert rel_err(fused(x), ref(x)) <= 1e-4
+        # dtype change: the fold follows (float64 is served by the reference path).
+        fused.double()
+        ref.double()
+        assert rel_err(fused(x.double()), ref(x.double())) <= 1e-6  # fold_bn computes in fp32
+
+
+def test_eval_gradients_flow_through_fold():
+    fused = M.FusedDepthwiseConvBNAct(*make_dw(act="hardswish", bias=True)).eval()
+    ref = copy.deepcopy(nn.Sequential(*fused))
+    x = torch.randn(2, 24, 9, 9)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    fused(xa).square().sum().backward()
+    ref(xb).square().sum().backward()
+    assert rel_err(xa.grad, xb.grad) <= 1e-4
+    for (name, p), q in zip(fused.named_parameters(), ref.parameters()):
+        assert rel_err(p.grad, q.grad) <= 1e-4, name
+    # A second backward through a fresh forward works (nothing stale is cached with a graph).
+    fused(xa).sum().backward()
+
+
+def test_sequential_train_mode_is_exact():
+    conv, bn, act = make_dw(act="hardswish", bias=True)
+    ref = nn.Sequential(copy.deepcopy(conv), copy.deepcopy(bn), copy.deepcopy(act)).train()
+    fused = M.FusedDepthwiseConvBNAct(conv, bn, act).train()
+    for _ in range(2):
+        x = torch.randn(4, 24, 8, 8)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = fused(xa), ref(xb)
+        assert torch.equal(ya, yb)
+        ya.square().sum().backward()
+        yb.square().sum().backward()
+        assert torch.equal(xa.grad, xb.grad)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(fused.state_dict()[k], v), k
+    for p, q in zip(fused.parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad)
+    # Frozen BN inside a training model: BN eval -> fused with fresh fold, gradients flow.
+    fused.train()
+    fused[1].eval()
+    ref.train()
+    ref[1].eval()
+    x = torch.randn(2, 24, 8, 8)
+    assert rel_err(fused(x), ref(x)) <= 1e-4
+
+
+class MyConv(nn.Conv2d):
+    def forward(self, x):
+        return super().forward(x) + 1.0
+
+
+@pytest.mark.parametrize("build, reason", [
+    (lambda: (nn.Conv2d(8, 8, 3, padding=1, groups=8, padding_mode="reflect"), nn.BatchNorm2d(8), None),
+     "padding_mode"),
+    (lambda: (nn.Conv2d(8, 8, 3, padding=1, groups=4), nn.BatchNorm2d(8), None), "not depthwise"),
+    (lambda: (nn.Conv2d(8, 16, 3, padding=1, groups=8), nn.BatchNorm2d(16), None), "not depthwise"),
+    (lambda: (nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8, track_running_stats=False), None),
+     "running statistics"),
+    (lambda: (nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU6()), "activation"),
+    (lambda: (nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.SiLU()), "activation"),
+    (lambda: (MyConv(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), None), "overrides"),
+    (lambda: (nn.Conv2d(8, 8, 4, padding="same", groups=8), nn.BatchNorm2d(8), None), "padding"),
+])
+def test_unsupported_depthwise_is_refused(build, reason):
+    conv, bn, act = build()
+    assert reason in M.depthwise_unsupported_reason(conv, bn, act)
+    with pytest.raises(ValueError, match="cannot fuse"):
+        M.FusedDepthwiseConvBNAct(conv, bn, act)
+
+
+def test_same_padding_string_is_served():
+    conv, bn, act = make_dw(k=5)
+    conv.padding = "same"
+    conv._reversed_padding_repeated_twice = [2, 2, 2, 2]
+    ref = nn.Sequential(copy.deepcopy(conv), copy.deepcopy(bn), copy.deepcopy(act)).eval()
+    fused = M.FusedDepthwiseConvBNAct(conv, bn, act).eval()
+    x = torch.randn(2, 24, 11, 11)
+    with torch.no_grad():
+        assert rel_err(fused(x), ref(x)) <= 1e-4
+
+
+def test_backend_attribute():
+    fused = M.FusedDepthwiseConvBNAct(*make_dw()).eval()
+    x = torch.randn(1, 24, 8, 8)
+    with torch.no_grad():
+        outs = []
+        for b in BACKENDS + ["auto"]:
+            fused.backend = b
+            assert fused.backend == b and f"backend={b!r}" in repr(fused)
+            outs.append(fused(x))
+    assert all(rel_err(o, outs[-1]) <= 1e-4 for o in outs)
+    with pytest.raises(ValueError, match="backend"):
+        fused.backend = "nope"
+    if "cuda" not in ops.backends():
+        with pytest.raises(RuntimeError, match="not available"):
+            fused.backend = "cuda"
+
+
+# ----------------------------------------------------------------------------------------------
+# Head / tail pair
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pair_eval_matches_and_keeps_state_dict(backend):
+    block = SiblingBlock(act=nn.ReLU(inplace=True)).eval()
+    ref = copy.deepcopy(block)
+    before = block.state_dict()
+    params = {n: p for n, p in block.named_parameters()}
+    fuse_block(block, backend)
+    after = block.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    assert all(p is params[n] for n, p in block.named_parameters())
+    assert isinstance(block.conv_dw, nn.Conv2d) and isinstance(block.bn, nn.BatchNorm2d)
+    assert block.conv_dw.tail is block.bn
+    assert "C=16" in repr(block.conv_dw) and f"backend={backend!r}" in repr(block.conv_dw)
+    for fmt in FORMATS:
+        x = torch.randn(2, 16, 14, 14).to(memory_format=fmt)
+        with torch.no_grad():
+            assert rel_err(block(x), ref(x)) <= 1e-4
+    # load_state_dict (in place and assign=True) reaches the fused path.
+    other = SiblingBlock(act=nn.ReLU()).eval()
+    x = torch.randn(2, 16, 14, 14)
+    with torch.no_grad():
+        block.load_state_dict(other.state_dict())
+        assert rel_err(block(x), other(x)) <= 1e-4
+        other2 = SiblingBlock(act=nn.ReLU()).eval()
+        block.load_state_dict(other2.state_dict(), assign=True)
+        assert rel_err(block(x), other2(x)) <= 1e-4
+        block.bn.running_var.mul_(2.0)
+        other2.bn.running_var.mul_(2.0)
+        assert rel_err(block(x), other2(x)) <= 1e-4
+
+
+def test_pair_train_mode_is_exact():
+    block = SiblingBlock().train()
+    ref = copy.deepcopy(block)
+    fuse_block(block)
+    for _ in range(2):
+        x = torch.randn(4, 16, 8, 8)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = block(xa), ref(xb)
+        assert torch.equal(ya, yb)
+        ya.sum().backward()
+        yb.sum().backward()
+        assert torch.equal(xa.grad, xb.grad)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(block.state_dict()[k], v), k
+    for (n, p), q in zip(block.named_parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad), n
+    # Switching back to eval uses the updated running statistics.
+    block.eval()
+    ref.eval()
+    with torch.no_grad():
+        x = torch.randn(2, 16, 8, 8)
+        assert rel_err(block(x), ref(x)) <= 1e-4
+
+
+def test_pair_float64():
+    block = SiblingBlock().eval()
+    ref = copy.deepcopy(block)
+    fuse_block(block)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        # float64 is no fused backend's dtype: "auto" serves it with the reference path.
+        block.double()
+        ref.double()
+        assert rel_err(block(x.double()), ref(x.double())) <= 1e-6  # fold_bn computes in fp32
+
+
+# ----------------------------------------------------------------------------------------------
+# Squeeze-excite
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_se_wrap_matches_and_keeps_state_dict(backend):
+    se = SE().eval()
+    ref = copy.deepcopy(se)
+    before = se.state_dict()
+    fused = M.FusedSqueezeExcite.wrap(se, fc1="conv_reduce", fc2="conv_expand", act="act1", gate="gate",
+                                      backend=backend)
+    assert list(fused.state_dict()) == list(before)
+    assert [n for n, _ in fused.named_children()] == [n for n, _ in se.named_children()]
+    assert "C=32" in repr(fused) and "squeeze=8" in repr(fused)
+    for fmt in FORMATS:
+        x = torch.randn(2, 32, 9, 9).to(memory_format=fmt)
+        with torch.no_grad():
+            assert rel_err(fused(x), ref(x)) <= 1e-4
+
+
+def test_se_from_modules_train_and_gradients():
+    fc1, fc2, act, gate = make_se()
+    ref = SE()
+    ref.conv_reduce, ref.conv_expand = copy.deepcopy(fc1), copy.deepcopy(fc2)
+    fused = M.FusedSqueezeExcite.from_modules(fc1, fc2, act, gate)
+    assert [n for n, _ in fused.named_children()] == ["fc1", "fc2", "activation", "scale_activation"]
+    x = torch.randn(2, 32, 7, 7)
+    # Training mode default: the original modules, bit for bit.
+    fused.train()
+    ref.train()
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = fused(xa), ref(xb)
+    assert torch.equal(ya, yb)
+    # The fused op in training: gradients from its autograd formula match the original's.
+    for b in BACKENDS:
+        fused.train_fused = True
+        fused.backend = b
+        fused.zero_grad()
+        ref.zero_grad()
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        w = torch.randn(2, 32, 7, 7)
+        ya, yb = fused(xa), ref(xb)
+        assert rel_err(ya, yb) <= 1e-4
+        (ya * w).sum().backward()
+        (yb * w).sum().backward()
+        assert rel_err(xa.grad, xb.grad) <= 1e-4
+        assert rel_err(fused.fc1.weight.grad, ref.conv_reduce.weight.grad) <= 1e-4
+        assert rel_err(fused.fc1.bias.grad, ref.conv_reduce.bias.grad) <= 1e-4
+        assert rel_err(fused.fc2.weight.grad, ref.conv_expand.weight.grad) <= 1e-4
+        assert rel_err(fused.fc2.bias.grad, ref.conv_expand.bias.grad) <= 1e-4
+
+
+def test_se_unsupported_is_refused():
+    fc1, fc2, act, _ = make_se()
+    assert "gate" in M.squeeze_excite_unsupported_reason(fc1, fc2, act, nn.Sigmoid())
+    assert "inner activation" in M.squeeze_excite_unsupported_reason(fc1, fc2, nn.Hardswish(), nn.Hardsigmoid())
+    with pytest.raises(ValueError, match="cannot fuse"):
+        M.FusedSqueezeExcite(fc1, fc2, act, nn.Sigmoid())
+    with pytest.raises(ValueError, match="cannot fuse"):
+        M.FusedSqueezeExcite(nn.Conv2d(32, 8, 3), fc2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Copying and compiling
+# ----------------------------------------------------------------------------------------------
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        conv, bn, act = make_dw(c=16, act="hardswish")
+        self.dw = M.FusedDepthwiseConvBNAct(conv, bn, act)
+        self.block = fuse_block(SiblingBlock(c=16, k=5, stride=2))
+        se = SE(16, 8)
+        self.se = M.FusedSqueezeExcite.wrap(se, fc1="conv_reduce", fc2="conv_expand", act="act1", gate="gate")
+
+    def forward(self, x):
+        return self.se(self.block(self.dw(x)))
+
+
+def test_deepcopy_and_pickle():
+    model = Tiny().eval()
+    x = torch.randn(2, 16, 12, 12)
+    with torch.no_grad():
+        want = model(x)  # fills the caches
+        assert "_fold_cache" in model.dw.__dict__
+        for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+            assert "_fold_cache" not in copied.dw.__dict__
+            assert copied.block.conv_dw.tail is copied.block.bn
+            assert torch.equal(copied(x), want)
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        assert torch.equal(loaded(x), want)
+
+
+def test_torch_compile_fullgraph():
+    model = Tiny().eval()
+    x = torch.randn(2, 16, 12, 12).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want = model(x)
+        compiled = torch.compile(model, fullgraph=True)
+        assert rel_err(compiled(x), want) <= 1e-4
+        # Buffers updated in place are seen by the compiled model (the fold is in the graph).
+        model.dw[1].running_var.mul_(2.0)
+        model.block.bn.running_var.mul_(2.0)
+        assert rel_err(compiled(x), model(x)) <= 1e-4
