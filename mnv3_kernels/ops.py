@@ -295,8 +295,22 @@ def _fake_squeeze_excite(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
     return torch.empty(tuple(x.shape), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
 
 
+def _non_overlapping_and_dense(x: torch.Tensor) -> bool:
+    """Whether x's elements exactly fill a block of memory (any dimension order)."""
+    expected = 1
+    dims = sorted((x.stride(d), x.shape[d]) for d in range(x.dim()) if x.shape[d] != 1)
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _fake_elementwise(x):
-    return torch.empty_like(x)
+    # The kernels keep x's strides when x is non-overlapping and dense, else write contiguous.
+    if x.numel() == 0 or _non_overlapping_and_dense(x):
+        return torch.empty_like(x)
+    return torch.empty(tuple(x.shape), dtype=x.dtype, device=x.device)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,13 @@
 // C++ (LibTorch) test of the mnv3 operators through the dispatcher, against ATen's unfused path.
+// Per-operator ATen headers only: <torch/torch.h> costs minutes of compile time.
+#include <ATen/Context.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/torch.h>
+#include <ATen/ops/allclose.h>
+#include <ATen/ops/conv2d.h>
+#include <ATen/ops/hardswish.h>
+#include <ATen/ops/randn.h>
+#include <ATen/ops/relu.h>
 
 #include <cstdio>
 #include <string>
@@ -36,10 +43,10 @@ at::Tensor reference(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
 
 void check_dwconv(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t s, int64_t d,
                   const std::string& act, bool channels_last) {
-  auto x = torch::randn({n, c, h, w});
+  auto x = at::randn({n, c, h, w});
   if (channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
-  auto wt = torch::randn({c, 1, k, k});
-  auto b = torch::randn({c});
+  auto wt = at::randn({c, 1, k, k});
+  auto b = at::randn({c});
   const int64_t pad = d * (k - 1) / 2;
   auto got = dwconv_bn_act(x, wt, b, {s, s}, {pad, pad}, {d, d}, act);
   auto want = reference(x, wt, b, {s, s}, {pad, pad}, {d, d}, act);
@@ -54,7 +61,7 @@ void check_dwconv(int64_t n, int64_t c, int64_t h, int64_t w, int64_t k, int64_t
 }  // namespace
 
 int main() {
-  torch::manual_seed(0);
+  at::manual_seed(0);
   for (bool cl : {false, true}) {
     check_dwconv(1, 16, 112, 112, 3, 1, 1, "relu", cl);
     check_dwconv(2, 72, 57, 55, 5, 2, 1, "hardswish", cl);
@@ -63,7 +70,7 @@ int main() {
   }
   bool threw = false;
   try {
-    dwconv_bn_act(torch::randn({1, 8, 5, 5}), torch::randn({4, 1, 3, 3}), c10::nullopt, {1, 1},
+    dwconv_bn_act(at::randn({1, 8, 5, 5}), at::randn({4, 1, 3, 3}), c10::nullopt, {1, 1},
                   {1, 1}, {1, 1}, "relu");
   } catch (const c10::Error& e) {
     threw = std::string(e.what()).find("channels") != std::string::npos;
