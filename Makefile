@@ -31,7 +31,7 @@ test-triton:
 	TRITON_INTERPRET=1 $(PYTHON) -m pytest -q tests/test_triton.py
 
 test-benchmarks:
-	MNV3_BENCH_QUICK=1 $(PYTHON) -m pytest -q benchmarks --benchmark-disable
+	MNV3_BENCH_MODE=ci $(PYTHON) -m pytest -q benchmarks --benchmark-disable
 
 # The CUDA kernels cannot run without a GPU; check that they compiled for sm_90 and registered.
 test-cuda-build:

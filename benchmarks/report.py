@@ -1,0 +1,638 @@
+"""Markdown report and PNG plots from pytest-benchmark JSON.
+
+    python -m benchmarks.report RESULTS.json [MORE.json ...] --out benchmarks/results/NAME
+
+Reads the groups and extra_info that the suites in benchmarks/ record (kind, provider, baseline,
+compare, flops, bytes, ...), and writes NAME/report.md, NAME/*.png and a copy of each JSON
+(per-round samples dropped unless --keep-samples; the statistics stay).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections import OrderedDict, defaultdict
+from typing import Dict, List, Optional
+
+# The paper's Table 5 (MobileNetV3-Large, Pixel 1, ms), mapped onto our provider names.
+PAPER_TABLE5 = OrderedDict([("all-relu", 50.5), ("hswish-fused", 51.4), ("hswish-naive", 57.5)])
+PAPER_LABEL = {"all-relu": "ReLU", "hswish-fused": "h-swish @ optimized", "hswish-naive": "h-swish @ naive"}
+
+_ORDER = ["matmul", "copy", "eager-unfused", "eager", "eager-cl", "eager-folded", "compile",
+          "compile-freezing", "all-relu", "relu", "swish", "hswish-naive", "hswish-F", "hswish-where",
+          "hswish-fused", "fused", "converted", "fused-blocks"]
+_KIND_TITLE = OrderedDict([
+    ("ceiling", "Machine ceilings"), ("dw", "Depthwise conv + BN + activation"),
+    ("se", "Squeeze-excite"), ("act", "Activations"), ("model", "Whole models"),
+    ("table5", "Table 5 (activation choice, whole network)"),
+])
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+class Row:
+    def __init__(self, bench: dict):
+        st = bench["stats"]
+        self.ei = dict(bench.get("extra_info") or {})
+        self.group = bench.get("group") or bench.get("name")
+        self.name = bench.get("name", "")
+        self.provider = self.ei.get("provider") or self.name
+        self.kind = self.ei.get("kind", "other")
+        self.device = self.ei.get("device", "cpu")
+        for k in ("median", "mean", "min", "max", "q1", "q3", "iqr", "stddev", "rounds"):
+            setattr(self, k, st.get(k))
+        self.flops = self.ei.get("flops")
+        self.bytes = self.ei.get("bytes")
+
+    def gflops(self) -> Optional[float]:
+        return self.flops / self.median / 1e9 if self.flops and self.median else None
+
+    def gbs(self) -> Optional[float]:
+        return self.bytes / self.median / 1e9 if self.bytes and self.median else None
+
+
+def provider_key(p: str):
+    for i, prefix in enumerate(_ORDER):
+        if p == prefix:
+            return (i, 0, p)
+    for i, prefix in enumerate(_ORDER):
+        if p.startswith(prefix):
+            return (i, 1, p)
+    return (len(_ORDER), 0, p)
+
+
+def load(paths: List[str]):
+    rows: Dict[tuple, Row] = OrderedDict()
+    meta = []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        meta.append({"path": path, "datetime": data.get("datetime"), "machine": data.get("machine_info") or {},
+                     "commit": data.get("commit_info") or {}, "version": data.get("version")})
+        for bench in data.get("benchmarks", []):
+            row = Row(bench)
+            rows[(row.group, row.provider)] = row  # a later file replaces an earlier measurement
+    return list(rows.values()), meta
+
+
+def by_group(rows: List[Row]) -> "OrderedDict[str, Dict[str, Row]]":
+    groups: "OrderedDict[str, Dict[str, Row]]" = OrderedDict()
+    for r in rows:
+        groups.setdefault(r.group, {})[r.provider] = r
+    return groups
+
+
+def ceilings(rows: List[Row]) -> Dict[str, dict]:
+    """Per device: the measured matmul GFLOP/s and copy GB/s (best of what was measured)."""
+    out: Dict[str, dict] = defaultdict(dict)
+    for r in rows:
+        if r.kind != "ceiling":
+            continue
+        if r.provider == "matmul" and r.gflops():
+            out[r.device]["gflops"] = max(out[r.device].get("gflops", 0.0), r.gflops())
+        if r.provider == "copy" and r.gbs():
+            out[r.device]["gbs"] = max(out[r.device].get("gbs", 0.0), r.gbs())
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Formatting
+# ----------------------------------------------------------------------------------------------
+def fmt_time(s: Optional[float]) -> str:
+    if s is None:
+        return "–"
+    if s < 1e-3:
+        return f"{s * 1e6:.1f} µs"
+    if s < 1:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s:.3f} s"
+
+
+def fmt_x(v: Optional[float]) -> str:
+    return "–" if v is None else f"{v:.2f}×"
+
+
+def fmt_num(v: Optional[float], digits: int = 1) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def fmt_pct(v: Optional[float]) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def md_table(header: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def geomean(values: List[float]) -> Optional[float]:
+    values = [v for v in values if v and v > 0]
+    if not values:
+        return None
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def speedup(group: Dict[str, Row], provider: str, ref: str) -> Optional[float]:
+    """How many times faster `provider` is than `ref` in this group (medians)."""
+    if provider not in group or ref not in group or not group[provider].median:
+        return None
+    return group[ref].median / group[provider].median
+
+
+def _compare_list(group: Dict[str, Row]) -> List[str]:
+    any_row = next(iter(group.values()))
+    refs = [any_row.ei.get("baseline")] + [c for c in (any_row.ei.get("compare") or "").split(",") if c]
+    seen = []
+    for r in refs:
+        if r and r in group and r not in seen:
+            seen.append(r)
+    return seen
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------------
+def group_table(group: Dict[str, Row], ceil: Dict[str, dict]) -> str:
+    refs = _compare_list(group)
+    header = ["provider", "median", "IQR", "min – max", "rounds"] + [f"vs {r}" for r in refs]
+    any_row = next(iter(group.values()))
+    has_flops = any(r.flops for r in group.values())
+    has_bytes = any(r.bytes for r in group.values())
+    c = ceil.get(any_row.device, {})
+    if has_flops:
+        header += ["GFLOP/s", "% matmul peak"]
+    if has_bytes:
+        header += ["GB/s", "% copy"]
+    header.append("max rel err")
+    rows = []
+    for p in sorted(group, key=provider_key):
+        r = group[p]
+        row = [p, fmt_time(r.median), fmt_time(r.iqr), f"{fmt_time(r.min)} – {fmt_time(r.max)}", r.rounds]
+        row += [fmt_x(speedup(group, p, ref)) for ref in refs]
+        if has_flops:
+            g = r.gflops()
+            row += [fmt_num(g), fmt_pct(g / c["gflops"]) if g and c.get("gflops") else "–"]
+        if has_bytes:
+            b = r.gbs()
+            row += [fmt_num(b), fmt_pct(b / c["gbs"]) if b and c.get("gbs") else "–"]
+        err = r.ei.get("max_rel_err")
+        row.append("–" if err is None else f"{err:.1e}")
+        rows.append(row)
+    return md_table(header, rows)
+
+
+def geomean_rows(groups, kind: str, refs: List[str], split=None, exclude=()) -> List[List[str]]:
+    """One row per (split value, provider): geomean speedup over each ref and how many groups."""
+    selected = [g for g in groups.values() if next(iter(g.values())).kind == kind]
+    if not selected:
+        return []
+    splits = OrderedDict()
+    for g in selected:
+        any_row = next(iter(g.values()))
+        key = split(any_row) if split else "all"
+        splits.setdefault(key, []).append(g)
+    if split and len(splits) > 1:
+        splits["all"] = selected
+    providers = sorted({p for g in selected for p in g if p not in exclude}, key=provider_key)
+    out = []
+    for key, gs in splits.items():
+        for p in providers:
+            cells, any_value = [], False
+            for ref in refs:
+                ratios = [speedup(g, p, ref) for g in gs]
+                ratios = [v for v in ratios if v]
+                if p == ref or not ratios:
+                    cells.append("–")
+                    continue
+                any_value = True
+                cells.append(f"{geomean(ratios):.2f}× (n={len(ratios)}, {min(ratios):.2f}–{max(ratios):.2f})")
+            if any_value:
+                out.append([key, p] + cells)
+    return out
+
+
+def wide_dw_tables(groups, ceil) -> str:
+    """Per (device, batch, layout): one line per layer, medians of every provider side by side."""
+    dw = [g for g in groups.values() if next(iter(g.values())).kind == "dw"]
+    if not dw:
+        return ""
+    parts = OrderedDict()
+    for g in dw:
+        r = next(iter(g.values()))
+        parts.setdefault((r.device, r.ei.get("batch"), r.ei.get("layout")), []).append(g)
+    text = []
+    for (dev, batch, layout), gs in parts.items():
+        providers = sorted({p for g in gs for p in g}, key=provider_key)
+        fused = [p for p in providers if p.startswith("fused-")]
+        header = ["layer"] + [f"{p}" for p in providers]
+        for f in fused:
+            header += [f"{f} vs eager-unfused", f"{f} vs compile", f"{f} vs compile-freezing"]
+        roof = "GFLOP/s (% peak)" if dev == "cpu" else "GB/s (% copy)"
+        header += [f"{f} {roof}" for f in fused]
+        rows = []
+        c = ceil.get(dev, {})
+        for g in gs:
+            r0 = next(iter(g.values()))
+            row = [r0.ei.get("layer", r0.group)]
+            row += [fmt_time(g[p].median) if p in g else "–" for p in providers]
+            for f in fused:
+                row += [fmt_x(speedup(g, f, "eager-unfused")), fmt_x(speedup(g, f, "compile")),
+                        fmt_x(speedup(g, f, "compile-freezing"))]
+            for f in fused:
+                if f not in g:
+                    row.append("–")
+                elif dev == "cpu":
+                    v = g[f].gflops()
+                    row.append(f"{fmt_num(v)} ({fmt_pct(v / c['gflops']) if v and c.get('gflops') else '–'})")
+                else:
+                    v = g[f].gbs()
+                    row.append(f"{fmt_num(v)} ({fmt_pct(v / c['gbs']) if v and c.get('gbs') else '–'})")
+            rows.append(row)
+        text.append(f"#### {dev}, batch {batch}, {layout} (medians)\n\n" + md_table(header, rows))
+    return "\n".join(text)
+
+
+def model_table(groups, kind: str) -> str:
+    gs = [g for g in groups.values() if next(iter(g.values())).kind == kind]
+    if not gs:
+        return ""
+    refs = []
+    for g in gs:
+        refs += [r for r in _compare_list(g) if r not in refs]
+    rows = []
+    for g in gs:
+        for p in sorted(g, key=provider_key):
+            r = g[p]
+            rows.append([r.ei.get("model", ""), r.ei.get("batch", ""), r.device, p, fmt_time(r.median),
+                         fmt_time(r.iqr)] + [fmt_x(speedup(g, p, ref)) for ref in refs])
+    return md_table(["model", "batch", "device", "provider", "median", "IQR"] + [f"vs {r}" for r in refs], rows)
+
+
+def table5_section(groups) -> str:
+    gs = [g for g in groups.values() if next(iter(g.values())).kind == "table5"]
+    if not gs:
+        return ""
+    text = []
+    for g in gs:
+        r0 = next(iter(g.values()))
+        relu = g.get("all-relu")
+        header = ["variant", "median", "IQR", "vs all-relu", "paper (Pixel 1, V3-Large)", "paper vs all-relu"]
+        rows = []
+        for p in sorted(g, key=provider_key):
+            r = g[p]
+            rel = f"{100 * (r.median / relu.median - 1):+.1f}%" if relu else "–"
+            paper_key = "hswish-fused" if p.startswith("hswish-fused") else p
+            paper = PAPER_TABLE5.get(paper_key)
+            paper_rel = f"{100 * (paper / PAPER_TABLE5['all-relu'] - 1):+.1f}%" if paper else ""
+            rows.append([p, fmt_time(r.median), fmt_time(r.iqr), rel,
+                         f"{paper} ms ({PAPER_LABEL[paper_key]})" if paper else "", paper_rel])
+        text.append(f"#### mobilenet_v3_{r0.ei.get('model')}, batch {r0.ei.get('batch')}, "
+                    f"{r0.ei.get('layout')}, {r0.device}\n\n" + md_table(header, rows))
+    return "\n".join(text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colors(providers):
+    plt = _plt()
+    cmap = plt.get_cmap("tab10")
+    return {p: cmap(i % 10) for i, p in enumerate(sorted(providers, key=provider_key))}
+
+
+def _plain_log_axis(axis) -> None:
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(FormatStrFormatter(""))
+
+
+def _bar_speedups(ax, gs, baseline, providers, colors, labels, log=True, rel_time=False):
+    import numpy as np
+
+    x = np.arange(len(gs))
+    width = 0.8 / max(1, len(providers))
+    for i, p in enumerate(providers):
+        vals = []
+        for g in gs:
+            s = speedup(g, p, baseline)
+            vals.append((1 / s if rel_time else s) if s else float("nan"))
+        ax.bar(x + (i - (len(providers) - 1) / 2) * width, vals, width, label=p, color=colors[p])
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    if log:
+        ax.set_yscale("log")
+        _plain_log_axis(ax.yaxis)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def plot_dw(groups, out_dir, ceil) -> List[str]:
+    plt = _plt()
+    files = []
+    dw = [g for g in groups.values() if next(iter(g.values())).kind == "dw"]
+    for dev in sorted({next(iter(g.values())).device for g in dw}):
+        gsd = [g for g in dw if next(iter(g.values())).device == dev]
+        keys = sorted({(next(iter(g.values())).ei.get("batch"), next(iter(g.values())).ei.get("layout")) for g in gsd})
+        providers = sorted({p for g in gsd for p in g if p != "eager-unfused"}, key=provider_key)
+        colors = _colors(providers)
+        fig, axes = plt.subplots(len(keys), 1, figsize=(12, 3.6 * len(keys)), squeeze=False)
+        for ax, (batch, layout) in zip(axes[:, 0], keys):
+            gs = [g for g in gsd if (next(iter(g.values())).ei.get("batch"), next(iter(g.values())).ei.get("layout")) == (batch, layout)]
+            labels = [next(iter(g.values())).ei.get("layer") for g in gs]
+            _bar_speedups(ax, gs, "eager-unfused", providers, colors, labels)
+            ax.set_title(f"depthwise conv+BN+act, {dev}, batch {batch}, {layout}: speedup over eager-unfused (median)", fontsize=9)
+            ax.set_ylabel("speedup (×, log)")
+        axes[0, 0].legend(fontsize=7, ncol=len(providers), loc="upper left")
+        fig.tight_layout()
+        name = f"dw_speedup_{dev}.png"
+        fig.savefig(os.path.join(out_dir, name), dpi=110)
+        plt.close(fig)
+        files.append(name)
+
+        # Roofline: achieved GFLOP/s against arithmetic intensity, with the measured ceilings.
+        c = ceil.get(dev, {})
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        pts = defaultdict(list)
+        for g in gsd:
+            for p, r in g.items():
+                if r.gflops() and r.bytes:
+                    pts[p].append((r.flops / r.bytes, r.gflops()))
+        cols = _colors(list(pts))
+        for p in sorted(pts, key=provider_key):
+            xs, ys = zip(*pts[p])
+            ax.scatter(xs, ys, s=18, label=p, color=cols[p], alpha=0.8)
+        all_x = [x for v in pts.values() for x, _ in v] or [1.0]
+        lo, hi = min(all_x) / 1.5, max(all_x) * 1.5
+        if c.get("gflops"):
+            ax.axhline(c["gflops"], color="black", ls="--", lw=1, label=f"measured matmul peak {c['gflops']:.0f} GFLOP/s")
+        if c.get("gbs"):
+            ax.plot([lo, hi], [lo * c["gbs"], hi * c["gbs"]], color="gray", ls=":", lw=1,
+                    label=f"measured copy {c['gbs']:.0f} GB/s × intensity")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _plain_log_axis(ax.xaxis)
+        _plain_log_axis(ax.yaxis)
+        ax.set_xlim(lo, hi)
+        ax.set_xlabel("arithmetic intensity (FLOP / byte, 4·(in+out) bytes)")
+        ax.set_ylabel("GFLOP/s (median)")
+        ax.set_title(f"depthwise layers on {dev}: achieved vs measured ceilings", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"dw_roofline_{dev}.png"
+        fig.savefig(os.path.join(out_dir, name), dpi=110)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def plot_simple(groups, out_dir, kind, baseline, title, ylabel, rel_time=False, log=True) -> List[str]:
+    plt = _plt()
+    files = []
+    sel = [g for g in groups.values() if next(iter(g.values())).kind == kind]
+    for dev in sorted({next(iter(g.values())).device for g in sel}):
+        gs = [g for g in sel if next(iter(g.values())).device == dev]
+        providers = sorted({p for g in gs for p in g if p != baseline}, key=provider_key)
+        if not providers:
+            continue
+        colors = _colors(providers)
+        labels = []
+        for g in gs:
+            r = next(iter(g.values()))
+            labels.append(f"{r.ei.get('layer')} b{r.ei.get('batch')}" + (f" {r.ei.get('layout')}" if kind == "se" else ""))
+        fig, ax = plt.subplots(figsize=(max(7, 0.45 * len(gs) * max(1, len(providers)) ** 0.5 + 4), 4.5))
+        _bar_speedups(ax, gs, baseline, providers, colors, labels, log=log, rel_time=rel_time)
+        ax.set_title(f"{title}, {dev}", fontsize=10)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7, ncol=min(4, len(providers)))
+        fig.tight_layout()
+        name = f"{kind}_{dev}.png"
+        fig.savefig(os.path.join(out_dir, name), dpi=110)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def plot_models(groups, out_dir) -> List[str]:
+    plt = _plt()
+    files = []
+    sel = [g for g in groups.values() if next(iter(g.values())).kind in ("model", "table5")]
+    if not sel:
+        return files
+    fig, axes = plt.subplots(len(sel), 1, figsize=(9, 0.32 * sum(len(g) for g in sel) + 1.2 * len(sel)), squeeze=False)
+    for ax, g in zip(axes[:, 0], sel):
+        r0 = next(iter(g.values()))
+        providers = sorted(g, key=provider_key)
+        med = [g[p].median * 1e3 for p in providers]
+        err = [[(g[p].median - (g[p].q1 or g[p].median)) * 1e3 for p in providers],
+               [((g[p].q3 or g[p].median) - g[p].median) * 1e3 for p in providers]]
+        ax.barh(range(len(providers)), med, xerr=err, color="tab:blue" if r0.kind == "model" else "tab:orange")
+        ax.set_yticks(range(len(providers)))
+        ax.set_yticklabels(providers, fontsize=8)
+        ax.invert_yaxis()
+        base = g.get(r0.ei.get("baseline"))
+        for i, p in enumerate(providers):
+            note = f"{med[i]:.2f} ms"
+            if base and p != base.provider:
+                note += f"  ({100 * (g[p].median / base.median - 1):+.1f}% vs {base.provider})"
+            ax.text(med[i] + err[1][i], i, "  " + note, va="center", fontsize=7)
+        ax.set_xlim(0, max(med) * 1.5)
+        what = "Table 5 variants" if r0.kind == "table5" else "whole model"
+        ax.set_title(f"{what}: mobilenet_v3_{r0.ei.get('model')}, batch {r0.ei.get('batch')}, {r0.device} "
+                     f"(median, IQR bars)", fontsize=9)
+        ax.set_xlabel("ms")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "models.png"), dpi=110)
+    plt.close(fig)
+    files.append("models.png")
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+# ----------------------------------------------------------------------------------------------
+def _environment(rows: List[Row], meta: List[dict]) -> str:
+    lines = []
+    for dev in sorted({r.device for r in rows}):
+        ei = next(r.ei for r in rows if r.device == dev)
+        lines.append(
+            f"- **{dev}**: {ei.get('device_name', '?')}, {ei.get('threads', '?')} threads; torch {ei.get('torch')}, "
+            f"torchvision {ei.get('torchvision')}, triton {ei.get('triton')}, mnv3_kernels {ei.get('mnv3_kernels')} "
+            f"(compiled library: {ei.get('mnv3_compiled')}, CPU ISA {ei.get('cpu_isa')}, backends {ei.get('backends')}); "
+            f"suite mode `{ei.get('mode')}`."
+        )
+        mall = sorted({r.ei.get("malloc_env", "?") for r in rows if r.device == dev})
+        if dev == "cpu":
+            if mall == ["set"]:
+                lines.append("- Allocator: every CPU benchmark ran with `MALLOC_MMAP_THRESHOLD_=33554432 "
+                             "MALLOC_TRIM_THRESHOLD_=1073741824` in the process environment, for every provider alike "
+                             "(plain glibc otherwise returns freed MB-sized blocks to the kernel and the next op "
+                             "page-faults its output in again).")
+            else:
+                lines.append(f"- Allocator: **the recommended glibc settings were not in effect** ({', '.join(mall)}); "
+                             "small CPU ops may be dominated by page faults.")
+        if dev == "cuda":
+            lines.append(f"- GPU: TF32 {'on' if ei.get('tf32') else 'off'} for every provider; each timed call ends "
+                         "with torch.cuda.synchronize().")
+    for m in meta:
+        mi, ci = m["machine"], m["commit"]
+        commit = (ci.get("id") or "")[:10]
+        dirty = " (uncommitted changes)" if ci.get("dirty") else ""
+        lines.append(f"- Run {m.get('datetime', '?')}, python {mi.get('python_version', '?')}, "
+                     f"pytest-benchmark {m.get('version', '?')}, commit {commit or '?'}{dirty}; source: `{os.path.basename(m['path'])}`.")
+    return "\n".join(lines) + "\n"
+
+
+def render(rows: List[Row], meta: List[dict], out_dir: str, extra_md: List[str] = (), title: str = None) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    groups = by_group(rows)
+    ceil = ceilings(rows)
+    kinds = {r.kind for r in rows}
+    md = [f"# {title or 'mnv3_kernels benchmark report'}\n"]
+    md.append(_environment(rows, meta))
+    warm = sorted({r.ei.get("warmup_calls") for r in rows if r.ei.get("warmup_calls") is not None})
+    md.append(
+        "How it was measured: pytest-benchmark; each group is one comparison (same op, shape, layout, dtype, device "
+        "and the same input tensor for every provider), measured side by side in one process. Every provider's "
+        "output was checked against a float64 evaluation of the unfused math before it was timed "
+        f"(max |err| ≤ 1e-4·max |ref|; column *max rel err*), then called {', '.join(str(w) for w in warm) or '?'} "
+        "more times as warm-up. Times are medians over rounds; spread is the IQR and min–max. "
+        "*vs X* = median(X) / median(provider): above 1 the provider is faster. Geomeans are over the groups where "
+        "both providers were measured (n). Roofline: FLOPs = 2·N·C·Ho·Wo·k², bytes = 4·(N·C·H·W + N·C·Ho·Wo) for "
+        "depthwise layers; SE bytes = 3 passes over the tensor (pool read, scale read + write); activations "
+        "2 passes. Ceilings were measured in the same run (below).\n"
+    )
+    for path in extra_md:
+        with open(path) as f:
+            md.append(f.read().rstrip() + "\n")
+
+    # Ceilings
+    if ceil:
+        md.append("## Machine ceilings (measured in this run)\n")
+        rows_c = []
+        for dev, c in sorted(ceil.items()):
+            rows_c.append([dev, fmt_num(c.get("gflops")), fmt_num(c.get("gbs"))])
+        md.append(md_table(["device", "measured matmul peak (GFLOP/s, fp32 torch.mm)", "measured copy (GB/s, read+write)"], rows_c))
+
+    # Headline
+    md.append("## Headline\n")
+    if "dw" in kinds:
+        md.append("### Depthwise conv + BN + activation: geomean speedup (min–max over layers)\n")
+        refs = ["eager-unfused", "eager-folded", "compile", "compile-freezing"]
+        split = lambda r: f"{r.device} b{r.ei.get('batch')} {r.ei.get('layout')}"  # noqa: E731
+        tab = geomean_rows(groups, "dw", refs, split=split, exclude=("eager-unfused",))
+        md.append(md_table(["cases", "provider"] + [f"vs {r}" for r in refs], tab))
+        md.append("\nSplit by batch and layout; *all* pools every depthwise group.\n")
+    if "se" in kinds:
+        md.append("### Squeeze-excite: geomean speedup\n")
+        refs = ["eager", "compile"]
+        tab = geomean_rows(groups, "se", refs, split=lambda r: f"{r.device} {r.ei.get('layout')}", exclude=("eager",))
+        md.append(md_table(["cases", "provider"] + [f"vs {r}" for r in refs], tab))
+    if "act" in kinds:
+        md.append("### Activations: geomean speedup over the naive h-swish chain and over ReLU\n")
+        refs = ["hswish-naive", "relu", "hswish-F"]
+        tab = geomean_rows(groups, "act", refs, split=lambda r: f"{r.device} b{r.ei.get('batch')}")
+        md.append(md_table(["cases", "provider"] + [f"vs {r}" for r in refs], tab))
+        md.append("\nBelow 1× vs relu: slower than ReLU (the paper's reference cost).\n")
+    if "model" in kinds:
+        md.append("### Whole models (224×224, eval, no_grad)\n")
+        md.append(model_table(groups, "model"))
+    if "table5" in kinds:
+        md.append("### Table 5 reproduction (relative to all-ReLU, as in the paper)\n")
+        md.append("The paper's numbers are MobileNetV3-Large on a Pixel 1 phone; ours are on this machine. "
+                  "*hswish-fused-* is the single-pass kernel as a module (the paper's optimized h-swish); "
+                  "*fused-blocks-* adds depthwise+BN+act and SE fusion (convert()).\n")
+        md.append(table5_section(groups))
+
+    # Plots
+    md.append("## Plots\n")
+    pngs = []
+    try:
+        pngs += plot_dw(groups, out_dir, ceil)
+        pngs += plot_simple(groups, out_dir, "se", "eager", "squeeze-excite: speedup over eager torchvision module",
+                            "speedup (×, log)")
+        pngs += plot_simple(groups, out_dir, "act", "hswish-naive",
+                            "activations: time relative to the naive h-swish chain (lower is faster)",
+                            "time / naive chain", rel_time=True, log=False)
+        pngs += plot_models(groups, out_dir)
+    except ImportError as exc:  # matplotlib missing: the tables still stand
+        md.append(f"(plots skipped: {exc})\n")
+    for p in pngs:
+        md.append(f"![{p}]({p})\n")
+
+    # Details
+    if "dw" in kinds:
+        md.append("## Depthwise layers, side by side\n")
+        md.append(wide_dw_tables(groups, ceil))
+    md.append("## Every group\n")
+    for kind, ktitle in _KIND_TITLE.items():
+        gs = [(name, g) for name, g in groups.items() if next(iter(g.values())).kind == kind]
+        if not gs:
+            continue
+        md.append(f"### {ktitle}\n")
+        for name, g in gs:
+            r0 = next(iter(g.values()))
+            shape = r0.ei.get("shape", "")
+            md.append(f"#### `{name}`  (x {shape}, {r0.ei.get('dtype', '')}, baseline {r0.ei.get('baseline')})\n")
+            md.append(group_table(g, ceil))
+    others = [(name, g) for name, g in groups.items() if next(iter(g.values())).kind not in _KIND_TITLE]
+    for name, g in others:
+        md.append(f"#### `{name}`\n")
+        md.append(group_table(g, ceil))
+
+    text = "\n".join(md)
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def copy_json(paths: List[str], out_dir: str, keep_samples: bool) -> List[str]:
+    written = []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        if not keep_samples:
+            for b in data.get("benchmarks", []):
+                b.get("stats", {}).pop("data", None)
+        dest = os.path.join(out_dir, os.path.basename(path))
+        with open(dest, "w") as f:
+            json.dump(data, f, indent=1)
+        written.append(dest)
+    return written
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
+    ap.add_argument("json", nargs="+", help="pytest-benchmark JSON file(s) (--benchmark-json)")
+    ap.add_argument("--out", required=True, help="output folder (report.md, PNGs, JSON copies)")
+    ap.add_argument("--title", default=None)
+    ap.add_argument("--extra-md", action="append", default=[], help="markdown file to include after the header")
+    ap.add_argument("--keep-samples", action="store_true", help="keep per-round samples in the JSON copies")
+    args = ap.parse_args(argv)
+    rows, meta = load(args.json)
+    if not rows:
+        raise SystemExit(f"no benchmarks found in {args.json}")
+    path = render(rows, meta, args.out, args.extra_md, args.title)
+    copy_json(args.json, args.out, args.keep_samples)
+    print(f"report: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,66 @@
+"""Depthwise conv + BN + activation at every MobileNetV3 depthwise layer.
+
+One group per (layer, batch, layout, device). Providers:
+    eager-unfused     torchvision's Conv2dNormActivation: conv2d -> batch_norm -> act
+    eager-folded      BN folded into the conv beforehand: conv2d(+bias) -> act
+    compile           torch.compile of the unfused block
+    compile-freezing  the same with inductor freezing (CPU; weights become constants)
+    fused-<backend>   mnv3_kernels.ops.dwconv_bn_act, one pass
+"""
+import pytest
+
+from benchmarks import common
+from mnv3_kernels import ops, reference
+
+
+def _cases():
+    dev = common.device()
+    cases = []
+    for layer in common.dw_layers():
+        for n in common.batches():
+            for layout in common.LAYOUTS:
+                providers = ["eager-unfused", "eager-folded"]
+                if common.compile_selected("dw", layer.name, n, layout):
+                    providers += ["compile"] + (["compile-freezing"] if dev == "cpu" else [])
+                providers += [f"fused-{b}" for b in common.fused_backends(dev)]
+                cases += [pytest.param(layer, n, layout, p, id=f"{layer.name}-b{n}-{layout}-{p}")
+                          for p in providers]
+    return cases
+
+
+@pytest.mark.parametrize("layer,n,layout,provider", _cases())
+def test_dwconv(bench, dev, layer, n, layout, provider):
+    if provider.startswith("fused-"):
+        common.skip_unless_fused(provider[len("fused-"):], dev)
+    shape = (n, layer.channels, layer.size, layer.size)
+    x = common.make_input(shape, layout, dev, common.seed_of("dw-input", layer.name, n))
+    block = common.to_layout(common.make_dw_block(layer).to(dev), layout)
+    ref = common.dw_reference(block, layer, x)
+    weight, bias = common.dw_folded(block)
+    s, p, act = layer.stride, layer.padding, layer.activation
+    key = ("dw", layer.name, n, layout, dev)
+
+    if provider == "eager-unfused":
+        fn = block
+    elif provider == "eager-folded":
+        def fn(x):
+            return reference.dwconv_bn_act(x, weight, bias, (s, s), (p, p), (1, 1), act)
+    elif provider == "compile":
+        fn = common.compiled(key, block)
+    elif provider == "compile-freezing":
+        fn = common.compiled(key, block, freezing=True)
+    else:
+        backend = provider[len("fused-"):]
+
+        def fn(x):
+            return ops.dwconv_bn_act(x, weight, bias, s, p, 1, act, backend=backend)
+
+    flops, nbytes = common.dw_flops_bytes(layer, n)
+    bench(
+        group=f"dw {layer.name} b{n} {layout} {dev}", provider=provider, fn=fn, args=(x,),
+        kind="dw", op="dwconv_bn_act", baseline="eager-unfused",
+        compare=("eager-folded", "compile", "compile-freezing"), ref=ref,
+        flops=flops, nbytes=nbytes, shape=shape, layout=layout,
+        layer=layer.name, model=layer.model, batch=n, channels=layer.channels, kernel=layer.kernel,
+        stride=layer.stride, size=layer.size, out_size=layer.out_size, activation=act,
+    )

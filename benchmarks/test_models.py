@@ -1,0 +1,129 @@
+"""Whole MobileNetV3 models at 224x224 (torchvision, random weights, randomized BN statistics,
+eval, no_grad), and the paper's Table 5 in relative terms.
+
+model groups, providers:
+    eager, eager-cl                     the torchvision model, NCHW / channels_last
+    compile, compile-freezing           torch.compile (freezing: CPU only)
+    converted-<b>, converted-<b>-cl     mnv3_kernels.convert(model, backend=b)
+    converted-<b>+compile               the converted model under torch.compile
+table5 groups (the same network, activation swapped; relative to all-relu like the paper):
+    all-relu          every nn.Hardswish replaced by nn.ReLU
+    hswish-naive      nn.Hardswish replaced by the op chain x * relu6(x + 3) / 6
+    hswish-F          the model as torchvision builds it (nn.Hardswish)
+    hswish-where      the piecewise formula in torch.where
+    hswish-fused-<b>  the single-pass kernel as a module (the paper's "optimized h-swish")
+    fused-blocks-<b>  mnv3_kernels.convert(): fused depthwise+BN+act and squeeze-excite
+"""
+import pytest
+import torch
+import torch.nn as nn
+
+from benchmarks import common
+
+_REFS = {}
+
+
+def _reference(name, variant, n, dev, model):
+    """float64 output of the (unconverted) network, computed once per case."""
+    key = (name, variant, n, dev)
+    if key not in _REFS:
+        x = common.model_input(n, "nchw", dev)
+        _REFS[key] = model.double()(x.double()).float()
+        model.float()
+    return _REFS[key]
+
+
+def _converted(model, backend):
+    common.skip_unless_fused(backend, common.device())
+    try:
+        converted, _ = common.convert_model(model, backend)
+    except NotImplementedError as exc:
+        pytest.skip(f"mnv3_kernels.convert is not available in this build ({exc or 'NotImplementedError'})")
+    return converted
+
+
+def _model_cases():
+    dev = common.device()
+    cases = []
+    names = common.MODELS if common.mode() != "ci" else ("small",)
+    for name in names:
+        for n in common.batches("model"):
+            providers = ["eager", "eager-cl"]
+            with_compile = common.compile_selected("model", name, n, "nchw")
+            if with_compile:
+                providers += ["compile"] + (["compile-freezing"] if dev == "cpu" else [])
+            for b in common.fused_backends(dev):
+                providers += [f"converted-{b}", f"converted-{b}-cl"]
+                if with_compile:
+                    providers.append(f"converted-{b}+compile")
+            cases += [pytest.param(name, n, p, id=f"{name}-b{n}-{p}") for p in providers]
+    return cases
+
+
+@pytest.mark.parametrize("name,n,provider", _model_cases())
+def test_model(bench, dev, name, n, provider):
+    base = common.build_model(name).to(dev)
+    layout = "channels_last" if provider.endswith("-cl") else "nchw"
+    x = common.model_input(n, layout, dev)
+    ref = _reference(name, "eager", n, dev, common.build_model(name).to(dev))
+    key = ("model", name, n, layout, dev)
+    if provider.startswith("converted-"):
+        backend = provider[len("converted-"):].split("-")[0].split("+")[0]
+        model = common.to_layout(_converted(base, backend), layout)
+        fn = common.compiled(key + (provider,), model) if provider.endswith("+compile") else model
+    else:
+        model = common.to_layout(base, layout)
+        if provider == "compile":
+            fn = common.compiled(key, model)
+        elif provider == "compile-freezing":
+            fn = common.compiled(key, model, freezing=True)
+        else:
+            fn = model
+    bench(
+        group=f"model {name} b{n} {dev}", provider=provider, fn=fn, args=(x,), kind="model",
+        op=f"mobilenet_v3_{name}", baseline="eager", compare=("compile", "compile-freezing"),
+        ref=ref, shape=tuple(x.shape), layout=layout, layer=name, model=name, batch=n,
+    )
+
+
+def _table5_cases():
+    dev = common.device()
+    m = common.mode()
+    names = {"ci": ("small",), "quick": ("large",), "full": common.MODELS}[m]
+    batches = common.batches("model") if m == "full" else [1]
+    cases = []
+    for name in names:
+        for n in batches:
+            providers = ["all-relu", "hswish-naive", "hswish-F", "hswish-where"]
+            for b in common.fused_backends(dev):
+                providers += [f"hswish-fused-{b}", f"fused-blocks-{b}"]
+            cases += [pytest.param(name, n, p, id=f"{name}-b{n}-{p}") for p in providers]
+    return cases
+
+
+@pytest.mark.parametrize("name,n,provider", _table5_cases())
+def test_table5(bench, dev, name, n, provider):
+    model = common.build_model(name).to(dev)
+    variant = "all-relu" if provider == "all-relu" else "hswish"
+    if provider == "all-relu":
+        common.replace_hardswish(model, lambda: nn.ReLU(inplace=True))
+    elif provider == "hswish-naive":
+        common.replace_hardswish(model, common.NaiveHardswish)
+    elif provider == "hswish-where":
+        common.replace_hardswish(model, common.PiecewiseHardswish)
+    elif provider.startswith("hswish-fused-"):
+        backend = provider[len("hswish-fused-"):]
+        common.skip_unless_fused(backend, dev)
+        common.replace_hardswish(model, lambda: common.FusedHardswish(backend))
+    elif provider.startswith("fused-blocks-"):
+        model = _converted(model, provider[len("fused-blocks-"):])
+    ref_model = common.build_model(name).to(dev)
+    if variant == "all-relu":
+        common.replace_hardswish(ref_model, lambda: nn.ReLU(inplace=True))
+    x = common.model_input(n, "nchw", dev)
+    ref = _reference(name, variant, n, dev, ref_model)
+    bench(
+        group=f"table5 {name} b{n} nchw {dev}", provider=provider, fn=model, args=(x,),
+        kind="table5", op=f"mobilenet_v3_{name}", baseline="all-relu", compare=("hswish-naive",),
+        ref=ref, shape=tuple(x.shape), layout="nchw", layer=name, model=name, batch=n,
+    )
