@@ -89,8 +89,8 @@ def squeeze_excite(
 ) -> torch.Tensor:
     """x * hardsigmoid(fc2(relu(fc1(mean_hw(x))))), fc weights given as (out, in)."""
     pooled = x.mean(dim=(2, 3))
-    hidden = F.relu(F.linear(pooled, fc1_weight.reshape(fc1_weight.shape[0], -1), fc1_bias))
-    gate = F.hardsigmoid(F.linear(hidden, fc2_weight.reshape(fc2_weight.shape[0], -1), fc2_bias))
+    hidden = F.relu(F.linear(pooled, fc1_weight.flatten(1), fc1_bias))
+    gate = F.hardsigmoid(F.linear(hidden, fc2_weight.flatten(1), fc2_bias))
     return x * gate[:, :, None, None]
 
 

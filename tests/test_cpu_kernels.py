@@ -191,5 +191,5 @@ def test_hard_activations(isa, fn):
     for inp in (x.contiguous(memory_format=torch.channels_last), x[:, :, ::2, 1:], x.transpose(1, 3)):
         got = ours(inp, backend="cpu")
         torch.testing.assert_close(got, ref(inp), rtol=RTOL, atol=ATOL)
-        if inp.is_non_overlapping_and_dense():
+        if ops._non_overlapping_and_dense(inp):
             assert got.stride() == inp.stride()
