@@ -1,4 +1,4 @@
-"""Kernel-level coverage of the C++ CPU backend: every vector/tail/border code path of both ISAs,
+"""Kernel-level coverage of the C++ CPU backend: every vector/tail/border code path of each ISA,
 checked against mnv3_kernels.reference."""
 import pytest
 import torch
@@ -10,9 +10,10 @@ from conftest import folded_dw_params, se_params
 
 pytestmark = pytest.mark.skipif(not _extension.LOADED, reason="compiled library not loaded")
 
-ISAS = ["portable"]
-if _extension.LOADED and _extension.BUILD_INFO.get("cpu_isa_supported") == "avx2":
-    ISAS.insert(0, "avx2")
+# Every ISA this CPU supports (each implies the ones after it).
+_ALL_ISAS = ["avx512", "avx2", "portable"]
+_BEST = _extension.BUILD_INFO.get("cpu_isa_supported", "portable") if _extension.LOADED else "portable"
+ISAS = _ALL_ISAS[_ALL_ISAS.index(_BEST):]
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -56,12 +57,14 @@ def check_dw(x, C, kh, kw=None, stride=1, padding=0, dilation=1, act="hardswish"
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("C", list(range(1, 18)) + [24, 33])
+@pytest.mark.parametrize("C", list(range(1, 18)) + [24, 33, 47, 61])
 def test_dw_channel_residues(isa, layout, C):
-    # Every C mod 8 residue, with widths hitting each pixel-block remainder of the NHWC
-    # micro-kernels (blocks of 4, 5, 6 pixels) and each 8-column tail of the NCHW one.
-    for W in (1, 12, 19):
-        x = _layout(torch.randn(2, C, 5, W), layout)
+    # Every C mod 8 and mod 16 residue (the vector widths), with output widths on both NHWC
+    # paths (padded window up to 8 columns, direct reads beyond) and hitting every pixel-block
+    # remainder of its register blocks (8 or 4 pixels, 16 or 8 for single tiles), and heights
+    # hitting every row remainder of the NCHW blocks of 8 rows.
+    for H, W in ((5, 1), (13, 7), (7, 12), (3, 19), (2, 46)):
+        x = _layout(torch.randn(2, C, H, W), layout)
         check_dw(x, C, 3, stride=1, padding=1, act="relu")
         check_dw(x, C, 5, stride=2, padding=2, act="hardswish")
 

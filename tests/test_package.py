@@ -27,7 +27,7 @@ def test_build_info_from_compiled_library():
     assert info["version"] == mnv3_kernels.__version__
     assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
     assert info["cuda_built"] in ("true", "false")
-    assert info["cpu_isa"] in ("avx2", "portable")
+    assert info["cpu_isa"] in ("avx512", "avx2", "portable")
 
 
 @pytest.mark.skipif("cpu" not in ops.backends(), reason="compiled CPU library not loaded")

@@ -10,8 +10,12 @@ namespace cpu {
 
 Isa best_supported_isa() {
 #if defined(__x86_64__) || defined(__i386__)
-  static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has_avx2 ? Isa::Avx2 : Isa::Portable;
+  static const Isa best = [] {
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx2 && __builtin_cpu_supports("avx512f")) return Isa::Avx512;
+    return avx2 ? Isa::Avx2 : Isa::Portable;
+  }();
+  return best;
 #else
   return Isa::Portable;
 #endif
@@ -20,9 +24,10 @@ Isa best_supported_isa() {
 static Isa initial_isa() {
   const char* env = std::getenv("MNV3_CPU_ISA");
   if (env != nullptr && *env != '\0') {
-    Isa wanted = parse_isa(env);
-    if (wanted == Isa::Avx2 && best_supported_isa() != Isa::Avx2) return Isa::Portable;
-    return wanted;
+    // A wish the CPU cannot grant falls back to the best it can do.
+    const Isa wanted = parse_isa(env);
+    const Isa best = best_supported_isa();
+    return static_cast<int>(wanted) <= static_cast<int>(best) ? wanted : best;
   }
   return best_supported_isa();
 }
@@ -35,18 +40,29 @@ static std::atomic<int>& isa_slot() {
 Isa active_isa() { return static_cast<Isa>(isa_slot().load(std::memory_order_relaxed)); }
 
 void set_isa(Isa isa) {
-  TORCH_CHECK_VALUE(isa != Isa::Avx2 || best_supported_isa() == Isa::Avx2,
-                    "this CPU does not support AVX2+FMA");
+  TORCH_CHECK_VALUE(static_cast<int>(isa) <= static_cast<int>(best_supported_isa()),
+                    "this CPU does not support ", isa_name(isa), " (best: ",
+                    isa_name(best_supported_isa()), ")");
   isa_slot().store(static_cast<int>(isa), std::memory_order_relaxed);
 }
 
 Isa parse_isa(const std::string& name) {
+  if (name == "avx512") return Isa::Avx512;
   if (name == "avx2") return Isa::Avx2;
   if (name == "portable") return Isa::Portable;
-  TORCH_CHECK_VALUE(false, "CPU ISA must be 'avx2' or 'portable', got '", name, "'");
+  TORCH_CHECK_VALUE(false, "CPU ISA must be 'avx512', 'avx2' or 'portable', got '", name, "'");
 }
 
-const char* isa_name(Isa isa) { return isa == Isa::Avx2 ? "avx2" : "portable"; }
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512:
+      return "avx512";
+    case Isa::Avx2:
+      return "avx2";
+    default:
+      return "portable";
+  }
+}
 
 }  // namespace cpu
 }  // namespace mnv3

@@ -1,5 +1,6 @@
-// Run-time choice of the CPU instruction set: the AVX2+FMA kernels are used only where the CPU
-// has them, so one build runs on any x86-64 (and on other architectures, portably).
+// Run-time choice of the CPU instruction set: the AVX2+FMA and AVX-512 kernels are used only
+// where the CPU has them, so one build runs on any x86-64 (and on other architectures,
+// portably).
 #pragma once
 
 #include <string>
@@ -7,7 +8,8 @@
 namespace mnv3 {
 namespace cpu {
 
-enum class Isa { Portable, Avx2 };
+// Ordered: a CPU that supports one supports all before it.
+enum class Isa { Portable, Avx2, Avx512 };
 
 Isa best_supported_isa();
 Isa active_isa();            // best supported, unless overridden by set_isa / MNV3_CPU_ISA

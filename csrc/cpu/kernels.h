@@ -10,27 +10,24 @@
 namespace mnv3 {
 namespace cpu {
 
-// One dwconv_bn_act call. Work is cut into "items" that the caller spreads over threads:
-//   NHWC: item = (n, oh, channel block of tiles_per_block 8-channel tiles)
+// One dwconv_bn_act call. Work is cut into "items" that the caller spreads over threads
+// (plan.cpp); a tile is `lanes` consecutive channels (the vector width of the kernel table):
+//   NHWC: item = (block of tiles_per_block tiles, n, block of row_block output rows)
 //   NCHW: item = (n, c, block of row_block output rows)
 struct DwArgs {
   DwConvParams p;
   int act;                  // Activation as int: 0 none, 1 relu, 2 hardswish
   const float* x;           // input, NHWC or NCHW contiguous
   float* y;                 // output, same layout as x
-  const float* w;           // NCHW: weight (C, KH*KW); NHWC: packed, see dw_nhwc_packed_floats
-  const float* b;           // NCHW: bias (C), never null; NHWC: unused (bias is packed)
+  const float* w;           // weight (C, KH*KW), contiguous
+  const float* b;           // bias (C), or null for none
   int64_t tiles_per_block;  // NHWC
-  int64_t row_block;        // NCHW
+  int64_t row_block;
+  bool window;              // NHWC: read the input through a padded window (kernels_impl.h)
 };
 
-// NHWC packed weights: per 8-channel tile t, 8 * (1 + KH*KW) floats:
-// [bias(8)][tap 0 (8)][tap 1 (8)]..., channels past C zero.
-inline int64_t dw_nhwc_packed_floats(int64_t C, int64_t KH, int64_t KW) {
-  return (C + 7) / 8 * 8 * (1 + KH * KW);
-}
-
 struct KernelTable {
+  int lanes;  // floats per vector
   void (*dw_nhwc)(const DwArgs& a, int64_t item_begin, int64_t item_end);
   void (*dw_nchw)(const DwArgs& a, int64_t item_begin, int64_t item_end);
   // y[i] = hardswish(x[i]) (swish) or hardsigmoid(x[i]), i in [0, n)
@@ -52,7 +49,8 @@ struct KernelTable {
 };
 
 const KernelTable& portable_kernels();
-const KernelTable& avx2_kernels();  // only call when the CPU has AVX2+FMA
+const KernelTable& avx2_kernels();    // only call when the CPU has AVX2+FMA
+const KernelTable& avx512_kernels();  // only call when the CPU has AVX-512F
 
 }  // namespace cpu
 }  // namespace mnv3

@@ -17,6 +17,9 @@ namespace cpu {
 namespace {
 
 using vf = __m256;
+constexpr int VL = 8;
+constexpr int kVecRegs = 16;
+constexpr bool kShapeKernels = true;
 
 inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
 inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }

@@ -1,7 +1,10 @@
 // Kernel bodies shared by the AVX2 and the portable translation unit. Not a normal header:
-// the including file first opens an anonymous namespace and defines the 8-float vector type
-// `vf` and its operations (vload, vstore, vload_n, vstore_n, vset1, vzero, vfma, vadd, vmul,
-// vmax, vmin, vhsum, vdeinterleave2), then includes this file inside that namespace. Everything
+// the including file first opens an anonymous namespace and defines the vector type `vf` of VL
+// floats, kVecRegs (vector registers of the ISA), kShapeKernels (whether to instantiate the
+// compile-time-shape kernels for k 3/5, stride 1/2, or only the run-time-shape ones) and the
+// vector operations (vload, vstore,
+// vload_n, vstore_n, vset1, vzero, vfma, vadd, vmul, vmax, vmin, vhsum, vdeinterleave2), then
+// includes this file inside that namespace. Everything
 // here therefore has internal linkage and is compiled once per ISA; it must not instantiate any
 // std:: template (those are shared between translation units and could be emitted with the
 // wider ISA).
@@ -25,176 +28,293 @@ inline vf act_v(vf v, int act) {
   return v;
 }
 
-// Range [lo, hi) of taps k (0 <= k < K) for which base + k*D lies inside [0, size).
-inline void valid_taps(int64_t base, int64_t D, int64_t K, int64_t size, int64_t& lo,
-                       int64_t& hi) {
-  lo = base >= 0 ? 0 : div_up(-base, D);
-  hi = base > size - 1 ? 0 : imin(K, (size - 1 - base) / D + 1);
-  if (hi < lo) hi = lo;
-}
-
 // ---------------------------------------------------------------------------------------------
 // NHWC depthwise conv
 // ---------------------------------------------------------------------------------------------
+// An item is (tile block, n, block of row_block output rows); see plan.cpp. A tile is VL
+// consecutive channels; the block's weights are packed per tile as [bias][tap 0][tap 1]...,
+// VL floats each, and reused by all the items of the block that a thread runs in a row.
+// Two ways to reach the input:
+//  - direct: output pixels whose taps stay inside the row read the input in place (taps on rows
+//    outside the image are skipped); the few left/right border pixels of each row read a small
+//    zero-padded strip of scratch instead, so they run the same register-blocked code.
+//  - window (narrow images, where border pixels are most of the row): the item's whole input
+//    window goes to zero-padded scratch, and each output row is one register block.
+// Windows everywhere measured up to 2x slower on wide images: there the copy costs as much as
+// the taps; strips on 7-wide images are slower too, as their one-pixel blocks are
+// latency-bound.
 
-// PX output pixels (consecutive along W) x CV channel tiles, every kw tap inside the row.
-// KW_/SW_/DW_ are compile-time when non-zero, else taken from p.
-template <int KW_, int SW_, int DW_, int CV, int PX, bool MASK>
-inline void nhwc_block(const DwConvParams& p, const float* xb, int64_t ih_first, int64_t kh0,
-                       int64_t kh1, int64_t iw0, const float* wt, float* yo, int nl, int act) {
-  const int64_t C = p.C;
+// Lanes of tile t that hold real channels.
+inline int tile_lanes(int64_t C, int64_t t) { return static_cast<int>(imin(VL, C - t * VL)); }
+
+inline void nhwc_pack(const DwArgs& a, int64_t t0, int64_t t1, int64_t wtile, float* dst) {
+  const int64_t C = a.p.C, KK = a.p.KH * a.p.KW;
+  for (int64_t t = t0; t < t1; ++t) {
+    float* d = dst + (t - t0) * wtile;
+    for (int64_t l = 0; l < VL; ++l) {
+      const int64_t c = t * VL + l;
+      const bool in = c < C;
+      d[l] = in && a.b != nullptr ? a.b[c] : 0.0f;
+      for (int64_t k = 0; k < KK; ++k) d[VL + k * VL + l] = in ? a.w[c * KK + k] : 0.0f;
+    }
+  }
+}
+
+// Input rows ih0.. and columns iw0.. (nr x nc, padding as zeros), tiles [t0, t1), into scr
+// with cbw floats per pixel.
+inline void nhwc_fill(const DwConvParams& p, const float* xb, int64_t ih0, int64_t iw0,
+                      int64_t nr, int64_t nc, int64_t t0, int64_t t1, int64_t cbw, float* scr) {
+  const int64_t C = p.C, nt = t1 - t0;
+  const int64_t nfull = imin(nt, C / VL - t0);  // tiles with all VL channels real
+  const int last_lanes = tile_lanes(C, t1 - 1);
+  for (int64_t r = 0; r < nr; ++r) {
+    const int64_t ih = ih0 + r;
+    const bool row_in = ih >= 0 && ih < p.H;
+    float* dr = scr + r * nc * cbw;
+    for (int64_t j = 0; j < nc; ++j) {
+      const int64_t iw = iw0 + j;
+      float* d = dr + j * cbw;
+      if (!row_in || iw < 0 || iw >= p.W) {
+        for (int64_t tl = 0; tl < nt; ++tl) vstore(d + tl * VL, vzero());
+        continue;
+      }
+      const float* s = xb + (ih * p.W + iw) * C + t0 * VL;
+      int64_t tl = 0;
+      for (; tl < nfull; ++tl) vstore(d + tl * VL, vload(s + tl * VL));
+      if (tl < nt) vstore(d + tl * VL, vload_n(s + tl * VL, last_lanes));
+    }
+  }
+}
+
+// Where the input rows of an output row live: the input itself, or a border strip of scratch.
+struct NhwcFrame {
+  const float* x;  // pixel 0 of row 0 (only rows r0 + kh*DH, kh in [kh0, kh1), are read)
+  int64_t rowp;    // floats per row
+  int64_t pxs;     // floats per pixel
+  int64_t r0, kh0, kh1;
+};
+
+// PX consecutive output pixels x CV tiles. f.x points at the block's first input column and
+// first tile; wt: packed weights of that tile; yo: output of the first pixel and channel;
+// LMASK: the (single) tile has nl < VL real channels and must not be read past them.
+// Shape values are compile-time when the template argument is non-zero.
+template <int KW_, int SW_, int DH_, int DW_, int CV, int PX, bool LMASK>
+inline void nhwc_block(const DwConvParams& p, const NhwcFrame& f, int64_t wtile, const float* wt,
+                       float* yo, int nl, int act) {
   const int64_t KW = KW_ ? KW_ : p.KW;
   const int64_t SW = SW_ ? SW_ : p.SW;
-  const int64_t DW = DW_ ? DW_ : p.DW;
-  const int64_t wtile = 8 * (1 + p.KH * KW);
-  const int64_t row_stride = p.W * C;
+  const int64_t DH = DH_ ? DH_ : p.DH, DW = DW_ ? DW_ : p.DW;
+  const int64_t pxs = f.pxs;
   vf acc[PX][CV];
+#pragma GCC unroll 4
   for (int cv = 0; cv < CV; ++cv) {
     const vf b = vload(wt + cv * wtile);
+#pragma GCC unroll 16
     for (int px = 0; px < PX; ++px) acc[px][cv] = b;
   }
-  for (int64_t kh = kh0; kh < kh1; ++kh) {
-    const float* xr = xb + (ih_first + kh * p.DH) * row_stride + iw0 * C;
-    const float* wk = wt + 8 + kh * KW * 8;
+  for (int64_t kh = f.kh0; kh < f.kh1; ++kh) {
+    const float* xr = f.x + (f.r0 + kh * DH) * f.rowp;
+    const float* wk = wt + VL + kh * KW * VL;
+#pragma GCC unroll 8
     for (int64_t kw = 0; kw < KW; ++kw) {
       vf w[CV];
-      for (int cv = 0; cv < CV; ++cv) w[cv] = vload(wk + cv * wtile + kw * 8);
-      const float* xk = xr + kw * DW * C;
+#pragma GCC unroll 4
+      for (int cv = 0; cv < CV; ++cv) w[cv] = vload(wk + cv * wtile + kw * VL);
+      const float* xk = xr + kw * DW * pxs;
+#pragma GCC unroll 16
       for (int px = 0; px < PX; ++px) {
-        const float* xp = xk + px * SW * C;
+        const float* xp = xk + px * SW * pxs;
+#pragma GCC unroll 4
         for (int cv = 0; cv < CV; ++cv) {
-          const vf xv = MASK ? vload_n(xp + cv * 8, nl) : vload(xp + cv * 8);
+          const vf xv = LMASK ? vload_n(xp + cv * VL, nl) : vload(xp + cv * VL);
           acc[px][cv] = vfma(xv, w[cv], acc[px][cv]);
         }
       }
     }
   }
+#pragma GCC unroll 16
   for (int px = 0; px < PX; ++px) {
+#pragma GCC unroll 4
     for (int cv = 0; cv < CV; ++cv) {
       const vf v = act_v(acc[px][cv], act);
-      if (MASK) {
-        vstore_n(yo + px * C + cv * 8, v, nl);
+      float* yp = yo + px * p.C + cv * VL;
+      if (cv == CV - 1 && nl < VL) {
+        vstore_n(yp, v, nl);
       } else {
-        vstore(yo + px * C + cv * 8, v);
+        vstore(yp, v);
       }
     }
   }
 }
 
-// One output pixel near the left/right edge: only the kw taps inside the image.
-inline void nhwc_edge_pixel(const DwConvParams& p, const float* xb, int64_t ih_first,
-                            int64_t kh0, int64_t kh1, int64_t ow, const float* wpack,
-                            int64_t t0, int64_t t1, float* yrow, int act) {
-  const int64_t C = p.C;
-  const int64_t wtile = 8 * (1 + p.KH * p.KW);
-  const int64_t iw_first = ow * p.SW - p.PW;
-  int64_t kw0, kw1;
-  valid_taps(iw_first, p.DW, p.KW, p.W, kw0, kw1);
-  for (int64_t t = t0; t < t1; ++t) {
-    const int64_t c0 = t * 8;
-    const int nl = static_cast<int>(imin(8, C - c0));
-    const float* wt = wpack + t * wtile;
-    vf acc = vload(wt);
-    for (int64_t kh = kh0; kh < kh1; ++kh) {
-      const float* xr = xb + (ih_first + kh * p.DH) * p.W * C + c0;
-      const float* wk = wt + 8 + kh * p.KW * 8;
-      for (int64_t kw = kw0; kw < kw1; ++kw) {
-        const float* xp = xr + (iw_first + kw * p.DW) * C;
-        const vf xv = nl == 8 ? vload(xp) : vload_n(xp, nl);
-        acc = vfma(xv, vload(wk + kw * 8), acc);
+// The last r < PX pixels of a row in one block of exactly r pixels (r >= R0), or in blocks of
+// halving size below that.
+template <int KW_, int SW_, int DH_, int DW_, int CV, int R, int R0, bool LMASK>
+inline void nhwc_tail(const DwConvParams& p, NhwcFrame f, int64_t wtile, const float* wt,
+                      float* yo, int64_t r, int nl, int act) {
+  if constexpr (R >= R0 && R > 1) {
+    if (r == R) return nhwc_block<KW_, SW_, DH_, DW_, CV, R, LMASK>(p, f, wtile, wt, yo, nl, act);
+    return nhwc_tail<KW_, SW_, DH_, DW_, CV, R - 1, R0, LMASK>(p, f, wtile, wt, yo, r, nl, act);
+  } else {
+    const int64_t step = (SW_ ? SW_ : p.SW) * f.pxs;
+    int64_t j = 0;
+    for (; j + R <= r; j += R) {
+      nhwc_block<KW_, SW_, DH_, DW_, CV, R, LMASK>(p, f, wtile, wt, yo + j * p.C, nl, act);
+      f.x += R * step;
+    }
+    if constexpr (R > 1) {
+      if (j < r) {
+        nhwc_tail<KW_, SW_, DH_, DW_, CV, R / 2, R0, LMASK>(p, f, wtile, wt, yo + j * p.C, r - j,
+                                                             nl, act);
       }
     }
-    const vf v = act_v(acc, act);
-    float* yp = yrow + ow * C + c0;
-    if (nl == 8) {
-      vstore(yp, v);
+  }
+}
+
+// ncols output pixels of one row: blocks of PX, then the tail. Multi-tile blocks take the tail
+// in one exact-size block (narrow rows of small images are mostly tail); single-tile blocks
+// halve, which keeps the number of instantiated block shapes down.
+template <int KW_, int SW_, int DH_, int DW_, int CV, int PX, bool LMASK>
+inline void nhwc_cols(const DwConvParams& p, NhwcFrame f, int64_t wtile, const float* wt,
+                      float* yo, int64_t ncols, int nl, int act) {
+  const int64_t step = (SW_ ? SW_ : p.SW) * f.pxs;
+  int64_t j = 0;
+  for (; j + PX <= ncols; j += PX) {
+    nhwc_block<KW_, SW_, DH_, DW_, CV, PX, LMASK>(p, f, wtile, wt, yo + j * p.C, nl, act);
+    f.x += PX * step;
+  }
+  if (j < ncols) {
+    constexpr int R0 = CV > 1 ? 2 : PX;
+    nhwc_tail<KW_, SW_, DH_, DW_, CV, PX - 1, R0, LMASK>(p, f, wtile, wt, yo + j * p.C,
+                                                        ncols - j, nl, act);
+  }
+}
+
+// Register blocking: PX pixels x CV tiles of accumulators, sized to the vector register file.
+constexpr int kPx = kVecRegs >= 32 ? 8 : 4;
+
+// ncols output pixels of one row, tiles [t0, t1): full tiles three at a time, a partial last
+// tile alone (read masked when `masked_tail`, i.e. straight from the input).
+template <int KW_, int SW_, int DH_, int DW_>
+inline void nhwc_row(const DwConvParams& p, NhwcFrame f, int64_t wtile, const float* wpk,
+                     int64_t t0, int64_t t1, float* yo, int64_t ncols, bool masked_tail, int act) {
+  const int64_t nt = t1 - t0, nfull = imin(nt, p.C / VL - t0);
+  const float* x0 = f.x;
+  int64_t tl = 0;
+  for (; tl + 3 <= nfull; tl += 3) {
+    f.x = x0 + tl * VL;
+    nhwc_cols<KW_, SW_, DH_, DW_, 3, kPx, false>(p, f, wtile, wpk + tl * wtile, yo + tl * VL,
+                                                 ncols, VL, act);
+  }
+  f.x = x0 + tl * VL;
+  if (nfull - tl == 2) {
+    nhwc_cols<KW_, SW_, DH_, DW_, 2, kPx, false>(p, f, wtile, wpk + tl * wtile, yo + tl * VL,
+                                                 ncols, VL, act);
+    tl += 2;
+  } else if (nfull - tl == 1) {
+    nhwc_cols<KW_, SW_, DH_, DW_, 1, 2 * kPx, false>(p, f, wtile, wpk + tl * wtile, yo + tl * VL,
+                                                     ncols, VL, act);
+    tl += 1;
+  }
+  if (tl < nt) {
+    f.x = x0 + tl * VL;
+    const int nl = tile_lanes(p.C, t0 + tl);
+    if (masked_tail) {
+      nhwc_cols<KW_, SW_, DH_, DW_, 1, 2 * kPx, true>(p, f, wtile, wpk + tl * wtile,
+                                                      yo + tl * VL, ncols, nl, act);
     } else {
-      vstore_n(yp, v, nl);
+      nhwc_cols<KW_, SW_, DH_, DW_, 1, 2 * kPx, false>(p, f, wtile, wpk + tl * wtile,
+                                                       yo + tl * VL, ncols, nl, act);
     }
   }
 }
 
-template <int KW_, int SW_, int DW_, int CV, bool MASK>
-inline void nhwc_interior(const DwConvParams& p, const float* xb, int64_t ih_first, int64_t kh0,
-                          int64_t kh1, int64_t ow_lo, int64_t ow_hi, const float* wt,
-                          float* yrow, int64_t c0, int nl, int act) {
-  constexpr int PX = CV == 3 ? 4 : (CV == 2 ? 5 : 6);
-  const int64_t SW = SW_ ? SW_ : p.SW;
-  int64_t ow = ow_lo;
-  for (; ow + PX <= ow_hi; ow += PX) {
-    nhwc_block<KW_, SW_, DW_, CV, PX, MASK>(p, xb, ih_first, kh0, kh1, ow * SW - p.PW, wt,
-                                            yrow + ow * p.C + c0, nl, act);
-  }
-  for (; ow < ow_hi; ++ow) {
-    nhwc_block<KW_, SW_, DW_, CV, 1, MASK>(p, xb, ih_first, kh0, kh1, ow * SW - p.PW, wt,
-                                           yrow + ow * p.C + c0, nl, act);
-  }
-}
-
-template <int KW_, int SW_, int DW_>
+template <int KH_, int KW_, int SW_, int DH_, int DW_>
 void dw_nhwc_items(const DwArgs& a, int64_t begin, int64_t end) {
   const DwConvParams& p = a.p;
   const int64_t C = p.C;
-  const int64_t ntiles = div_up(C, 8);
-  const int64_t full_tiles = C / 8;
+  const int64_t KH = KH_ ? KH_ : p.KH;
+  const int64_t ntiles = div_up(C, VL);
   const int64_t tpb = a.tiles_per_block;
-  const int64_t nblocks = div_up(ntiles, tpb);
-  const int64_t wtile = 8 * (1 + p.KH * p.KW);
+  const int64_t span_h = (KH - 1) * p.DH + 1, span_w = (p.KW - 1) * p.DW + 1;
+  const int64_t cbw = tpb * VL, wtile = VL * (1 + KH * p.KW);
   // Output columns whose taps all fall inside the row: [ow_lo, ow_hi).
   const int64_t ow_lo = imin(div_up(p.PW, p.SW), p.OW);
   const int64_t last = p.W - 1 + p.PW - (p.KW - 1) * p.DW;
   const int64_t ow_hi = imax(ow_lo, imin(p.OW, last < 0 ? 0 : last / p.SW + 1));
+  // Scratch: the window of a full row block, or the wider of the two border strips; then the
+  // packed weights.
+  const int64_t win_cols = (p.OW - 1) * p.SW + span_w;
+  const int64_t strip_px = imax(ow_lo, p.OW - ow_hi);
+  const int64_t scr_floats =
+      a.window ? ((a.row_block - 1) * p.SH + span_h) * win_cols * cbw
+               : (strip_px > 0 ? span_h * ((strip_px - 1) * p.SW + span_w) * cbw : 0);
+  float* scr = new float[scr_floats + tpb * wtile];
+  float* wpk = scr + scr_floats;
+  int64_t packed = -1;  // tile block whose weights are in wpk
+  const int64_t rb = a.row_block, nrb = div_up(p.OH, rb);
   for (int64_t item = begin; item < end; ++item) {
-    const int64_t blk = item % nblocks;
-    const int64_t row = item / nblocks;
-    const int64_t n = row / p.OH;
-    const int64_t oh = row % p.OH;
-    const int64_t t0 = blk * tpb;
-    const int64_t t1 = imin(ntiles, t0 + tpb);
-    const int64_t ih_first = oh * p.SH - p.PH;
-    int64_t kh0, kh1;
-    valid_taps(ih_first, p.DH, p.KH, p.H, kh0, kh1);
+    const int64_t tb = item / (p.N * nrb);
+    const int64_t n = (item / nrb) % p.N;
+    const int64_t oh0 = (item % nrb) * rb, oh1 = imin(p.OH, oh0 + rb);
+    const int64_t t0 = tb * tpb, t1 = imin(ntiles, t0 + tpb);
+    if (tb != packed) {
+      nhwc_pack(a, t0, t1, wtile, wpk);
+      packed = tb;
+    }
     const float* xb = a.x + n * p.H * p.W * C;
-    float* yrow = a.y + (n * p.OH + oh) * p.OW * C;
-    for (int64_t ow = 0; ow < ow_lo; ++ow) {
-      nhwc_edge_pixel(p, xb, ih_first, kh0, kh1, ow, a.w, t0, t1, yrow, a.act);
+    if (a.window) {
+      const int64_t nr = (oh1 - oh0 - 1) * p.SH + span_h;
+      nhwc_fill(p, xb, oh0 * p.SH - p.PH, -p.PW, nr, win_cols, t0, t1, cbw, scr);
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        const NhwcFrame f{scr, win_cols * cbw, cbw, (oh - oh0) * p.SH, 0, KH};
+        float* yrow = a.y + (n * p.OH + oh) * p.OW * C + t0 * VL;
+        nhwc_row<KW_, SW_, DH_, DW_>(p, f, wtile, wpk, t0, t1, yrow, p.OW, false, a.act);
+      }
+      continue;
     }
-    if (ow_hi > ow_lo) {
-      int64_t t = t0;
-      const int64_t tf = imin(t1, full_tiles);
-      for (; t + 3 <= tf; t += 3) {
-        nhwc_interior<KW_, SW_, DW_, 3, false>(p, xb + t * 8, ih_first, kh0, kh1, ow_lo, ow_hi,
-                                               a.w + t * wtile, yrow, t * 8, 8, a.act);
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      float* yrow = a.y + (n * p.OH + oh) * p.OW * C + t0 * VL;
+      const int64_t ih_first = oh * p.SH - p.PH;
+      // Taps kh in [kh0, kh1) fall inside the image.
+      const int64_t kh0 = ih_first >= 0 ? 0 : div_up(-ih_first, p.DH);
+      const int64_t kh1 = ih_first > p.H - 1 ? 0 : imin(KH, (p.H - 1 - ih_first) / p.DH + 1);
+      if (kh1 <= kh0) {  // every tap is padding: the whole row is the bias
+        const NhwcFrame f{scr, 0, cbw, 0, 0, 0};
+        for (int64_t ow = 0; ow < p.OW; ++ow) {
+          nhwc_row<KW_, SW_, DH_, DW_>(p, f, wtile, wpk, t0, t1, yrow + ow * C, 1, false, a.act);
+        }
+        continue;
       }
-      if (tf - t == 2) {
-        nhwc_interior<KW_, SW_, DW_, 2, false>(p, xb + t * 8, ih_first, kh0, kh1, ow_lo, ow_hi,
-                                               a.w + t * wtile, yrow, t * 8, 8, a.act);
-        t += 2;
-      } else if (tf - t == 1) {
-        nhwc_interior<KW_, SW_, DW_, 1, false>(p, xb + t * 8, ih_first, kh0, kh1, ow_lo, ow_hi,
-                                               a.w + t * wtile, yrow, t * 8, 8, a.act);
-        t += 1;
+      if (ow_hi > ow_lo) {
+        const NhwcFrame f{xb + (ow_lo * p.SW - p.PW) * C + t0 * VL, p.W * C, C, ih_first, kh0, kh1};
+        nhwc_row<KW_, SW_, DH_, DW_>(p, f, wtile, wpk, t0, t1, yrow + ow_lo * C, ow_hi - ow_lo,
+                                     true, a.act);
       }
-      if (t < t1) {  // the partial last tile: masked loads and stores
-        nhwc_interior<KW_, SW_, DW_, 1, true>(p, xb + t * 8, ih_first, kh0, kh1, ow_lo, ow_hi,
-                                              a.w + t * wtile, yrow, t * 8,
-                                              static_cast<int>(C - t * 8), a.act);
+      const int64_t strips[2][2] = {{0, ow_lo}, {ow_hi, p.OW}};
+      for (const auto& s : strips) {
+        if (s[1] <= s[0]) continue;
+        const int64_t nc = (s[1] - s[0] - 1) * p.SW + span_w;
+        nhwc_fill(p, xb, ih_first, s[0] * p.SW - p.PW, span_h, nc, t0, t1, cbw, scr);
+        const NhwcFrame f{scr, nc * cbw, cbw, 0, 0, KH};
+        nhwc_row<KW_, SW_, DH_, DW_>(p, f, wtile, wpk, t0, t1, yrow + s[0] * C, s[1] - s[0], false,
+                                     a.act);
       }
-    }
-    for (int64_t ow = ow_hi; ow < p.OW; ++ow) {
-      nhwc_edge_pixel(p, xb, ih_first, kh0, kh1, ow, a.w, t0, t1, yrow, a.act);
     }
   }
+  delete[] scr;
 }
 
 void dw_nhwc(const DwArgs& a, int64_t begin, int64_t end) {
   const DwConvParams& p = a.p;
-  const bool d1 = p.DH == 1 && p.DW == 1;
-  if (d1 && p.KW == 3 && p.SW == 1) return dw_nhwc_items<3, 1, 1>(a, begin, end);
-  if (d1 && p.KW == 3 && p.SW == 2) return dw_nhwc_items<3, 2, 1>(a, begin, end);
-  if (d1 && p.KW == 5 && p.SW == 1) return dw_nhwc_items<5, 1, 1>(a, begin, end);
-  if (d1 && p.KW == 5 && p.SW == 2) return dw_nhwc_items<5, 2, 1>(a, begin, end);
-  dw_nhwc_items<0, 0, 0>(a, begin, end);
+  if constexpr (kShapeKernels) {
+    const bool fast = p.DH == 1 && p.DW == 1 && p.KH == p.KW && p.SH == p.SW;
+    if (fast && p.KH == 3 && p.SW == 1) return dw_nhwc_items<3, 3, 1, 1, 1>(a, begin, end);
+    if (fast && p.KH == 3 && p.SW == 2) return dw_nhwc_items<3, 3, 2, 1, 1>(a, begin, end);
+    if (fast && p.KH == 5 && p.SW == 1) return dw_nhwc_items<5, 5, 1, 1, 1>(a, begin, end);
+    if (fast && p.KH == 5 && p.SW == 2) return dw_nhwc_items<5, 5, 2, 1, 1>(a, begin, end);
+  }
+  dw_nhwc_items<0, 0, 0, 0, 0>(a, begin, end);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -203,68 +323,62 @@ void dw_nhwc(const DwArgs& a, int64_t begin, int64_t end) {
 // Per (plane, block of output rows) the needed input rows are copied into a zero-padded scratch,
 // each row split into SW phases (phase q holds padded columns q, q+SW, ...). Then the input of
 // output column ow at tap kw is phase[(kw*DW) % SW][ow + (kw*DW) / SW]: every tap is one
-// unaligned vector load whatever the stride, and the interior needs no bounds checks.
+// unaligned vector load whatever the stride, and the interior needs no bounds checks. The
+// scratch is zeroed once per call; row copies write only the columns that hold input, so the
+// padding columns stay zero.
 
 struct NchwLayout {
-  int64_t owv;        // OW rounded up to 8
-  int64_t phase_len;  // floats per phase
+  int64_t owv;        // OW rounded up to VL
+  int64_t phase_len;  // floats per phase, a multiple of VL
   int64_t row_len;    // SW * phase_len
   int64_t rows;       // scratch rows for a full row block
 };
 
 inline NchwLayout nchw_layout(const DwConvParams& p, int64_t row_block) {
   NchwLayout l;
-  l.owv = div_up(p.OW, 8) * 8;
-  l.phase_len = l.owv + (p.KW - 1) * p.DW / p.SW + 1;
+  l.owv = div_up(p.OW, VL) * VL;
+  l.phase_len = div_up(l.owv + (p.KW - 1) * p.DW / p.SW + 1, VL) * VL;
   l.row_len = p.SW * l.phase_len;
   l.rows = (row_block - 1) * p.SH + (p.KH - 1) * p.DH + 1;
   return l;
 }
 
-// Scratch row from input row `src` (null: the row is padding).
+inline void copy_n(const float* s, float* d, int64_t n) {
+  int64_t i = 0;
+  for (; i + VL <= n; i += VL) vstore(d + i, vload(s + i));
+  if (i < n) vstore_n(d + i, vload_n(s + i, static_cast<int>(n - i)), static_cast<int>(n - i));
+}
+
+// Scratch row from input row `src` (null: the row is padding). tmp: row_len floats, zero
+// outside [PW, PW + W).
 inline void nchw_fill_row(const DwConvParams& p, const NchwLayout& l, const float* src,
-                          float* dst) {
+                          float* dst, float* tmp) {
   if (src == nullptr) {
-    for (int64_t j = 0; j < l.row_len; ++j) dst[j] = 0.0f;
+    for (int64_t j = 0; j < l.row_len; j += VL) vstore(dst + j, vzero());
     return;
   }
-  const int64_t SW = p.SW, PW = p.PW, W = p.W, PL = l.phase_len;
-  if (SW == 1) {
-    const int64_t lead = imin(PW, PL);
-    int64_t j = 0;
-    for (; j < lead; ++j) dst[j] = 0.0f;
-    const int64_t ncopy = imax(0, imin(W, PL - PW));
-    for (int64_t i = 0; i < ncopy; ++i) dst[PW + i] = src[i];
-    for (j = imax(lead, PW + ncopy); j < PL; ++j) dst[j] = 0.0f;
+  const int64_t PL = l.phase_len, n = imin(p.W, l.row_len - p.PW);
+  if (p.SW == 1) {
+    copy_n(src, dst + p.PW, n);
     return;
   }
-  int64_t t = 0;
-  if (SW == 2) {
-    // Vector deinterleave where all 16 source columns 2t-PW .. 2t-PW+15 are inside the row.
-    t = div_up(PW, 2);
-    for (int64_t j = 0; j < imin(t, PL); ++j) {
-      const int64_t i0 = 2 * j - PW, i1 = i0 + 1;
-      dst[j] = (i0 >= 0 && i0 < W) ? src[i0] : 0.0f;
-      dst[PL + j] = (i1 >= 0 && i1 < W) ? src[i1] : 0.0f;
-    }
-    for (; t + 8 <= PL && 2 * t - PW + 16 <= W; t += 8) {
+  copy_n(src, tmp + p.PW, n);
+  if (p.SW == 2) {
+    for (int64_t j = 0; j < PL; j += VL) {
       vf even, odd;
-      vdeinterleave2(src + 2 * t - PW, even, odd);
-      vstore(dst + t, even);
-      vstore(dst + PL + t, odd);
+      vdeinterleave2(tmp + 2 * j, even, odd);
+      vstore(dst + j, even);
+      vstore(dst + PL + j, odd);
     }
+    return;
   }
-  for (int64_t q = 0; q < SW; ++q) {
-    float* d = dst + q * PL;
-    for (int64_t j = t; j < PL; ++j) {
-      const int64_t iw = j * SW + q - PW;
-      d[j] = (iw >= 0 && iw < W) ? src[iw] : 0.0f;
-    }
+  for (int64_t q = 0; q < p.SW; ++q) {
+    for (int64_t j = 0; j < PL; ++j) dst[q * PL + j] = tmp[j * p.SW + q];
   }
 }
 
 inline void nchw_store(float* yr, int64_t ow, int64_t OW, vf v) {
-  if (ow + 8 <= OW) {
+  if (ow + VL <= OW) {
     vstore(yr + ow, v);
   } else {
     vstore_n(yr + ow, v, static_cast<int>(OW - ow));
@@ -277,32 +391,49 @@ template <int KH, int KW, int SH, int SW, int RR>
 inline void nchw_rows_fast(const DwConvParams& p, const NchwLayout& l, const float* scr,
                            int64_t lr, const float* wc, float bias, float* y0, int act) {
   constexpr int NIN = (RR - 1) * SH + KH;
-  vf wv[KH * KW];
-  for (int k = 0; k < KH * KW; ++k) wv[k] = vset1(wc[k]);
-  const vf bv = vset1(bias);
   const int64_t OW = p.OW;
-  for (int64_t ow = 0; ow < OW; ow += 8) {
+  for (int64_t ow = 0; ow < OW; ow += VL) {
     vf acc[RR];
-    for (int r = 0; r < RR; ++r) acc[r] = bv;
+#pragma GCC unroll 8
+    for (int r = 0; r < RR; ++r) acc[r] = vset1(bias);
+#pragma GCC unroll 32
     for (int i = 0; i < NIN; ++i) {
       const float* srow = scr + (lr + i) * l.row_len + ow;
+#pragma GCC unroll 8
       for (int kw = 0; kw < KW; ++kw) {
         const vf v = vload(srow + (kw % SW) * l.phase_len + kw / SW);
+#pragma GCC unroll 8
         for (int r = 0; r < RR; ++r) {
           const int kh = i - r * SH;
-          if (kh >= 0 && kh < KH) acc[r] = vfma(v, wv[kh * KW + kw], acc[r]);
+          if (kh >= 0 && kh < KH) acc[r] = vfma(v, vset1(wc[kh * KW + kw]), acc[r]);
         }
       }
     }
+#pragma GCC unroll 8
     for (int r = 0; r < RR; ++r) nchw_store(y0 + r * OW, ow, OW, act_v(acc[r], act));
   }
+}
+
+// Rows per register block: with narrow planes (a 7-wide row is one vector) the rows are the
+// only independent accumulator chains, so take enough to cover the FMA latency.
+constexpr int kRows = 8;
+
+// The last r < kRows rows of a block in one register block of exactly r rows.
+template <int KH, int KW, int SH, int SW, int R>
+inline void nchw_rows_tail(const DwConvParams& p, const NchwLayout& l, const float* scr,
+                           int64_t lr, const float* wc, float bias, float* y0, int64_t r,
+                           int act) {
+  if constexpr (R > 1) {
+    if (r < R) return nchw_rows_tail<KH, KW, SH, SW, R - 1>(p, l, scr, lr, wc, bias, y0, r, act);
+  }
+  nchw_rows_fast<KH, KW, SH, SW, R>(p, l, scr, lr, wc, bias, y0, act);
 }
 
 // Any shape: one output row, taps from run-time loops.
 inline void nchw_row_generic(const DwConvParams& p, const NchwLayout& l, const float* scr,
                              int64_t lr, const float* wc, float bias, float* yr, int act) {
   const int64_t OW = p.OW;
-  for (int64_t ow = 0; ow < OW; ow += 8) {
+  for (int64_t ow = 0; ow < OW; ow += VL) {
     vf acc = vset1(bias);
     for (int64_t kh = 0; kh < p.KH; ++kh) {
       const float* srow = scr + (lr + kh * p.DH) * l.row_len + ow;
@@ -323,7 +454,10 @@ void dw_nchw_items(const DwArgs& a, int64_t begin, int64_t end) {
   const int64_t RB = a.row_block;
   const int64_t nrb = div_up(p.OH, RB);
   const NchwLayout l = nchw_layout(p, RB);
-  float* scr = new float[l.rows * l.row_len];
+  const int64_t scr_floats = l.rows * l.row_len;
+  float* scr = new float[scr_floats + l.row_len];
+  float* tmp = scr + scr_floats;
+  for (int64_t j = 0; j < scr_floats + l.row_len; ++j) scr[j] = 0.0f;
   for (int64_t item = begin; item < end; ++item) {
     const int64_t plane = item / nrb;
     const int64_t oh0 = (item % nrb) * RB;
@@ -334,18 +468,20 @@ void dw_nchw_items(const DwArgs& a, int64_t begin, int64_t end) {
     const int64_t nrows = (oh1 - oh0 - 1) * p.SH + (p.KH - 1) * p.DH + 1;
     for (int64_t r = 0; r < nrows; ++r) {
       const int64_t ih = oh0 * p.SH - p.PH + r;
-      nchw_fill_row(p, l, (ih >= 0 && ih < p.H) ? xp + ih * p.W : nullptr, scr + r * l.row_len);
+      nchw_fill_row(p, l, (ih >= 0 && ih < p.H) ? xp + ih * p.W : nullptr, scr + r * l.row_len,
+                    tmp);
     }
     const float* wc = a.w + c * p.KH * p.KW;
-    const float bias = a.b[c];
+    const float bias = a.b != nullptr ? a.b[c] : 0.0f;
     int64_t oh = oh0;
     if constexpr (kFast) {
-      constexpr int RR = 4;
-      for (; oh + RR <= oh1; oh += RR) {
-        nchw_rows_fast<KH, KW, SH, SW, RR>(p, l, scr, (oh - oh0) * p.SH, wc, bias, yp + oh * p.OW, a.act);
+      for (; oh + kRows <= oh1; oh += kRows) {
+        nchw_rows_fast<KH, KW, SH, SW, kRows>(p, l, scr, (oh - oh0) * p.SH, wc, bias,
+                                              yp + oh * p.OW, a.act);
       }
-      for (; oh < oh1; ++oh) {
-        nchw_rows_fast<KH, KW, SH, SW, 1>(p, l, scr, (oh - oh0) * p.SH, wc, bias, yp + oh * p.OW, a.act);
+      if (oh < oh1) {
+        nchw_rows_tail<KH, KW, SH, SW, kRows - 1>(p, l, scr, (oh - oh0) * p.SH, wc, bias,
+                                                  yp + oh * p.OW, oh1 - oh, a.act);
       }
     } else {
       for (; oh < oh1; ++oh) {
@@ -358,12 +494,14 @@ void dw_nchw_items(const DwArgs& a, int64_t begin, int64_t end) {
 
 void dw_nchw(const DwArgs& a, int64_t begin, int64_t end) {
   const DwConvParams& p = a.p;
-  const bool d1 = p.DH == 1 && p.DW == 1;
-  const bool sq = p.KH == p.KW && p.SH == p.SW;
-  if (d1 && sq && p.KH == 3 && p.SH == 1) return dw_nchw_items<3, 3, 1, 1>(a, begin, end);
-  if (d1 && sq && p.KH == 3 && p.SH == 2) return dw_nchw_items<3, 3, 2, 2>(a, begin, end);
-  if (d1 && sq && p.KH == 5 && p.SH == 1) return dw_nchw_items<5, 5, 1, 1>(a, begin, end);
-  if (d1 && sq && p.KH == 5 && p.SH == 2) return dw_nchw_items<5, 5, 2, 2>(a, begin, end);
+  if constexpr (kShapeKernels) {
+    const bool d1 = p.DH == 1 && p.DW == 1;
+    const bool sq = p.KH == p.KW && p.SH == p.SW;
+    if (d1 && sq && p.KH == 3 && p.SH == 1) return dw_nchw_items<3, 3, 1, 1>(a, begin, end);
+    if (d1 && sq && p.KH == 3 && p.SH == 2) return dw_nchw_items<3, 3, 2, 2>(a, begin, end);
+    if (d1 && sq && p.KH == 5 && p.SH == 1) return dw_nchw_items<5, 5, 1, 1>(a, begin, end);
+    if (d1 && sq && p.KH == 5 && p.SH == 2) return dw_nchw_items<5, 5, 2, 2>(a, begin, end);
+  }
   dw_nchw_items<0, 0, 0, 0>(a, begin, end);
 }
 
@@ -374,7 +512,7 @@ void dw_nchw(const DwArgs& a, int64_t begin, int64_t end) {
 void hard_act(const float* x, float* y, int64_t n, bool swish) {
   const vf sixth = vset1(1.0f / 6.0f), half = vset1(0.5f), one = vset1(1.0f), zero = vzero();
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
+  for (; i + VL <= n; i += VL) {
     const vf v = vload(x + i);
     const vf t = vmin(vmax(vfma(v, sixth, half), zero), one);
     vstore(y + i, swish ? vmul(v, t) : t);
@@ -390,13 +528,13 @@ void hard_act(const float* x, float* y, int64_t n, bool swish) {
 inline float sum_n(const float* x, int64_t n) {
   vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
   int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {
+  for (; i + 4 * VL <= n; i += 4 * VL) {
     a0 = vadd(a0, vload(x + i));
-    a1 = vadd(a1, vload(x + i + 8));
-    a2 = vadd(a2, vload(x + i + 16));
-    a3 = vadd(a3, vload(x + i + 24));
+    a1 = vadd(a1, vload(x + i + VL));
+    a2 = vadd(a2, vload(x + i + 2 * VL));
+    a3 = vadd(a3, vload(x + i + 3 * VL));
   }
-  for (; i + 8 <= n; i += 8) a0 = vadd(a0, vload(x + i));
+  for (; i + VL <= n; i += VL) a0 = vadd(a0, vload(x + i));
   if (i < n) a1 = vadd(a1, vload_n(x + i, static_cast<int>(n - i)));
   return vhsum(vadd(vadd(a0, a1), vadd(a2, a3)));
 }
@@ -404,11 +542,11 @@ inline float sum_n(const float* x, int64_t n) {
 inline float dot_n(const float* x, const float* w, int64_t n) {
   vf a0 = vzero(), a1 = vzero();
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
+  for (; i + 2 * VL <= n; i += 2 * VL) {
     a0 = vfma(vload(x + i), vload(w + i), a0);
-    a1 = vfma(vload(x + i + 8), vload(w + i + 8), a1);
+    a1 = vfma(vload(x + i + VL), vload(w + i + VL), a1);
   }
-  for (; i + 8 <= n; i += 8) a0 = vfma(vload(x + i), vload(w + i), a0);
+  for (; i + VL <= n; i += VL) a0 = vfma(vload(x + i), vload(w + i), a0);
   if (i < n) {
     const int nl = static_cast<int>(n - i);
     a1 = vfma(vload_n(x + i, nl), vload_n(w + i, nl), a1);
@@ -421,25 +559,25 @@ void plane_sums(const float* x, float* sums, int64_t hw, int64_t begin, int64_t 
 }
 
 void pixel_sums(const float* x, float* sums, int64_t C, int64_t hw, int64_t c0, int64_t c1) {
-  // Blocks of up to 64 channels, held in 8 accumulators across all pixels.
-  for (int64_t cb = c0; cb < c1; cb += 64) {
-    const int64_t nc = imin(64, c1 - cb);
-    const int nv = static_cast<int>(div_up(nc, 8));
+  // Blocks of up to 8 vectors of channels, held in 8 accumulators across all pixels.
+  for (int64_t cb = c0; cb < c1; cb += 8 * VL) {
+    const int64_t nc = imin(8 * VL, c1 - cb);
+    const int nv = static_cast<int>(div_up(nc, VL));
     vf acc[8];
     for (int v = 0; v < 8; ++v) acc[v] = vzero();
     for (int64_t pix = 0; pix < hw; ++pix) {
       const float* xp = x + pix * C + cb;
       for (int v = 0; v < nv; ++v) {
-        const int64_t nl = imin(8, nc - v * 8);
-        acc[v] = vadd(acc[v], nl == 8 ? vload(xp + v * 8) : vload_n(xp + v * 8, int(nl)));
+        const int64_t nl = imin(VL, nc - v * VL);
+        acc[v] = vadd(acc[v], nl == VL ? vload(xp + v * VL) : vload_n(xp + v * VL, int(nl)));
       }
     }
     for (int v = 0; v < nv; ++v) {
-      const int64_t nl = imin(8, nc - v * 8);
-      if (nl == 8) {
-        vstore(sums + cb + v * 8, acc[v]);
+      const int64_t nl = imin(VL, nc - v * VL);
+      if (nl == VL) {
+        vstore(sums + cb + v * VL, acc[v]);
       } else {
-        vstore_n(sums + cb + v * 8, acc[v], int(nl));
+        vstore_n(sums + cb + v * VL, acc[v], int(nl));
       }
     }
   }
@@ -452,7 +590,7 @@ void scale_planes(const float* x, float* y, const float* s, int64_t hw, int64_t 
     const float* xp = x + pl * hw;
     float* yp = y + pl * hw;
     int64_t i = 0;
-    for (; i + 8 <= hw; i += 8) vstore(yp + i, vmul(vload(xp + i), sv));
+    for (; i + VL <= hw; i += VL) vstore(yp + i, vmul(vload(xp + i), sv));
     if (i < hw) {
       const int nl = static_cast<int>(hw - i);
       vstore_n(yp + i, vmul(vload_n(xp + i, nl), sv), nl);
@@ -462,12 +600,12 @@ void scale_planes(const float* x, float* y, const float* s, int64_t hw, int64_t 
 
 void scale_pixels(const float* x, float* y, const float* s, int64_t C, int64_t begin,
                   int64_t end) {
-  const int64_t cf = C / 8 * 8;
+  const int64_t cf = C / VL * VL;
   for (int64_t pix = begin; pix < end; ++pix) {
     const float* xp = x + pix * C;
     float* yp = y + pix * C;
     int64_t c = 0;
-    for (; c < cf; c += 8) vstore(yp + c, vmul(vload(xp + c), vload(s + c)));
+    for (; c < cf; c += VL) vstore(yp + c, vmul(vload(xp + c), vload(s + c)));
     if (c < C) {
       const int nl = static_cast<int>(C - c);
       vstore_n(yp + c, vmul(vload_n(xp + c, nl), vload_n(s + c, nl)), nl);
@@ -492,5 +630,5 @@ void se_mlp(const float* mean, const float* w1, const float* b1, const float* w2
   }
 }
 
-const KernelTable kTable = {dw_nhwc,      dw_nchw,      hard_act, plane_sums,
-                            pixel_sums,   scale_planes, scale_pixels, se_mlp};
+const KernelTable kTable = {VL,         dw_nhwc,      dw_nchw,      hard_act,    plane_sums,
+                            pixel_sums, scale_planes, scale_pixels, se_mlp};

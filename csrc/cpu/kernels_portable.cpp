@@ -12,6 +12,10 @@ namespace {
 struct vf {
   float v[8];
 };
+constexpr int VL = 8;
+constexpr int kVecRegs = 16;
+// The fallback only needs to be correct and reasonable: run-time shapes keep its build short.
+constexpr bool kShapeKernels = false;
 
 inline vf vload(const float* p) {
   vf r;

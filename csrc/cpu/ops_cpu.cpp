@@ -1,7 +1,7 @@
 #define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 // CPU implementations of the mnv3 operators (dispatch key CPU): argument checks, layout
-// choice, weight packing and threading. The arithmetic lives in the per-ISA kernel tables
-// (kernels_avx2.cpp, kernels_portable.cpp), picked at run time.
+// choice and threading. The arithmetic lives in the per-ISA kernel tables
+// (kernels_avx512.cpp, kernels_avx2.cpp, kernels_portable.cpp), picked at run time.
 #include <ATen/core/Tensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -22,7 +22,14 @@ namespace cpu {
 namespace {
 
 const KernelTable& kernels() {
-  return active_isa() == Isa::Avx2 ? avx2_kernels() : portable_kernels();
+  switch (active_isa()) {
+    case Isa::Avx512:
+      return avx512_kernels();
+    case Isa::Avx2:
+      return avx2_kernels();
+    default:
+      return portable_kernels();
+  }
 }
 
 // Below this many elements an element-wise pass runs on the calling thread: an OpenMP
@@ -58,34 +65,20 @@ at::Tensor dwconv_bn_act_cpu(const at::Tensor& x_in, const at::Tensor& weight_in
   // layout; the two dense layouts are read in place.
   const at::Tensor x = x_in.contiguous(fmt);
   const at::Tensor w = weight_in.contiguous();
-  const float* wp = w.data_ptr<float>();
   at::Tensor b;
   if (bias_in.has_value()) b = bias_in->contiguous();
-  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
 
   DwArgs a;
   a.p = p;
   a.act = static_cast<int>(act);
   a.x = x.data_ptr<float>();
   a.y = out.data_ptr<float>();
+  a.w = w.data_ptr<float>();
+  a.b = b.defined() ? b.data_ptr<float>() : nullptr;
   const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
   const bool nested = at::in_parallel_region();
-  const DwPlan plan = plan_dwconv(a, nhwc, nested ? 1 : at::get_num_threads());
   const KernelTable& k = kernels();
-  std::vector<float> packed, zeros;
-  if (nhwc) {
-    packed.resize(static_cast<size_t>(dw_nhwc_packed_floats(p.C, p.KH, p.KW)));
-    pack_nhwc_weights(wp, bp, p.C, p.KH * p.KW, packed.data());
-    a.w = packed.data();
-    a.b = nullptr;
-  } else {
-    if (bp == nullptr) {
-      zeros.assign(static_cast<size_t>(p.C), 0.0f);
-      bp = zeros.data();
-    }
-    a.w = wp;
-    a.b = bp;
-  }
+  const DwPlan plan = plan_dwconv(a, nhwc, k.lanes, nested ? 1 : at::get_num_threads());
   auto body = [&](int64_t begin, int64_t end) {
     if (nhwc) {
       k.dw_nhwc(a, begin, end);

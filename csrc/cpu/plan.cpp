@@ -13,55 +13,68 @@ int64_t lmin(int64_t a, int64_t b) { return a < b ? a : b; }
 int64_t lmax(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // Below this many multiply-adds a call runs on the calling thread: an OpenMP fork/join costs
-// several microseconds, about what one Zen3 core needs for this much depthwise work.
+// several microseconds, about what one core needs for this much depthwise work.
 constexpr int64_t kSerialMacs = 1 << 17;
+// Floats of an item's scratch: small enough to stay in the core's L1/L2.
+constexpr int64_t kScratchFloats = 16384;
+// Threads are given at least this many items each, so uneven items still balance.
+constexpr int64_t kItemsPerThread = 4;
+// NHWC outputs at most this wide go through the padded window (kernels_impl.h).
+constexpr int64_t kWindowMaxWidth = 8;
 }  // namespace
 
-void pack_nhwc_weights(const float* w, const float* b, int64_t C, int64_t KK, float* dst) {
-  const int64_t ntiles = cdiv(C, 8);
-  for (int64_t t = 0; t < ntiles; ++t) {
-    float* d = dst + t * 8 * (1 + KK);
-    for (int64_t l = 0; l < 8; ++l) {
-      const int64_t c = t * 8 + l;
-      const bool in = c < C;
-      d[l] = in && b != nullptr ? b[c] : 0.0f;
-      for (int64_t tap = 0; tap < KK; ++tap) d[8 + tap * 8 + l] = in ? w[c * KK + tap] : 0.0f;
-    }
-  }
-}
-
-DwPlan plan_dwconv(DwArgs& a, bool nhwc, int64_t nthreads) {
+DwPlan plan_dwconv(DwArgs& a, bool nhwc, int lanes, int64_t nthreads) {
   const DwConvParams& p = a.p;
   DwPlan plan;
   const int64_t macs = p.N * p.C * p.OH * p.OW * p.KH * p.KW;
   plan.parallel = nthreads > 1 && macs >= kSerialMacs;
-  const int64_t nt = plan.parallel ? nthreads : 1;
+  const int64_t want_items = plan.parallel ? kItemsPerThread * nthreads : 1;
+  const int64_t span_h = (p.KH - 1) * p.DH + 1;
   if (nhwc) {
-    // Rows are the work items; small-H layers also split channels so every thread gets work.
-    const int64_t ntiles = cdiv(p.C, 8);
-    const int64_t rows = p.N * p.OH;
-    int64_t tpb = ntiles;
-    if (plan.parallel && rows < 8 * nt) {
-      const int64_t blocks = lmax(1, lmin(cdiv(8 * nt, rows), cdiv(ntiles, 3)));
-      tpb = cdiv(cdiv(ntiles, blocks), 3) * 3;
+    const int64_t ntiles = cdiv(p.C, lanes);
+    a.window = p.OW <= kWindowMaxWidth;
+    if (a.window) {
+      // Three tiles are one register block; row blocks keep the window within the budget and
+      // are split further when there are too few items for the threads.
+      const int64_t tpb = lmin(ntiles, 3);
+      const int64_t cols = (p.OW - 1) * p.SW + (p.KW - 1) * p.DW + 1;
+      const int64_t rows = kScratchFloats / (cols * tpb * lanes);
+      int64_t rb = rows > span_h ? lmin(p.OH, (rows - span_h) / p.SH + 1) : 1;
+      const int64_t others = cdiv(ntiles, tpb) * p.N;
+      if (others * cdiv(p.OH, rb) < want_items) {
+        rb = lmin(rb, cdiv(p.OH, cdiv(want_items, others)));
+      }
+      a.tiles_per_block = tpb;
+      a.row_block = lmax(rb, 1);
+      plan.items = others * cdiv(p.OH, a.row_block);
+    } else {
+      // Items are output rows with all their channels, so every input row is read whole; rows
+      // are too few for the threads only in small images, which then also split channels (in
+      // whole three-tile register blocks).
+      const int64_t rows = p.N * p.OH;
+      int64_t tpb = ntiles;
+      if (rows < want_items) {
+        const int64_t blocks = lmax(1, lmin(cdiv(want_items, rows), cdiv(ntiles, 3)));
+        tpb = cdiv(cdiv(ntiles, blocks), 3) * 3;
+      }
+      a.tiles_per_block = tpb;
+      a.row_block = 1;
+      plan.items = rows * cdiv(ntiles, tpb);
     }
-    a.tiles_per_block = tpb;
-    a.row_block = 1;
-    plan.items = rows * cdiv(ntiles, tpb);
   } else {
-    // Row blocks keep a block's padded scratch within ~64 KB; planes are the work items, split
-    // into row blocks when there are too few planes for the threads.
-    const int64_t owv = cdiv(p.OW, 8) * 8;
+    // Row blocks keep a block's padded scratch within the budget; planes are the work items,
+    // split into row blocks when there are too few planes for the threads.
+    const int64_t owv = cdiv(p.OW, lanes) * lanes;
     const int64_t row_len = p.SW * (owv + (p.KW - 1) * p.DW / p.SW + 1);
-    const int64_t span = (p.KH - 1) * p.DH + 1;
-    const int64_t budget_rows = 16384 / row_len;
-    int64_t rb = budget_rows > span ? lmin(p.OH, (budget_rows - span) / p.SH + 1) : 1;
+    const int64_t budget_rows = kScratchFloats / row_len;
+    int64_t rb = budget_rows > span_h ? lmin(p.OH, (budget_rows - span_h) / p.SH + 1) : 1;
     const int64_t planes = p.N * p.C;
-    if (plan.parallel && planes < 4 * nt) rb = lmin(rb, cdiv(p.OH, cdiv(4 * nt, planes)));
-    if (rb < p.OH && rb > 4) rb = rb / 4 * 4;  // whole 4-row register blocks
+    if (planes < want_items) rb = lmin(rb, cdiv(p.OH, cdiv(want_items, planes)));
+    if (rb < p.OH && rb > 8) rb = rb / 8 * 8;  // whole 8-row register blocks
     rb = lmax(rb, 1);
     a.row_block = rb;
     a.tiles_per_block = 1;
+    a.window = false;
     plan.items = planes * cdiv(p.OH, rb);
   }
   return plan;

@@ -14,5 +14,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "_set_cpu_isa",
       [](const std::string& name) { mnv3::cpu::set_isa(mnv3::cpu::parse_isa(name)); },
-      "Force the CPU kernel ISA ('avx2' or 'portable'); for tests and benchmarks.");
+      "Force the CPU kernel ISA ('avx512', 'avx2' or 'portable'); for tests and benchmarks.");
 }
