@@ -21,6 +21,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    # Model-level tests: OpenMP spinning on an oversubscribed 2-core machine is very slow.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max absolute error relative to the largest magnitude of b."""
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
 @pytest.fixture(autouse=True)
 def _seed(request):
     # Fresh random inputs per test, reproducible from the test id.

@@ -15,7 +15,7 @@ from mnv3_kernels import ops
 from mnv3_kernels.convert import ConversionReport, conversion_report
 from mnv3_kernels.layers import LARGE, SMALL
 
-from conftest import random_bn_, randomize_model_bn_
+from conftest import random_bn_, randomize_model_bn_, rel_err
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
@@ -25,20 +25,8 @@ from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite  # 
 
 BACKENDS = [b for b in ("cpu", "reference") if b in ops.backends()]
 FORMATS = [torch.contiguous_format, torch.channels_last]
+pytestmark = [pytest.mark.usefixtures("one_thread")]
 SIZE = 64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The machine is shared: OpenMP spinning on an oversubscribed 2-core box is very slow.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
 
 def outputs(y):

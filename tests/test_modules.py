@@ -11,23 +11,11 @@ import torch.nn as nn
 from mnv3_kernels import modules as M
 from mnv3_kernels import ops
 
-from conftest import random_bn_
+from conftest import random_bn_, rel_err
 
 BACKENDS = [b for b in ("cpu", "reference") if b in ops.backends()]
 FORMATS = [torch.contiguous_format, torch.channels_last]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The machine is shared: OpenMP spinning on an oversubscribed 2-core box is very slow.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+pytestmark = [pytest.mark.usefixtures("one_thread")]
 
 
 def make_dw(c=24, k=3, stride=1, dilation=1, act="relu", bias=False, affine=True):
