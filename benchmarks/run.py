@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -170,7 +171,8 @@ def run_suites(dev: str, mode: str, json_path: str, keyword=None) -> int:
 
 
 def main(argv=None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parse(argv)
     _ensure_malloc_env()
     started = time.time()
     import torch
@@ -206,7 +208,7 @@ def main(argv=None) -> int:
     with open(run_md, "w") as f:
         f.write(
             "## This run\n\n"
-            f"- Command: `python -m benchmarks.run{' --full' if args.full else ''}` (mode `{mode}`, device `{dev}`), "
+            f"- Command: `{shlex.join(['python', '-m', 'benchmarks.run', *argv])}` (mode `{mode}`, device `{dev}`), "
             f"environment `{' '.join(f'{k}={v}' for k, v in MALLOC_ENV.items())}` for the demo and every benchmark.\n"
             f"- Wall time: demo {t_demo:.0f} s, suites {t_bench:.0f} s (pytest exit status {rc}).\n"
         )

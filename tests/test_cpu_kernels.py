@@ -130,6 +130,27 @@ def test_dw_threaded_and_large(isa):
     check_dw(x, 2, 5, stride=2, padding=2, atol=1e-4)
 
 
+@pytest.mark.parametrize("k,s,d", [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (5, 1, 2), (4, 3, 1)])
+def test_dw_nchw_narrow_planes(isa, k, s, d):
+    # Narrow NCHW planes go through channel tiles transposed into an NHWC window: tails of the
+    # flat transposes (H*W not a multiple of the vector width), channel tails, row blocks of
+    # tall images (window rows below and above the image), and items split across threads.
+    pad = d * (k - 1) // 2
+    for N, C, H, W in ((2, 40, 7, 7), (1, 19, 14, 14), (3, 16, 9, 5), (1, 33, 300, 7),
+                       (1, 16, 61, 3), (2, 23, 1, 8)):
+        if H + 2 * pad < d * (k - 1) + 1:
+            continue
+        x = torch.randn(N, C, H, W)
+        check_dw(x, C, k, stride=s, padding=pad, dilation=d, act="hardswish", atol=1e-4)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        x = torch.randn(1, 16, 200, 7)  # one tile: the threads split its rows
+        check_dw(x, 16, k, stride=s, padding=pad, dilation=d, act="relu", atol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_dw_batch0_and_formats(isa):
     w, b = folded_dw_params(16, 3)
     x = torch.randn(0, 16, 8, 8)

@@ -13,7 +13,8 @@ namespace cpu {
 // One dwconv_bn_act call. Work is cut into "items" that the caller spreads over threads
 // (plan.cpp); a tile is `lanes` consecutive channels (the vector width of the kernel table):
 //   NHWC: item = (block of tiles_per_block tiles, n, block of row_block output rows)
-//   NCHW: item = (n, c, block of row_block output rows)
+//   NCHW: item = (n, c, block of row_block output rows), or when tiled
+//         item = (tile, n, block of row_block output rows)
 struct DwArgs {
   DwConvParams p;
   int act;                  // Activation as int: 0 none, 1 relu, 2 hardswish
@@ -24,6 +25,7 @@ struct DwArgs {
   int64_t tiles_per_block;  // NHWC
   int64_t row_block;
   bool window;              // NHWC: read the input through a padded window (kernels_impl.h)
+  bool tiled;               // NCHW: transpose channel tiles through an NHWC window
 };
 
 struct KernelTable {

@@ -31,6 +31,7 @@ inline vf vset1(float s) {
   return r;
 }
 inline vf vzero() { return vset1(0.0f); }
+inline vf vkeep(vf v) { return v; }
 inline vf vfma(vf a, vf b, vf c) {
   vf r;
   for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i];
@@ -68,10 +69,27 @@ inline void vstore_n(float* p, vf a, int n) {
 inline float vhsum(vf a) {
   return ((a.v[0] + a.v[4]) + (a.v[2] + a.v[6])) + ((a.v[1] + a.v[5]) + (a.v[3] + a.v[7]));
 }
-inline void vdeinterleave2(const float* p, vf& even, vf& odd) {
+inline vf vload_span(const float* p, int lo, int hi) {
+  vf r = vzero();
+  for (int i = lo; i < hi; ++i) r.v[i] = p[i];
+  return r;
+}
+inline void vdeinterleave2(vf a, vf b, vf& even, vf& odd) {
+  for (int i = 0; i < 4; ++i) {
+    even.v[i] = a.v[2 * i];
+    odd.v[i] = a.v[2 * i + 1];
+    even.v[4 + i] = b.v[2 * i];
+    odd.v[4 + i] = b.v[2 * i + 1];
+  }
+}
+
+inline void vtranspose(vf* v) {
   for (int i = 0; i < 8; ++i) {
-    even.v[i] = p[2 * i];
-    odd.v[i] = p[2 * i + 1];
+    for (int j = i + 1; j < 8; ++j) {
+      const float t = v[i].v[j];
+      v[i].v[j] = v[j].v[i];
+      v[j].v[i] = t;
+    }
   }
 }
 

@@ -21,11 +21,22 @@ constexpr int64_t kScratchFloats = 16384;
 constexpr int64_t kItemsPerThread = 4;
 // NHWC outputs at most this wide go through the padded window (kernels_impl.h).
 constexpr int64_t kWindowMaxWidth = 8;
+
+// NCHW outputs at most this wide go through transposed channel tiles (kernels_impl.h). Measured
+// on the MobileNetV3 layers (Zen 4): with 8 lanes the tiles win up to 14-wide rows; with 16 lanes
+// a 16x16 transpose costs more, and the plane kernels keep stride-1 rows of 14 (batch 8: 1.2-1.6x
+// faster than tiles there), while stride 2 (whose plane kernels split every row into phases) and
+// rows of at most 8 (half-empty 16-lane vectors) still go through tiles.
+int64_t tiled_max_width(int lanes, int64_t stride_w) {
+  if (lanes >= 16) return stride_w > 1 ? 16 : 8;
+  return 16;
+}
 }  // namespace
 
 DwPlan plan_dwconv(DwArgs& a, bool nhwc, int lanes, int64_t nthreads) {
   const DwConvParams& p = a.p;
   DwPlan plan;
+  a.tiled = false;
   const int64_t macs = p.N * p.C * p.OH * p.OW * p.KH * p.KW;
   plan.parallel = nthreads > 1 && macs >= kSerialMacs;
   const int64_t want_items = plan.parallel ? kItemsPerThread * nthreads : 1;
@@ -61,6 +72,20 @@ DwPlan plan_dwconv(DwArgs& a, bool nhwc, int lanes, int64_t nthreads) {
       a.row_block = 1;
       plan.items = rows * cdiv(ntiles, tpb);
     }
+  } else if (p.OW <= tiled_max_width(lanes, p.SW) && p.C >= lanes / 2) {
+    // Narrow planes go through transposed channel tiles (kernels_impl.h): one tile per item,
+    // row blocks sized like the NHWC window above.
+    const int64_t ntiles = cdiv(p.C, lanes);
+    const int64_t cols = (p.OW - 1) * p.SW + (p.KW - 1) * p.DW + 1;
+    const int64_t rows = kScratchFloats / (cols * lanes);
+    int64_t rb = rows > span_h ? lmin(p.OH, (rows - span_h) / p.SH + 1) : 1;
+    const int64_t others = ntiles * p.N;
+    if (others * cdiv(p.OH, rb) < want_items) rb = lmin(rb, cdiv(p.OH, cdiv(want_items, others)));
+    a.tiled = true;
+    a.window = false;
+    a.tiles_per_block = 1;
+    a.row_block = lmax(rb, 1);
+    plan.items = others * cdiv(p.OH, a.row_block);
   } else {
     // Row blocks keep a block's padded scratch within the budget; planes are the work items,
     // split into row blocks when there are too few planes for the threads.
