@@ -314,7 +314,8 @@ def _fake_elementwise(x):
 
 
 # ----------------------------------------------------------------------------------------------
-# Autograd: backward in PyTorch ops (the forward kernels are the fused part)
+# Autograd of the Triton operators: backward in PyTorch ops (the forward kernels are the fused
+# part). The C++ operators have the same formulas in csrc/autograd.cpp.
 # ----------------------------------------------------------------------------------------------
 def _dw_setup_context(ctx, inputs, output):
     x, weight, bias, stride, padding, dilation, activation = inputs
@@ -393,16 +394,11 @@ _FAKES = {
 }
 
 
-def _register(namespace: str, with_fake: bool) -> None:
-    for name, (backward, setup_context) in _AUTOGRAD.items():
-        qualname = f"{namespace}::{name}"
-        if with_fake:
-            torch.library.register_fake(qualname, _FAKES[name])
-        torch.library.register_autograd(qualname, backward, setup_context=setup_context)
-
-
 if _extension.LOADED:
-    _register("mnv3", with_fake=True)
+    # The C++ operators carry their autograd in C++ (csrc/autograd.cpp); they need fake kernels.
+    for _name, _fake in _FAKES.items():
+        torch.library.register_fake(f"mnv3::{_name}", _fake)
 if _triton.AVAILABLE:
     # triton_op derives its fake kernel by running the Python wrapper on fake tensors.
-    _register("mnv3_triton", with_fake=False)
+    for _name, (_backward, _setup_context) in _AUTOGRAD.items():
+        torch.library.register_autograd(f"mnv3_triton::{_name}", _backward, setup_context=_setup_context)

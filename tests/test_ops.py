@@ -148,6 +148,57 @@ def test_dwconv_gradients(backend, activation, layout):
 
 
 @needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("wanted", ["x", "weight", "bias", "x-no-bias"])
+def test_dwconv_partial_gradients(backend, wanted):
+    # Only some inputs require grad (frozen weights, or a frozen input): the others get none.
+    x = torch.randn(2, 9, 7, 8) * 3
+    weight, bias = folded_dw_params(9, 5)
+    if wanted == "x-no-bias":
+        bias = None
+    target = {"x": x, "x-no-bias": x, "weight": weight, "bias": bias}[wanted].requires_grad_()
+    y = ops.dwconv_bn_act(x, weight, bias, 1, 2, 1, "hardswish", backend=backend)
+    assert y.requires_grad
+    g = torch.randn_like(y)
+    (got,) = torch.autograd.grad(y, target, g)
+    want_y = reference.dwconv_bn_act(x, weight, bias, (1, 1), (2, 2), (1, 1), "hardswish")
+    (want,) = torch.autograd.grad(want_y, target, g)
+    _assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_no_graph_without_grad(backend):
+    # No input requires grad, or grad mode is off: the output is a plain tensor.
+    x = torch.randn(1, 8, 6, 6)
+    weight, bias = folded_dw_params(8, 3)
+    assert ops.dwconv_bn_act(x, weight, bias, 1, 1, 1, "relu", backend=backend).grad_fn is None
+    with torch.no_grad():
+        y = ops.dwconv_bn_act(x.requires_grad_(), weight, bias, 1, 1, 1, "relu", backend=backend)
+        assert y.grad_fn is None and not y.requires_grad
+    assert ops.hardswish(torch.randn(5), backend=backend).grad_fn is None
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_double_backward(backend):
+    # The backward formulas are ATen ops, so they are differentiable themselves.
+    x = (torch.randn(2, 6, 5, 5) * 3).requires_grad_()
+    weight, bias = folded_dw_params(6, 3)
+    for fused, ref in (
+        (lambda t: ops.dwconv_bn_act(t, weight, bias, 1, 1, 1, "hardswish", backend=backend),
+         lambda t: reference.dwconv_bn_act(t, weight, bias, (1, 1), (1, 1), (1, 1), "hardswish")),
+        (lambda t: ops.hardswish(t, backend=backend), reference.hardswish),
+    ):
+        (g1,) = torch.autograd.grad(fused(x).square().sum(), x, create_graph=True)
+        (gg,) = torch.autograd.grad(g1.sum(), x)
+        (r1,) = torch.autograd.grad(ref(x).square().sum(), x, create_graph=True)
+        (rr,) = torch.autograd.grad(r1.sum(), x)
+        _assert_close(g1, r1, rtol=1e-4, atol=1e-4)
+        _assert_close(gg, rr, rtol=1e-4, atol=1e-4)
+
+
+@needs_cpu
 @pytest.mark.parametrize("activation", ["relu", "hardswish"])
 def test_dwconv_opcheck(activation):
     x = torch.randn(2, 12, 9, 9).requires_grad_()

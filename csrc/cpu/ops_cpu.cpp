@@ -167,8 +167,8 @@ at::Tensor hard_act_cpu(const at::Tensor& x_in) {
   const float* xp = x.data_ptr<float>();
   float* yp = out.data_ptr<float>();
   const KernelTable& k = kernels();
-  constexpr int64_t kChunk = 1 << 15;
-  run_items(ceil_div(n, kChunk), n, kSerialElems * 4, [&](int64_t begin, int64_t end) {
+  constexpr int64_t kChunk = 1 << 14;
+  run_items(ceil_div(n, kChunk), n, kSerialElems, [&](int64_t begin, int64_t end) {
     const int64_t lo = begin * kChunk, hi = std::min(n, end * kChunk);
     k.hard_act(xp + lo, yp + lo, hi - lo, Swish);
   });

@@ -1,0 +1,191 @@
+// Autograd of the mnv3 operators (dispatch key Autograd, every device): the forward redispatches
+// to the device kernel, the backward is written with ATen ops. In C++ rather than through
+// torch.library.register_autograd so that a call does not go through Python: that costs ~8 us,
+// as much as a small depthwise layer.
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+namespace mnv3 {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+using DwSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                         at::IntArrayRef, at::IntArrayRef, at::IntArrayRef, c10::string_view);
+using SeSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                         const at::Tensor&, const at::Tensor&);
+using ActSig = at::Tensor(const at::Tensor&);
+
+struct DwConvFunction : public torch::autograd::Function<DwConvFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation,
+                            c10::string_view activation) {
+    static const auto op = op_handle<DwSig>("mnv3::dwconv_bn_act");
+    at::Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = op.call(x, weight, bias, stride, padding, dilation, activation);
+    }
+    const std::string act(activation);
+    const bool relu = act == "relu";
+    ctx->save_for_backward({x, weight, bias.has_value() ? *bias : at::Tensor(),
+                            relu ? out : at::Tensor()});
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["dilation"] = dilation.vec();
+    ctx->saved_data["activation"] = act;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &weight = saved[1], &bias = saved[2], &out = saved[3];
+    const auto stride = ctx->saved_data["stride"].toIntVector();
+    const auto padding = ctx->saved_data["padding"].toIntVector();
+    const auto dilation = ctx->saved_data["dilation"].toIntVector();
+    const std::string act = ctx->saved_data["activation"].toStringRef();
+    const int64_t C = x.size(1);
+    at::Tensor grad = grads[0];
+    if (act == "relu") {
+      grad = at::threshold_backward(grad, out, 0);
+    } else if (act == "hardswish") {
+      // The pre-activation is not kept (it would double the memory of the layer): recompute it.
+      const at::Tensor pre = at::conv2d(x, weight, bias, stride, padding, dilation, C);
+      grad = at::hardswish_backward(grad, pre);
+    }
+    const bool has_bias = bias.defined();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      has_bias && ctx->needs_input_grad(2)};
+    at::OptionalIntArrayRef bias_sizes;
+    std::vector<int64_t> bias_shape = {C};
+    if (has_bias) bias_sizes = bias_shape;
+    auto [gx, gw, gb] = at::convolution_backward(grad, x, weight, bias_sizes, stride, padding,
+                                                 dilation, false, {0, 0}, C, mask);
+    return {gx, gw, has_bias ? gb : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+struct SqueezeExciteFunction : public torch::autograd::Function<SqueezeExciteFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w1,
+                            const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
+    static const auto op = op_handle<SeSig>("mnv3::squeeze_excite");
+    at::Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = op.call(x, w1, b1, w2, b2);
+    }
+    ctx->save_for_backward({x, w1, b1, w2, b2});
+    return out;
+  }
+
+  // The gate is recomputed from x in fp32 (a few KB), not saved by the forward kernel.
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const at::Tensor x = s[0].to(at::kFloat), w1 = s[1].to(at::kFloat), b1 = s[2].to(at::kFloat);
+    const at::Tensor w2 = s[3].to(at::kFloat), b2 = s[4].to(at::kFloat);
+    const at::Tensor pooled = x.mean({2, 3});
+    const at::Tensor hidden = at::relu(at::addmm(b1, pooled, w1.t()));
+    const at::Tensor gate_pre = at::addmm(b2, hidden, w2.t());
+    const at::Tensor gate = at::hardsigmoid(gate_pre);
+    const at::Tensor g = grads[0].to(at::kFloat);
+    const at::Tensor grad_gate_pre =
+        at::hardsigmoid_backward((g * x).sum({2, 3}), gate_pre);
+    const at::Tensor grad_hidden_pre =
+        at::threshold_backward(at::mm(grad_gate_pre, w2), hidden, 0);
+    const at::Tensor grad_pooled = at::mm(grad_hidden_pre, w1);
+    const double inv_hw = 1.0 / static_cast<double>(x.size(2) * x.size(3));
+    const at::Tensor grad_x = g * gate.unsqueeze(-1).unsqueeze(-1) +
+                              (grad_pooled * inv_hw).unsqueeze(-1).unsqueeze(-1);
+    return {grad_x.to(s[0].scalar_type()),
+            at::mm(grad_hidden_pre.t(), pooled).to(s[1].scalar_type()),
+            grad_hidden_pre.sum(0).to(s[2].scalar_type()),
+            at::mm(grad_gate_pre.t(), hidden).to(s[3].scalar_type()),
+            grad_gate_pre.sum(0).to(s[4].scalar_type())};
+  }
+};
+
+template <bool Swish>
+struct HardActFunction : public torch::autograd::Function<HardActFunction<Swish>> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x) {
+    static const auto op = op_handle<ActSig>(Swish ? "mnv3::hardswish" : "mnv3::hardsigmoid");
+    at::Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = op.call(x);
+    }
+    ctx->save_for_backward({x});
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const at::Tensor x = ctx->get_saved_variables()[0];
+    return {Swish ? at::hardswish_backward(grads[0], x) : at::hardsigmoid_backward(grads[0], x)};
+  }
+};
+
+// Without a gradient to track, the kernel is called directly: building a graph node per call
+// costs more than a small kernel.
+bool track(std::initializer_list<const at::Tensor*> inputs) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor* t : inputs) {
+    if (t->defined() && t->requires_grad()) return true;
+  }
+  return false;
+}
+
+at::Tensor dwconv_bn_act_autograd(const at::Tensor& x, const at::Tensor& weight,
+                                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                                  c10::string_view activation) {
+  static const at::Tensor none;
+  if (!track({&x, &weight, bias.has_value() ? &*bias : &none})) {
+    static const auto op = op_handle<DwSig>("mnv3::dwconv_bn_act");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, weight, bias, stride, padding, dilation, activation);
+  }
+  return DwConvFunction::apply(x, weight, bias, stride, padding, dilation, activation);
+}
+
+at::Tensor squeeze_excite_autograd(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1,
+                                   const at::Tensor& w2, const at::Tensor& b2) {
+  if (!track({&x, &w1, &b1, &w2, &b2})) {
+    static const auto op = op_handle<SeSig>("mnv3::squeeze_excite");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, w1, b1, w2, b2);
+  }
+  return SqueezeExciteFunction::apply(x, w1, b1, w2, b2);
+}
+
+template <bool Swish>
+at::Tensor hard_act_autograd(const at::Tensor& x) {
+  if (!track({&x})) {
+    static const auto op = op_handle<ActSig>(Swish ? "mnv3::hardswish" : "mnv3::hardsigmoid");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x);
+  }
+  return HardActFunction<Swish>::apply(x);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(mnv3, Autograd, m) {
+  m.impl("dwconv_bn_act", &dwconv_bn_act_autograd);
+  m.impl("squeeze_excite", &squeeze_excite_autograd);
+  m.impl("hardswish", &hard_act_autograd<true>);
+  m.impl("hardsigmoid", &hard_act_autograd<false>);
+}
+
+}  // namespace mnv3
