@@ -1,4 +1,4 @@
-"""Public functional API: argument checks, backend choice, fake kernels and autograd.
+"""Public functional API: argument checks, backend choice, fake kernels, Triton autograd.
 
 Every public function validates its arguments once (errors name the argument), picks a backend,
 and calls one registered operator:

@@ -44,10 +44,12 @@ struct KernelTable {
   // y[pix*C + c] = x[pix*C + c] * s[c] for pixels in [begin, end) of one NHWC sample
   void (*scale_pixels)(const float* x, float* y, const float* s, int64_t C, int64_t begin,
                        int64_t end);
-  // gate(N,C) = hardsigmoid(fc2(relu(fc1(mean)))) with mean(N,C), w1(R,C), w2(C,R);
-  // hidden is scratch of N*R floats.
-  void (*se_mlp)(const float* mean, const float* w1, const float* b1, const float* w2,
-                 const float* b2, float* gate, float* hidden, int64_t N, int64_t C, int64_t R);
+  // hidden[n*R + r] = relu(b1[r] + scale * <sums[n*C ..], w1[r*C ..]>), rows r in [r0, r1)
+  void (*se_fc1)(const float* sums, float scale, const float* w1, const float* b1, float* hidden,
+                 int64_t N, int64_t C, int64_t R, int64_t r0, int64_t r1);
+  // gate[n*C + c] = hardsigmoid(b2[c] + <hidden[n*R ..], w2[c*R ..]>), channels c in [c0, c1)
+  void (*se_fc2)(const float* hidden, const float* w2, const float* b2, float* gate, int64_t N,
+                 int64_t C, int64_t R, int64_t c0, int64_t c1);
 };
 
 const KernelTable& portable_kernels();

@@ -1,14 +1,20 @@
-// Kernel bodies shared by the AVX2 and the portable translation unit. Not a normal header:
+// Kernel bodies shared by the AVX-512, AVX2 and portable translation units. Not a normal header:
 // the including file first opens an anonymous namespace and defines the vector type `vf` of VL
 // floats, kVecRegs (vector registers of the ISA), kShapeKernels (whether to instantiate the
 // compile-time-shape kernels for k 3/5, stride 1/2, or only the run-time-shape ones) and the
-// vector operations (vload, vstore,
-// vload_n, vload_span, vstore_n, vkeep, vset1, vzero, vfma, vadd, vmul, vmax, vmin, vhsum,
-// vdeinterleave2), then
-// includes this file inside that namespace. Everything
-// here therefore has internal linkage and is compiled once per ISA; it must not instantiate any
-// std:: template (those are shared between translation units and could be emitted with the
-// wider ISA).
+// vector operations (vload, vstore, vload_n, vload_span, vstore_n, vkeep, vset1, vzero, vfma,
+// vadd, vmul, vmax, vmin, vhsum, vdeinterleave2, vtranspose), then includes this file inside
+// that namespace. Everything here therefore has internal linkage and is compiled once per ISA;
+// it must not instantiate any std:: template (those are shared between translation units and
+// could be emitted with the wider ISA).
+//
+// Depthwise conv paths (plan.cpp picks one per call):
+//   NHWC, wide rows     rows read in place; compile-time shapes in input-reuse blocks whose ends
+//                       skip the padding columns, other shapes with zero-padded border strips
+//   NHWC, narrow rows   the item's input window copied to zero-padded scratch first
+//   NCHW, wide planes   per plane, rows copied to zero-padded (stride-phase split) scratch
+//   NCHW, narrow planes channel tiles transposed into an NHWC window, the NHWC row kernels,
+//                       and transposed back
 //
 // Indices are int64_t throughout: a channels_last tensor of a few GB overflows 32-bit offsets.
 
@@ -49,14 +55,14 @@ inline vf act_v(vf v, int act) {
 // consecutive channels; the block's weights are packed per tile as [bias][tap 0][tap 1]...,
 // VL floats each, and reused by all the items of the block that a thread runs in a row.
 // Two ways to reach the input:
-//  - direct: output pixels whose taps stay inside the row read the input in place (taps on rows
-//    outside the image are skipped); the few left/right border pixels of each row read a small
-//    zero-padded strip of scratch instead, so they run the same register-blocked code.
+//  - direct: rows are read in place (taps on rows outside the image are skipped). Compile-time
+//    shapes run input-reuse blocks over the whole row, the blocks at its ends skipping the
+//    padding columns; run-time shapes read the interior in place and the few left/right border
+//    pixels from a small zero-padded strip of scratch.
 //  - window (narrow images, where border pixels are most of the row): the item's whole input
 //    window goes to zero-padded scratch, and each output row is one register block.
 // Windows everywhere measured up to 2x slower on wide images: there the copy costs as much as
-// the taps; strips on 7-wide images are slower too, as their one-pixel blocks are
-// latency-bound.
+// the taps; in place, 7-wide images at batch 1 were 1.4x slower than through the window.
 
 
 // Lanes of tile t that hold real channels.
@@ -933,16 +939,20 @@ void scale_pixels(const float* x, float* y, const float* s, int64_t C, int64_t b
   }
 }
 
-void se_mlp(const float* mean, const float* w1, const float* b1, const float* w2,
-            const float* b2, float* gate, float* hidden, int64_t N, int64_t C, int64_t R) {
+void se_fc1(const float* sums, float scale, const float* w1, const float* b1, float* hidden,
+            int64_t N, int64_t C, int64_t R, int64_t r0, int64_t r1) {
   // Weight rows outer, samples inner: each weight row is read once for the whole batch.
-  for (int64_t r = 0; r < R; ++r) {
+  for (int64_t r = r0; r < r1; ++r) {
     for (int64_t n = 0; n < N; ++n) {
-      const float h = b1[r] + dot_n(mean + n * C, w1 + r * C, C);
+      const float h = b1[r] + scale * dot_n(sums + n * C, w1 + r * C, C);
       hidden[n * R + r] = h > 0.0f ? h : 0.0f;
     }
   }
-  for (int64_t c = 0; c < C; ++c) {
+}
+
+void se_fc2(const float* hidden, const float* w2, const float* b2, float* gate, int64_t N,
+            int64_t C, int64_t R, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) {
     for (int64_t n = 0; n < N; ++n) {
       float g = (b2[c] + dot_n(hidden + n * R, w2 + c * R, R)) * (1.0f / 6.0f) + 0.5f;
       gate[n * C + c] = g < 0.0f ? 0.0f : (g > 1.0f ? 1.0f : g);
@@ -950,5 +960,5 @@ void se_mlp(const float* mean, const float* w1, const float* b1, const float* w2
   }
 }
 
-const KernelTable kTable = {VL,         dw_nhwc,      dw_nchw,      hard_act,    plane_sums,
-                            pixel_sums, scale_planes, scale_pixels, se_mlp};
+const KernelTable kTable = {VL,           dw_nhwc,      dw_nchw, hard_act, plane_sums, pixel_sums,
+                            scale_planes, scale_pixels, se_fc1,  se_fc2};

@@ -9,6 +9,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <vector>
 
 #include "../common/activation.h"
@@ -94,6 +97,12 @@ at::Tensor dwconv_bn_act_cpu(const at::Tensor& x_in, const at::Tensor& weight_in
   return out;
 }
 
+// [begin, end) of thread `tid` of `nt` over n items.
+inline void split(int64_t n, int tid, int nt, int64_t& begin, int64_t& end) {
+  begin = n * tid / nt;
+  end = n * (tid + 1) / nt;
+}
+
 at::Tensor squeeze_excite_cpu(const at::Tensor& x_in, const at::Tensor& fc1_weight,
                               const at::Tensor& fc1_bias, const at::Tensor& fc2_weight,
                               const at::Tensor& fc2_bias) {
@@ -108,45 +117,66 @@ at::Tensor squeeze_excite_cpu(const at::Tensor& x_in, const at::Tensor& fc1_weig
   const at::Tensor w1 = fc1_weight.contiguous(), b1 = fc1_bias.contiguous();
   const at::Tensor w2 = fc2_weight.contiguous(), b2 = fc2_bias.contiguous();
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3), R = w1.size(0);
+  const bool nhwc = fmt == at::MemoryFormat::ChannelsLast;
   const float* xp = x.data_ptr<float>();
   float* yp = out.data_ptr<float>();
+  const float *w1p = w1.data_ptr<float>(), *b1p = b1.data_ptr<float>();
+  const float *w2p = w2.data_ptr<float>(), *b2p = b2.data_ptr<float>();
   const KernelTable& k = kernels();
-  std::vector<float> mean(static_cast<size_t>(N * C)), gate(static_cast<size_t>(N * C));
+  std::vector<float> sums(static_cast<size_t>(N * C)), gate(static_cast<size_t>(N * C));
   std::vector<float> hidden(static_cast<size_t>(std::max<int64_t>(N * R, 1)));
-  const int64_t total = N * C * HW;
   const float inv_hw = 1.0f / static_cast<float>(HW);
+  const int64_t cblocks = ceil_div(C, 64);
 
-  if (fmt == at::MemoryFormat::ChannelsLast) {
-    const int64_t cblocks = ceil_div(C, 64);
-    run_items(N * cblocks, total, kSerialElems, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
+  // Four phases (pool, fc1, fc2, scale), each split over the threads, in one parallel region:
+  // a fork/join per phase would cost more than a phase of a batch-1 layer.
+  auto phases = [&](int tid, int nt, const auto& barrier) {
+    int64_t b, e;
+    if (nhwc) {
+      split(N * cblocks, tid, nt, b, e);
+      for (int64_t i = b; i < e; ++i) {
         const int64_t n = i / cblocks, c0 = (i % cblocks) * 64;
-        k.pixel_sums(xp + n * HW * C, mean.data() + n * C, C, HW, c0, std::min(C, c0 + 64));
+        k.pixel_sums(xp + n * HW * C, sums.data() + n * C, C, HW, c0, std::min(C, c0 + 64));
       }
-    });
-  } else {
-    run_items(N * C, total, kSerialElems,
-              [&](int64_t begin, int64_t end) { k.plane_sums(xp, mean.data(), HW, begin, end); });
-  }
-  for (auto& m : mean) m *= inv_hw;
-  k.se_mlp(mean.data(), w1.data_ptr<float>(), b1.data_ptr<float>(), w2.data_ptr<float>(),
-           b2.data_ptr<float>(), gate.data(), hidden.data(), N, C, R);
+    } else {
+      split(N * C, tid, nt, b, e);
+      k.plane_sums(xp, sums.data(), HW, b, e);
+    }
+    barrier();
+    split(R, tid, nt, b, e);
+    k.se_fc1(sums.data(), inv_hw, w1p, b1p, hidden.data(), N, C, R, b, e);
+    barrier();
+    split(C, tid, nt, b, e);
+    k.se_fc2(hidden.data(), w2p, b2p, gate.data(), N, C, R, b, e);
+    barrier();
+    if (nhwc) {
+      // Flat pixel range over all samples, split where the sample (and so the gate) changes.
+      split(N * HW, tid, nt, b, e);
+      while (b < e) {
+        const int64_t n = b / HW, stop = std::min(e, (n + 1) * HW);
+        k.scale_pixels(xp, yp, gate.data() + n * C, C, b, stop);
+        b = stop;
+      }
+    } else {
+      split(N * C, tid, nt, b, e);
+      k.scale_planes(xp, yp, gate.data(), HW, b, e);
+    }
+  };
 
-  if (fmt == at::MemoryFormat::ChannelsLast) {
-    // Flat pixel range over all samples, split where the sample (and so the gate) changes.
-    run_items(N * HW, total, kSerialElems, [&](int64_t begin, int64_t end) {
-      while (begin < end) {
-        const int64_t n = begin / HW;
-        const int64_t stop = std::min(end, (n + 1) * HW);
-        k.scale_pixels(xp, yp, gate.data() + n * C, C, begin, stop);
-        begin = stop;
-      }
-    });
-  } else {
-    run_items(N * C, total, kSerialElems, [&](int64_t begin, int64_t end) {
-      k.scale_planes(xp, yp, gate.data(), HW, begin, end);
-    });
+  const int64_t work = 3 * N * C * HW + 2 * N * C * R;  // element passes + multiply-adds
+  const int threads = static_cast<int>(std::min<int64_t>(at::get_num_threads(), 16));
+  if (work < kSerialElems || threads <= 1 || at::in_parallel_region()) {
+    phases(0, 1, [] {});
+    return out;
   }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+  phases(omp_get_thread_num(), omp_get_num_threads(), [] {
+#pragma omp barrier
+  });
+#else
+  phases(0, 1, [] {});
+#endif
   return out;
 }
 
