@@ -70,14 +70,18 @@ def test_dw_channel_residues(isa, layout, C):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "sliced"])
-@pytest.mark.parametrize("k,s", [(3, 1), (3, 2), (5, 1), (5, 2), (7, 1), (7, 2)])
+@pytest.mark.parametrize("k,s,d", [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (7, 1, 1), (7, 2, 1),
+                                   (3, 1, 2), (5, 1, 2)])
 @pytest.mark.parametrize("act", ["relu", "hardswish"])
-def test_dw_fast_shapes(isa, layout, k, s, act):
-    for H, W in ((1, 1), (9, 1), (13, 11), (16, 23)):
-        if H + 2 * (k // 2) < k or W + 2 * (k // 2) < k:
+def test_dw_fast_shapes(isa, layout, k, s, d, act):
+    # The compile-time shapes (k 3/5 at stride 1/2, and dilation 2 at stride 1) and their
+    # run-time neighbours (k = 7).
+    pad = d * (k - 1) // 2
+    for H, W in ((1, 1), (9, 1), (13, 11), (16, 23), (14, 30)):
+        if H + 2 * pad < d * (k - 1) + 1 or W + 2 * pad < d * (k - 1) + 1:
             continue
         x = _layout(torch.randn(2, 27, H, W), layout)
-        check_dw(x, 27, k, stride=s, padding=k // 2, act=act)
+        check_dw(x, 27, k, stride=s, padding=pad, dilation=d, act=act)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])

@@ -1,10 +1,10 @@
 // Kernel bodies shared by the AVX-512, AVX2 and portable translation units. Not a normal header:
 // the including file first opens an anonymous namespace and defines the vector type `vf` of VL
 // floats, kVecRegs (vector registers of the ISA), kShapeKernels (whether to instantiate the
-// compile-time-shape kernels for k 3/5, stride 1/2, or only the run-time-shape ones) and the
-// vector operations (vload, vstore, vload_n, vload_span, vstore_n, vkeep, vset1, vzero, vfma,
-// vadd, vmul, vmax, vmin, vhsum, vdeinterleave2, vtranspose), then includes this file inside
-// that namespace. Everything here therefore has internal linkage and is compiled once per ISA;
+// compile-time-shape kernels for k 3/5 at stride 1/2 and dilation 2 at stride 1, or only the
+// run-time-shape ones) and the vector operations (vload, vstore, vload_n, vload_span, vstore_n,
+// vkeep, vset1, vzero, vfma, vadd, vmul, vmax, vmin, vhsum, vdeinterleave2, vtranspose), then
+// includes this file inside that namespace. Everything here therefore has internal linkage and is compiled once per ISA;
 // it must not instantiate any std:: template (those are shared between translation units and
 // could be emitted with the wider ISA).
 //
@@ -518,6 +518,9 @@ void dw_nhwc(const DwArgs& a, int64_t begin, int64_t end) {
     if (fast && p.KH == 3 && p.SW == 2) return dw_nhwc_items<3, 3, 2, 1, 1>(a, begin, end);
     if (fast && p.KH == 5 && p.SW == 1) return dw_nhwc_items<5, 5, 1, 1, 1>(a, begin, end);
     if (fast && p.KH == 5 && p.SW == 2) return dw_nhwc_items<5, 5, 2, 1, 1>(a, begin, end);
+    const bool d2 = p.DH == 2 && p.DW == 2 && p.KH == p.KW && p.SH == 1 && p.SW == 1;
+    if (d2 && p.KH == 3) return dw_nhwc_items<3, 3, 1, 2, 2>(a, begin, end);
+    if (d2 && p.KH == 5) return dw_nhwc_items<5, 5, 1, 2, 2>(a, begin, end);
   }
   dw_nhwc_items<0, 0, 0, 0, 0>(a, begin, end);
 }
@@ -601,11 +604,11 @@ inline void nchw_store(float* yr, int64_t ow, int64_t OW, vf v) {
 }
 
 // RR output rows at once; input row i of the block feeds every output row r with
-// i = r*SH + kh, so each vector load serves up to RR FMAs (dilation 1, compile-time shape).
-template <int KH, int KW, int SH, int SW, int RR>
+// i = r*SH + kh*D, so each vector load serves up to RR FMAs (compile-time shape, dilation D).
+template <int KH, int KW, int SH, int SW, int D, int RR>
 inline void nchw_rows_fast(const DwConvParams& p, const NchwLayout& l, const float* scr,
                            int64_t lr, const float* wc, float bias, float* y0, int act) {
-  constexpr int NIN = (RR - 1) * SH + KH;
+  constexpr int NIN = (RR - 1) * SH + (KH - 1) * D + 1;
   const int64_t OW = p.OW;
   for (int64_t ow = 0; ow < OW; ow += VL) {
     vf acc[RR];
@@ -616,11 +619,13 @@ inline void nchw_rows_fast(const DwConvParams& p, const NchwLayout& l, const flo
       const float* srow = scr + (lr + i) * l.row_len + ow;
 #pragma GCC unroll 8
       for (int kw = 0; kw < KW; ++kw) {
-        const vf v = vload(srow + (kw % SW) * l.phase_len + kw / SW);
+        const vf v = vload(srow + (kw * D % SW) * l.phase_len + kw * D / SW);
 #pragma GCC unroll 8
         for (int r = 0; r < RR; ++r) {
-          const int kh = i - r * SH;
-          if (kh >= 0 && kh < KH) acc[r] = vfma(v, vset1(wc[kh * KW + kw]), acc[r]);
+          const int t = i - r * SH;  // D * kh
+          if (t >= 0 && t % D == 0 && t / D < KH) {
+            acc[r] = vfma(v, vset1(wc[t / D * KW + kw]), acc[r]);
+          }
         }
       }
     }
@@ -634,14 +639,16 @@ inline void nchw_rows_fast(const DwConvParams& p, const NchwLayout& l, const flo
 constexpr int kRows = 8;
 
 // The last r < kRows rows of a block in one register block of exactly r rows.
-template <int KH, int KW, int SH, int SW, int R>
+template <int KH, int KW, int SH, int SW, int D, int R>
 inline void nchw_rows_tail(const DwConvParams& p, const NchwLayout& l, const float* scr,
                            int64_t lr, const float* wc, float bias, float* y0, int64_t r,
                            int act) {
   if constexpr (R > 1) {
-    if (r < R) return nchw_rows_tail<KH, KW, SH, SW, R - 1>(p, l, scr, lr, wc, bias, y0, r, act);
+    if (r < R) {
+      return nchw_rows_tail<KH, KW, SH, SW, D, R - 1>(p, l, scr, lr, wc, bias, y0, r, act);
+    }
   }
-  nchw_rows_fast<KH, KW, SH, SW, R>(p, l, scr, lr, wc, bias, y0, act);
+  nchw_rows_fast<KH, KW, SH, SW, D, R>(p, l, scr, lr, wc, bias, y0, act);
 }
 
 // Any shape: one output row, taps from run-time loops.
@@ -662,7 +669,7 @@ inline void nchw_row_generic(const DwConvParams& p, const NchwLayout& l, const f
   }
 }
 
-template <int KH, int KW, int SH, int SW>
+template <int KH, int KW, int SH, int SW, int D>
 void dw_nchw_items(const DwArgs& a, int64_t begin, int64_t end) {
   const DwConvParams& p = a.p;
   constexpr bool kFast = KH > 0;
@@ -692,12 +699,12 @@ void dw_nchw_items(const DwArgs& a, int64_t begin, int64_t end) {
     int64_t oh = oh0;
     if constexpr (kFast) {
       for (; oh + kRows <= oh1; oh += kRows) {
-        nchw_rows_fast<KH, KW, SH, SW, kRows>(p, l, scr, (oh - oh0) * p.SH, wc, bias,
-                                              yp + oh * p.OW, a.act);
+        nchw_rows_fast<KH, KW, SH, SW, D, kRows>(p, l, scr, (oh - oh0) * p.SH, wc, bias,
+                                                 yp + oh * p.OW, a.act);
       }
       if (oh < oh1) {
-        nchw_rows_tail<KH, KW, SH, SW, kRows - 1>(p, l, scr, (oh - oh0) * p.SH, wc, bias,
-                                                  yp + oh * p.OW, oh1 - oh, a.act);
+        nchw_rows_tail<KH, KW, SH, SW, D, kRows - 1>(p, l, scr, (oh - oh0) * p.SH, wc, bias,
+                                                     yp + oh * p.OW, oh1 - oh, a.act);
       }
     } else {
       for (; oh < oh1; ++oh) {
@@ -813,6 +820,9 @@ void dw_nchw_tiled(const DwArgs& a, int64_t begin, int64_t end) {
     if (fast && p.KH == 3 && p.SW == 2) return dw_nchw_tiled_items<3, 3, 2, 1, 1>(a, begin, end);
     if (fast && p.KH == 5 && p.SW == 1) return dw_nchw_tiled_items<5, 5, 1, 1, 1>(a, begin, end);
     if (fast && p.KH == 5 && p.SW == 2) return dw_nchw_tiled_items<5, 5, 2, 1, 1>(a, begin, end);
+    const bool d2 = p.DH == 2 && p.DW == 2 && p.KH == p.KW && p.SH == 1 && p.SW == 1;
+    if (d2 && p.KH == 3) return dw_nchw_tiled_items<3, 3, 1, 2, 2>(a, begin, end);
+    if (d2 && p.KH == 5) return dw_nchw_tiled_items<5, 5, 1, 2, 2>(a, begin, end);
   }
   dw_nchw_tiled_items<0, 0, 0, 0, 0>(a, begin, end);
 }
@@ -823,12 +833,16 @@ void dw_nchw(const DwArgs& a, int64_t begin, int64_t end) {
   if constexpr (kShapeKernels) {
     const bool d1 = p.DH == 1 && p.DW == 1;
     const bool sq = p.KH == p.KW && p.SH == p.SW;
-    if (d1 && sq && p.KH == 3 && p.SH == 1) return dw_nchw_items<3, 3, 1, 1>(a, begin, end);
-    if (d1 && sq && p.KH == 3 && p.SH == 2) return dw_nchw_items<3, 3, 2, 2>(a, begin, end);
-    if (d1 && sq && p.KH == 5 && p.SH == 1) return dw_nchw_items<5, 5, 1, 1>(a, begin, end);
-    if (d1 && sq && p.KH == 5 && p.SH == 2) return dw_nchw_items<5, 5, 2, 2>(a, begin, end);
+    if (d1 && sq && p.KH == 3 && p.SH == 1) return dw_nchw_items<3, 3, 1, 1, 1>(a, begin, end);
+    if (d1 && sq && p.KH == 3 && p.SH == 2) return dw_nchw_items<3, 3, 2, 2, 1>(a, begin, end);
+    if (d1 && sq && p.KH == 5 && p.SH == 1) return dw_nchw_items<5, 5, 1, 1, 1>(a, begin, end);
+    if (d1 && sq && p.KH == 5 && p.SH == 2) return dw_nchw_items<5, 5, 2, 2, 1>(a, begin, end);
+    // Dilation 2, stride 1: the last stage of the segmentation backbones (dilated=True).
+    const bool d2 = p.DH == 2 && p.DW == 2 && sq && p.SH == 1;
+    if (d2 && p.KH == 3) return dw_nchw_items<3, 3, 1, 1, 2>(a, begin, end);
+    if (d2 && p.KH == 5) return dw_nchw_items<5, 5, 1, 1, 2>(a, begin, end);
   }
-  dw_nchw_items<0, 0, 0, 0>(a, begin, end);
+  dw_nchw_items<0, 0, 0, 0, 0>(a, begin, end);
 }
 
 // ---------------------------------------------------------------------------------------------
