@@ -344,7 +344,7 @@ inline void nhwc_fixed_row(const DwConvParams& p, NhwcFrame f, int64_t wtile, co
       // into L2 while this row computes (the strided reads defeat the hardware prefetcher).
       const int64_t row0 = f.r0 + (p.KH - 1) * DH + 1;
       const int64_t bytes = (t1 - t0) * VL * static_cast<int64_t>(sizeof(float));
-      for (int64_t rr = row0; rr < row0 + f.ahead; ++rr) {
+      for (int64_t rr = imax(row0, 0); rr < row0 + f.ahead; ++rr) {
         const char* px = reinterpret_cast<const char*>(f.x + rr * f.rowp + (c0 + jlo) * f.pxs);
         for (int64_t q = 0; q < jhi - jlo; ++q) {
           for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(px + q * f.pxs * 4 + b, 0, 2);
