@@ -183,25 +183,15 @@ def _conv_geometry(conv: nn.Conv2d):
 # ----------------------------------------------------------------------------------------------
 # Folded-weight cache
 # ----------------------------------------------------------------------------------------------
-def _tensor_key(t: Optional[torch.Tensor]):
-    if t is None:
+def _stamp(sources) -> Optional[tuple]:
+    """What identifies the current contents of each source tensor: its version counter (bumped
+    by in-place updates, load_state_dict and optimizers) and its storage address (changed by
+    ``.data =`` and ``.to()``). None when some tensor has no version counter (inference tensors):
+    then nothing is cached."""
+    try:
+        return tuple(None if t is None else (t._version, t.data_ptr()) for t in sources)
+    except RuntimeError:
         return None
-    if t.is_inference():
-        return False  # no version counter: cannot tell whether it changed
-    return (t, t.data_ptr(), t._version, t.device, t.dtype, tuple(t.shape))
-
-
-def _same_key(a, b) -> bool:
-    if a is None or b is None or len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if isinstance(x, tuple) and isinstance(y, tuple):
-            # `is` on the tensor itself: equal data_ptr/version alone could be a new tensor.
-            if x[0] is not y[0] or x[1:] != y[1:]:
-                return False
-        elif x != y:
-            return False
-    return True
 
 
 class _FoldCacheMixin:
@@ -213,15 +203,17 @@ class _FoldCacheMixin:
             torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources)
         ):
             return fold_bn(*sources, bn.eps)
-        tensor_keys = tuple(_tensor_key(t) for t in sources)
-        key = tensor_keys + (float(bn.eps), torch.is_inference_mode_enabled())
+        stamp = _stamp(sources)
+        context = (bn.eps, torch.is_inference_mode_enabled())
         cached = self.__dict__.get("_fold_cache")
-        if cached is not None and _same_key(cached[0], key):
-            return cached[1], cached[2]
+        # `is` on the tensors themselves: an equal stamp alone could belong to a new tensor.
+        if (cached is not None and stamp is not None and cached[1] == stamp and cached[2] == context
+                and all(a is b for a, b in zip(cached[0], sources))):
+            return cached[3], cached[4]
         with torch.no_grad():
             weight, bias = fold_bn(*sources, bn.eps)
-        if all(k is not False for k in tensor_keys):
-            self.__dict__["_fold_cache"] = (key, weight, bias)
+        if stamp is not None:
+            self.__dict__["_fold_cache"] = (sources, stamp, context, weight, bias)
         return weight, bias
 
     def clear_fold_cache(self) -> None:
@@ -311,7 +303,8 @@ class FusedDepthwiseConvBNAct(_FoldCacheMixin, _BackendMixin, nn.Sequential):
             return super().forward(x)
         weight, bias = self._folded(conv.weight, conv.bias, bn)
         stride, padding, dilation = _conv_geometry(conv)
-        return ops.dwconv_bn_act(x, weight, bias, stride, padding, dilation, self.activation, self.backend)
+        return ops._dwconv_bn_act_trusted(x, weight, bias, stride, padding, dilation, self.activation,
+                                          self.backend)
 
     def extra_repr(self) -> str:
         conv = self[0]
@@ -409,7 +402,8 @@ class DepthwiseConvBNActHead(_FoldCacheMixin, _BackendMixin, nn.Conv2d):
             return tail.apply_unfused(self._conv_forward(x, self.weight, self.bias))
         weight, bias = self._folded(self.weight, self.bias, tail)
         stride, padding, dilation = _conv_geometry(self)
-        return ops.dwconv_bn_act(x, weight, bias, stride, padding, dilation, tail.activation, self.backend)
+        return ops._dwconv_bn_act_trusted(x, weight, bias, stride, padding, dilation, tail.activation,
+                                          self.backend)
 
     def extra_repr(self) -> str:
         return (f"C={self.out_channels}, k={tuple(self.kernel_size)}, stride={tuple(self.stride)}, "
@@ -514,7 +508,7 @@ class FusedSqueezeExcite(_BackendMixin, nn.Module):
             return x * s
         b1 = fc1.bias if fc1.bias is not None else fc1.weight.new_zeros(fc1.out_channels)
         b2 = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.out_channels)
-        return ops.squeeze_excite(x, fc1.weight, b1, fc2.weight, b2, backend=self.backend)
+        return ops._squeeze_excite_trusted(x, fc1.weight, b1, fc2.weight, b2, self.backend)
 
     def extra_repr(self) -> str:
         fc1 = self._role("fc1")

@@ -32,8 +32,12 @@ def _cuda_usable() -> bool:
     return _extension.CUDA_BUILT and torch.cuda.is_available()
 
 
+# Read once, like the Triton backend and Triton itself do (set it before importing the package).
+_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _TRITON_INTERPRET
 
 
 def backends() -> list:
@@ -104,6 +108,21 @@ def _op(name: str, backend: str):
     if backend == "triton":
         return getattr(torch.ops.mnv3_triton, name).default
     return getattr(torch.ops.mnv3, name).default
+
+
+# (requested backend, device type, dtype) -> concrete backend. What is usable does not change
+# while the process runs, and resolving costs as much as a small kernel.
+_RESOLVED: dict = {}
+
+
+def _resolve_cached(backend: str, x: torch.Tensor) -> str:
+    if torch.compiler.is_compiling():
+        return resolve_backend(backend, x)
+    key = (backend, x.device.type, x.dtype)
+    chosen = _RESOLVED.get(key)
+    if chosen is None:
+        chosen = _RESOLVED[key] = resolve_backend(backend, x)
+    return chosen
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,6 +246,25 @@ def dwconv_bn_act(
     if chosen == "reference":
         return reference.dwconv_bn_act(x, weight, bias, stride, padding, dilation, activation)
     return _op("dwconv_bn_act", chosen)(x, weight, bias, stride, padding, dilation, activation)
+
+
+def _dwconv_bn_act_trusted(x, weight, bias, stride, padding, dilation, activation, backend):
+    """dwconv_bn_act for the fused modules, whose weight, bias, geometry (lists) and activation
+    are valid by construction: only x is left to check, which the operators do themselves."""
+    chosen = _resolve_cached(backend, x)
+    if chosen == "reference":
+        return reference.dwconv_bn_act(x, weight, bias, stride, padding, dilation, activation)
+    return _op("dwconv_bn_act", chosen)(x, weight, bias, stride, padding, dilation, activation)
+
+
+def _squeeze_excite_trusted(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, backend):
+    """squeeze_excite for the fused modules (1x1-conv or 2-D fc weights, valid by construction)."""
+    w1 = fc1_weight.flatten(1) if fc1_weight.dim() == 4 else fc1_weight
+    w2 = fc2_weight.flatten(1) if fc2_weight.dim() == 4 else fc2_weight
+    chosen = _resolve_cached(backend, x)
+    if chosen == "reference":
+        return reference.squeeze_excite(x, w1, fc1_bias, w2, fc2_bias)
+    return _op("squeeze_excite", chosen)(x, w1, fc1_bias, w2, fc2_bias)
 
 
 def squeeze_excite(

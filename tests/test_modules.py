@@ -147,6 +147,13 @@ def test_cache_is_reused_and_refreshed():
         bn.running_mean = torch.full_like(bn.running_mean, 0.3)
         ref[1].running_mean = torch.full_like(bn.running_mean, 0.3)
         assert rel_err(fused(x), ref(x)) <= 1e-4
+        # New storage under the same Parameter object (`.data =`, as Module.to() does): the
+        # version counter does not move, the storage address does.
+        version = conv.weight._version
+        conv.weight.data = conv.weight.data * 0.5
+        ref[0].weight.data = ref[0].weight.data * 0.5
+        assert conv.weight._version == version
+        assert rel_err(fused(x), ref(x)) <= 1e-4
         bn.eps = 0.5
         ref[1].eps = 0.5
         assert rel_err(fused(x), ref(x)) <= 1e-4
