@@ -25,8 +25,10 @@ _ORDER = ["matmul", "copy", "eager-unfused", "eager", "eager-cl", "eager-folded"
           "hswish-fused", "fused", "converted", "fused-blocks"]
 _KIND_TITLE = OrderedDict([
     ("ceiling", "Machine ceilings"), ("dw", "Depthwise conv + BN + activation"),
-    ("se", "Squeeze-excite"), ("act", "Activations"), ("model", "Whole models"),
-    ("table5", "Table 5 (activation choice, whole network)"),
+    ("se", "Squeeze-excite"), ("act", "Activations"),
+    ("model-il", "Whole models, interleaved"), ("model", "Whole models, each provider on its own"),
+    ("table5-il", "Table 5 (activation choice, whole network), interleaved"),
+    ("table5", "Table 5 (activation choice, whole network), each variant on its own"),
 ])
 
 
@@ -73,9 +75,24 @@ def load(paths: List[str]):
         meta.append({"path": path, "datetime": data.get("datetime"), "machine": data.get("machine_info") or {},
                      "commit": data.get("commit_info") or {}, "version": data.get("version")})
         for bench in data.get("benchmarks", []):
-            row = Row(bench)
-            rows[(row.group, row.provider)] = row  # a later file replaces an earlier measurement
+            for row in _rows_of(bench):
+                rows[(row.group, row.provider)] = row  # a later file replaces an earlier measurement
     return list(rows.values()), meta
+
+
+def _rows_of(bench: dict) -> List[Row]:
+    """One row per provider: an interleaved case (test_models.py) timed several providers
+    round-robin and holds their statistics in extra_info["interleaved"]."""
+    ei = bench.get("extra_info") or {}
+    inter = ei.get("interleaved")
+    if not inter:
+        return [Row(bench)]
+    rows = []
+    for provider, st in inter.items():
+        stats = dict(st, iqr=st["q3"] - st["q1"])
+        rows.append(Row({"group": bench.get("group"), "name": f"{bench.get('name', '')}[{provider}]",
+                         "stats": stats, "extra_info": {**ei, "provider": provider}}))
+    return rows
 
 
 def by_group(rows: List[Row]) -> "OrderedDict[str, Dict[str, Row]]":
@@ -272,8 +289,8 @@ def model_table(groups, kind: str) -> str:
     return md_table(["model", "batch", "device", "provider", "median", "IQR"] + [f"vs {r}" for r in refs], rows)
 
 
-def table5_section(groups) -> str:
-    gs = [g for g in groups.values() if next(iter(g.values())).kind == "table5"]
+def table5_section(groups, kind: str = "table5") -> str:
+    gs = [g for g in groups.values() if next(iter(g.values())).kind == kind]
     if not gs:
         return ""
     text = []
@@ -431,7 +448,10 @@ def plot_simple(groups, out_dir, kind, baseline, title, ylabel, rel_time=False, 
 def plot_models(groups, out_dir) -> List[str]:
     plt = _plt()
     files = []
-    sel = [g for g in groups.values() if next(iter(g.values())).kind in ("model", "table5")]
+    kinds = {next(iter(g.values())).kind for g in groups.values()}
+    # The interleaved measurements when there are any: they are the ones to compare.
+    wanted = ("model-il", "table5-il") if kinds & {"model-il", "table5-il"} else ("model", "table5")
+    sel = [g for g in groups.values() if next(iter(g.values())).kind in wanted]
     if not sel:
         return files
     fig, axes = plt.subplots(len(sel), 1, figsize=(9, 0.32 * sum(len(g) for g in sel) + 1.2 * len(sel)), squeeze=False)
@@ -441,7 +461,8 @@ def plot_models(groups, out_dir) -> List[str]:
         med = [g[p].median * 1e3 for p in providers]
         err = [[(g[p].median - (g[p].q1 or g[p].median)) * 1e3 for p in providers],
                [((g[p].q3 or g[p].median) - g[p].median) * 1e3 for p in providers]]
-        ax.barh(range(len(providers)), med, xerr=err, color="tab:blue" if r0.kind == "model" else "tab:orange")
+        ax.barh(range(len(providers)), med, xerr=err,
+                color="tab:blue" if r0.kind.startswith("model") else "tab:orange")
         ax.set_yticks(range(len(providers)))
         ax.set_yticklabels(providers, fontsize=8)
         ax.invert_yaxis()
@@ -452,9 +473,10 @@ def plot_models(groups, out_dir) -> List[str]:
                 note += f"  ({100 * (g[p].median / base.median - 1):+.1f}% vs {base.provider})"
             ax.text(med[i] + err[1][i], i, "  " + note, va="center", fontsize=7)
         ax.set_xlim(0, max(med) * 1.5)
-        what = "Table 5 variants" if r0.kind == "table5" else "whole model"
-        ax.set_title(f"{what}: mobilenet_v3_{r0.ei.get('model')}, batch {r0.ei.get('batch')}, {r0.device} "
-                     f"(median, IQR bars)", fontsize=9)
+        what = "Table 5 variants" if r0.kind.startswith("table5") else "whole model"
+        how = ", interleaved" if r0.kind.endswith("-il") else ""
+        ax.set_title(f"{what}: mobilenet_v3_{r0.ei.get('model')}, batch {r0.ei.get('batch')}, {r0.device}"
+                     f"{how} (median, IQR bars)", fontsize=9)
         ax.set_xlabel("ms")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "models.png"), dpi=110)
@@ -549,15 +571,26 @@ def render(rows: List[Row], meta: List[dict], out_dir: str, extra_md: List[str] 
         tab = geomean_rows(groups, "act", refs, split=lambda r: f"{r.device} b{r.ei.get('batch')}")
         md.append(md_table(["cases", "provider"] + [f"vs {r}" for r in refs], tab))
         md.append("\nBelow 1× vs relu: slower than ReLU (the paper's reference cost).\n")
-    if "model" in kinds:
-        md.append("### Whole models (224×224, eval, no_grad)\n")
-        md.append(model_table(groups, "model"))
-    if "table5" in kinds:
-        md.append("### Table 5 reproduction (relative to all-ReLU, as in the paper)\n")
-        md.append("The paper's numbers are MobileNetV3-Large on a Pixel 1 phone; ours are on this machine. "
-                  "*hswish-fused-* is the single-pass kernel as a module (the paper's optimized h-swish); "
-                  "*fused-blocks-* adds depthwise+BN+act and SE fusion (convert()).\n")
-        md.append(table5_section(groups))
+    interleaved_note = ("Every provider of a group timed round-robin, in a fresh random order each "
+                        "round, so the drift of a shared machine hits all of them alike: these are the "
+                        "ratios to read. The per-provider runs below them are pytest-benchmark's own, "
+                        "one provider after the other.\n")
+    for kind, title in (("model-il", "Whole models (224×224, eval, no_grad), interleaved"),
+                        ("model", "Whole models (224×224, eval, no_grad), each provider on its own")):
+        if kind in kinds:
+            md.append(f"### {title}\n")
+            if kind == "model-il":
+                md.append(interleaved_note)
+            md.append(model_table(groups, kind))
+    table5_note = ("The paper's numbers are MobileNetV3-Large on a Pixel 1 phone; ours are on this machine. "
+                   "*hswish-fused-* is the single-pass kernel as a module (the paper's optimized h-swish); "
+                   "*fused-blocks-* adds depthwise+BN+act and SE fusion (convert()).\n")
+    for kind, title in (("table5-il", "Table 5 reproduction (relative to all-ReLU, as in the paper), interleaved"),
+                        ("table5", "Table 5 reproduction, each variant on its own")):
+        if kind in kinds:
+            md.append(f"### {title}\n")
+            md.append(table5_note)
+            md.append(table5_section(groups, kind))
 
     # Plots
     md.append("## Plots\n")

@@ -56,6 +56,17 @@ def _sample():
                  ("hswish-fused-cpu", 0.0205), ("fused-blocks-cpu", 0.012)]:
         b.append(_bench(g, p, "table5", t, "all-relu", compare="hswish-naive", layer="large", model="large",
                         batch=1, layout="nchw"))
+    # An interleaved case: one benchmark whose extra_info holds every provider's statistics.
+    inter = {p: {"median": t, "q1": t * 0.99, "q3": t * 1.03, "min": t * 0.95, "max": t * 1.4, "rounds": 20}
+             for p, t in [("eager", 0.0200), ("converted-cpu", 0.0160), ("compile", 0.0180)]}
+    b.append(_bench("model-il large b1 cpu", "round-robin", "model-il", 0.06, "eager",
+                    compare="compile", layer="large", model="large", batch=1, layout="nchw",
+                    interleaved=inter))
+    inter5 = {p: {"median": t, "q1": t, "q3": t * 1.01, "min": t, "max": t * 1.1, "rounds": 20}
+              for p, t in [("all-relu", 0.0200), ("hswish-naive", 0.0240), ("hswish-fused-cpu", 0.0202)]}
+    b.append(_bench("table5-il large b1 cpu", "round-robin", "table5-il", 0.07, "all-relu",
+                    compare="hswish-naive", layer="large", model="large", batch=1, layout="nchw",
+                    interleaved=inter5))
     return {"machine_info": {"python_version": "3.11.7"}, "commit_info": {"id": "0123456789abcdef", "dirty": True},
             "benchmarks": b, "datetime": "2026-01-01T00:00:00", "version": "5.2.3"}
 
@@ -74,6 +85,11 @@ def test_report_renders(tmp_path):
         assert needle in text, needle
     # fused-cpu is 5x faster than eager-unfused in every dw group of the sample
     assert "5.00× (n=3" in text
+    # The interleaved cases become one row per provider: 20 / 16 ms, and +20.0% / +1.0% vs all-relu.
+    assert "Whole models (224×224, eval, no_grad), interleaved" in text
+    assert "| large | 1 | cpu | converted-cpu | 16.00 ms |" in text and "1.25×" in text
+    assert "| round-robin |" not in text
+    assert "+20.0%" in text and "+1.0%" in text
     # matmul peak: 2*1024^3 / 15 ms
     assert f"{2 * 1024**3 / 0.015 / 1e9:.1f}" in text
     for png in ("dw_speedup_cpu.png", "dw_roofline_cpu.png", "se_cpu.png", "act_cpu.png", "models.png"):
