@@ -23,14 +23,10 @@ constexpr int64_t kItemsPerThread = 4;
 constexpr int64_t kWindowMaxWidth = 8;
 
 // NCHW outputs at most this wide go through transposed channel tiles (kernels_impl.h). Measured
-// on the MobileNetV3 layers (Zen 4): with 8 lanes the tiles win up to 14-wide rows; with 16 lanes
-// a 16x16 transpose costs more, and the plane kernels keep stride-1 rows of 14 (batch 8: 1.2-1.6x
-// faster than tiles there), while stride 2 (whose plane kernels split every row into phases) and
-// rows of at most 8 (half-empty 16-lane vectors) still go through tiles.
-int64_t tiled_max_width(int lanes, int64_t stride_w) {
-  if (lanes >= 16) return stride_w > 1 ? 16 : 8;
-  return 16;
-}
+// on the MobileNetV3 layers (Zen 4, 8 and 16 lanes): up to 14-wide rows the tiles are as fast or
+// faster at batch 1 and 8 (stride 2 up to 2x, as its plane kernels split every row into phases),
+// while at 28-wide rows the plane kernels are 1.1-1.3x faster.
+constexpr int64_t kTiledMaxWidth = 16;
 }  // namespace
 
 DwPlan plan_dwconv(DwArgs& a, bool nhwc, int lanes, int64_t nthreads) {
@@ -72,7 +68,7 @@ DwPlan plan_dwconv(DwArgs& a, bool nhwc, int lanes, int64_t nthreads) {
       a.row_block = 1;
       plan.items = rows * cdiv(ntiles, tpb);
     }
-  } else if (p.OW <= tiled_max_width(lanes, p.SW) && p.C >= lanes / 2) {
+  } else if (p.OW <= kTiledMaxWidth && p.C >= lanes / 2) {
     // Narrow planes go through transposed channel tiles (kernels_impl.h): one tile per item,
     // row blocks sized like the NHWC window above.
     const int64_t ntiles = cdiv(p.C, lanes);
