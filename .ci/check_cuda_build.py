@@ -16,7 +16,7 @@ import subprocess
 import sys
 import textwrap
 
-OPS = ("dwconv_bn_act", "squeeze_excite", "hardswish", "hardsigmoid")
+OPS = ("dwconv_bn_act", "squeeze_excite", "hardswish", "hardsigmoid", "hardswish_", "hardsigmoid_")
 KEYS = ("CUDA", "CPU")
 
 

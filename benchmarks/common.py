@@ -424,23 +424,12 @@ class PiecewiseHardswish(nn.Module):
         return reference.hardswish_piecewise_where(x)
 
 
-class FusedHardswish(nn.Module):
-    """The single-pass kernel of one backend (the paper's "optimized" h-swish)."""
-
-    def __init__(self, backend: str):
-        super().__init__()
-        self.backend = backend
-
-    def forward(self, x):
-        return ops.hardswish(x, backend=self.backend)
-
-
-def replace_hardswish(model: nn.Module, factory: Callable[[], nn.Module]) -> int:
-    """Replace every nn.Hardswish module of model in place; returns how many."""
+def replace_hardswish(model: nn.Module, factory: Callable[[nn.Hardswish], nn.Module]) -> int:
+    """Replace every nn.Hardswish module of model by factory(that module); returns how many."""
     count = 0
     for name, child in list(model.named_children()):
         if isinstance(child, nn.Hardswish):
-            setattr(model, name, factory())
+            setattr(model, name, factory(child))
             count += 1
         else:
             count += replace_hardswish(child, factory)

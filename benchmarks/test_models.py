@@ -11,7 +11,8 @@ table5 groups (the same network, activation swapped; relative to all-relu like t
     hswish-naive      nn.Hardswish replaced by the op chain x * relu6(x + 3) / 6
     hswish-F          the model as torchvision builds it (nn.Hardswish)
     hswish-where      the piecewise formula in torch.where
-    hswish-fused-<b>  the single-pass kernel as a module (the paper's "optimized h-swish")
+    hswish-fused-<b>  mnv3_kernels.modules.Hardswish, the single-pass kernel, in place like the
+                      nn.Hardswish(inplace=True) it replaces (the paper's "optimized h-swish")
     fused-blocks-<b>  mnv3_kernels.convert(): fused depthwise+BN+act and squeeze-excite
 interleaved groups (kinds model-il, table5-il): every provider of a model or table5 group timed
     round-robin in one case, in a fresh random order each round, so that the drift of a shared
@@ -27,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from benchmarks import common
+from mnv3_kernels import modules
 
 _REFS = {}
 
@@ -121,20 +123,21 @@ def _table5_provider(name, n, provider, dev):
     model = common.build_model(name).to(dev)
     variant = "all-relu" if provider == "all-relu" else "hswish"
     if provider == "all-relu":
-        common.replace_hardswish(model, lambda: nn.ReLU(inplace=True))
+        common.replace_hardswish(model, lambda old: nn.ReLU(inplace=old.inplace))
     elif provider == "hswish-naive":
-        common.replace_hardswish(model, common.NaiveHardswish)
+        common.replace_hardswish(model, lambda old: common.NaiveHardswish())
     elif provider == "hswish-where":
-        common.replace_hardswish(model, common.PiecewiseHardswish)
+        common.replace_hardswish(model, lambda old: common.PiecewiseHardswish())
     elif provider.startswith("hswish-fused-"):
+        # In place where torchvision's module is (all of them), as nn.Hardswish(inplace=True).
         backend = provider[len("hswish-fused-"):]
         common.skip_unless_fused(backend, dev)
-        common.replace_hardswish(model, lambda: common.FusedHardswish(backend))
+        common.replace_hardswish(model, lambda old: modules.Hardswish(old.inplace, backend=backend))
     elif provider.startswith("fused-blocks-"):
         model = _converted(model, provider[len("fused-blocks-"):])
     ref_model = common.build_model(name).to(dev)
     if variant == "all-relu":
-        common.replace_hardswish(ref_model, lambda: nn.ReLU(inplace=True))
+        common.replace_hardswish(ref_model, lambda old: nn.ReLU(inplace=old.inplace))
     x = common.model_input(n, "nchw", dev)
     return model, x, _reference(name, variant, n, dev, ref_model)
 

@@ -26,6 +26,7 @@ using DwSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::option
 using SeSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                          const at::Tensor&, const at::Tensor&);
 using ActSig = at::Tensor(const at::Tensor&);
+using InplaceActSig = void(const at::Tensor&);
 
 struct DwConvFunction : public torch::autograd::Function<DwConvFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
@@ -179,6 +180,22 @@ at::Tensor hard_act_autograd(const at::Tensor& x) {
   return HardActFunction<Swish>::apply(x);
 }
 
+// The in-place ops record no history: overwriting x would lose what the backward needs (x), so
+// a tracked x is refused, as a leaf would be by PyTorch. The version bump is what lets autograd
+// notice that a tensor saved by another node was overwritten.
+template <bool Swish>
+void hard_act_inplace_autograd(const at::Tensor& x) {
+  const char* name = Swish ? "mnv3::hardswish_" : "mnv3::hardsigmoid_";
+  TORCH_CHECK(!track({&x}), name,
+              ": x requires grad; the in-place op records no autograd history. Use the "
+              "out-of-place op (", Swish ? "hardswish" : "hardsigmoid",
+              "), or call it under torch.no_grad()");
+  torch::autograd::impl::bump_version(x);  // before writing: refused (inference tensor) -> untouched
+  static const auto op = op_handle<InplaceActSig>(name);
+  at::AutoDispatchBelowADInplaceOrView guard;
+  op.call(x);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mnv3, Autograd, m) {
@@ -186,6 +203,8 @@ TORCH_LIBRARY_IMPL(mnv3, Autograd, m) {
   m.impl("squeeze_excite", &squeeze_excite_autograd);
   m.impl("hardswish", &hard_act_autograd<true>);
   m.impl("hardsigmoid", &hard_act_autograd<false>);
+  m.impl("hardswish_", &hard_act_inplace_autograd<true>);
+  m.impl("hardsigmoid_", &hard_act_inplace_autograd<false>);
 }
 
 }  // namespace mnv3

@@ -15,4 +15,9 @@ TORCH_LIBRARY(mnv3, m) {
   // Single-pass piecewise activations (the paper's "optimized h-swish").
   m.def("hardswish(Tensor x) -> Tensor");
   m.def("hardsigmoid(Tensor x) -> Tensor");
+  // The same, in place (as F.hardswish(x, inplace=True)): no output buffer, so the activation
+  // after a 1x1 conv stays in cache. They return nothing (what torch.compile can functionalize);
+  // they refuse an x that autograd would have to track.
+  m.def("hardswish_(Tensor(a!) x) -> ()");
+  m.def("hardsigmoid_(Tensor(a!) x) -> ()");
 }

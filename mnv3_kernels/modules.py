@@ -22,6 +22,10 @@ the tensors the fused path reads.
 ``FusedSqueezeExcite``
     ``x * hardsigmoid(fc2(relu(fc1(mean_hw(x)))))`` with 1x1-conv FC layers, as one fused call.
 
+``Hardswish`` / ``Hardsigmoid``
+    Drop-ins for ``nn.Hardswish`` / ``nn.Hardsigmoid`` on the single-pass kernels, in place when
+    ``inplace=True`` (as the torch modules).
+
 Fusion rule (depthwise): BN folds into the conv when the BN is in eval mode and has running
 statistics (``w' = w*g/sqrt(var+eps)``, ``b' = beta + (b - mean)*g/sqrt(var+eps)``). In
 training mode the original modules run unfused, so outputs, gradients and running-statistic
@@ -49,6 +53,8 @@ __all__ = [
     "DepthwiseConvBNActHead",
     "BatchNormActTail",
     "FusedSqueezeExcite",
+    "Hardswish",
+    "Hardsigmoid",
     "fused_conv_bn_act_pair",
     "check_backend",
     "activation_name",
@@ -513,3 +519,34 @@ class FusedSqueezeExcite(_BackendMixin, nn.Module):
     def extra_repr(self) -> str:
         fc1 = self._role("fc1")
         return f"C={fc1.in_channels}, squeeze={fc1.out_channels}, backend={self.backend!r}"
+
+
+class _HardActivation(_BackendMixin, nn.Module):
+    _out_of_place = _in_place = None
+
+    def __init__(self, inplace: bool = False, *, backend: str = "auto"):
+        super().__init__()
+        self.inplace = bool(inplace)
+        self.backend = backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The in-place kernels record no autograd history; where a gradient is tracked the
+        # out-of-place op (which has autograd) gives the same values and gradients.
+        if self.inplace and not (x.requires_grad and torch.is_grad_enabled()):
+            return type(self)._in_place(x, backend=self.backend)
+        return type(self)._out_of_place(x, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"inplace={self.inplace}, backend={self.backend!r}"
+
+
+class Hardswish(_HardActivation):
+    """Drop-in for ``nn.Hardswish(inplace)``: the single-pass piecewise kernel."""
+
+    _out_of_place, _in_place = staticmethod(ops.hardswish), staticmethod(ops.hardswish_)
+
+
+class Hardsigmoid(_HardActivation):
+    """Drop-in for ``nn.Hardsigmoid(inplace)``: the single-pass piecewise kernel."""
+
+    _out_of_place, _in_place = staticmethod(ops.hardsigmoid), staticmethod(ops.hardsigmoid_)

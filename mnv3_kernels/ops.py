@@ -287,7 +287,7 @@ def hardswish(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Single-pass piecewise h-swish: 0 for x <= -3, x for x >= 3, x(x+3)/6 between."""
     _check_tensor(x, "x")
     _check_floating(x)
-    chosen = resolve_backend(backend, x)
+    chosen = _resolve_cached(backend, x)
     if chosen == "reference":
         return reference.hardswish(x)
     return _op("hardswish", chosen)(x)
@@ -297,10 +297,36 @@ def hardsigmoid(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Single-pass piecewise h-sigmoid: relu6(x + 3) / 6."""
     _check_tensor(x, "x")
     _check_floating(x)
-    chosen = resolve_backend(backend, x)
+    chosen = _resolve_cached(backend, x)
     if chosen == "reference":
         return reference.hardsigmoid(x)
     return _op("hardsigmoid", chosen)(x)
+
+
+def _in_place(op: str, x: torch.Tensor, backend: str) -> torch.Tensor:
+    _check_tensor(x, "x")
+    _check_floating(x)
+    if x.requires_grad and torch.is_grad_enabled():
+        # Every backend alike (aten's in-place h-swish would record a graph, ours cannot).
+        raise RuntimeError(
+            f"{op}: x requires grad; the in-place op records no autograd history. Use "
+            f"{op[:-1]}(x), or call it under torch.no_grad()")
+    chosen = _resolve_cached(backend, x)
+    if chosen == "reference":
+        return getattr(reference, op)(x)
+    _op(op, chosen)(x)
+    return x
+
+
+def hardswish_(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """h-swish in place, as F.hardswish(x, inplace=True): overwrites x and returns it. Saves the
+    output buffer (and its trip through memory) when x is not needed afterwards."""
+    return _in_place("hardswish_", x, backend)
+
+
+def hardsigmoid_(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """h-sigmoid in place, as F.hardsigmoid(x, inplace=True): overwrites x and returns it."""
+    return _in_place("hardsigmoid_", x, backend)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -429,6 +455,8 @@ _FAKES = {
     "squeeze_excite": _fake_squeeze_excite,
     "hardswish": _fake_elementwise,
     "hardsigmoid": _fake_elementwise,
+    "hardswish_": lambda x: None,     # writes x; no output
+    "hardsigmoid_": lambda x: None,
 }
 
 

@@ -102,6 +102,14 @@ def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
     return F.hardsigmoid(x)
 
 
+def hardswish_(x: torch.Tensor) -> torch.Tensor:
+    return F.hardswish(x, inplace=True)
+
+
+def hardsigmoid_(x: torch.Tensor) -> torch.Tensor:
+    return F.hardsigmoid(x, inplace=True)
+
+
 # The activation variants of the paper's Table 5, in plain PyTorch ops.
 def hardswish_naive_chain(x: torch.Tensor) -> torch.Tensor:
     """h-swish as a chain of ops: add, relu6, mul, div (four passes)."""

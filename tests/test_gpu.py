@@ -346,6 +346,25 @@ def test_elementwise_layouts(name, fn):
     assert op(torch.empty(0, 3, device=DEV), backend="cuda").shape == (0, 3)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name,fn", ELEMENTWISE, ids=[e[0] for e in ELEMENTWISE])
+def test_elementwise_in_place(name, fn, dtype):
+    op_ = getattr(ops, name + "_")
+    base = (torch.randn(2, 24, 9, 9, device=DEV) * 4).to(dtype)
+    views = {"nchw": lambda t: t, "sliced": lambda t: t[:, ::3, 1:], "misaligned": lambda t: t.view(-1)[1:]}
+    for label, pick in views.items():
+        x = base.clone()
+        want = x.clone()
+        pick(want).copy_(fn(pick(want).double()).to(dtype))
+        op_(pick(x), backend="cuda")
+        _close(x, want.double(), dtype)   # only the view's elements change
+    x = base.clone(memory_format=torch.channels_last)
+    op_(x, backend="cuda")
+    _close(x, fn(base.double()), dtype)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(getattr(torch.ops.mnv3, name + "_").default, (base.clone(),))
+
+
 @pytest.mark.parametrize("name", ["hardswish", "hardsigmoid"])
 def test_elementwise_gradients_and_opcheck(name):
     x = (torch.randn(3, 8, 5, 5, device=DEV) * 4).requires_grad_()

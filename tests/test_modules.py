@@ -255,6 +255,46 @@ def test_backend_attribute():
 
 
 # ----------------------------------------------------------------------------------------------
+# Hardswish / Hardsigmoid drop-ins
+# ----------------------------------------------------------------------------------------------
+_HARD = [(M.Hardswish, nn.Hardswish), (M.Hardsigmoid, nn.Hardsigmoid)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ours,theirs", _HARD, ids=["hardswish", "hardsigmoid"])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_hard_activation_modules_match_torch(backend, ours, theirs, inplace):
+    x = torch.randn(2, 16, 9, 9) * 4
+    want = theirs()(x)
+    for fmt in FORMATS:
+        xi = x.clone(memory_format=fmt)
+        before = xi.clone()
+        with torch.no_grad():
+            got = ours(inplace, backend=backend)(xi)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        # In place exactly when asked, like the torch modules.
+        assert (got.data_ptr() == xi.data_ptr()) == inplace
+        assert torch.equal(xi, got if inplace else before)
+        assert got.is_contiguous(memory_format=fmt)
+    assert f"inplace={inplace}" in repr(ours(inplace))
+
+
+@pytest.mark.parametrize("ours,theirs", _HARD, ids=["hardswish", "hardsigmoid"])
+def test_hard_activation_modules_train_with_gradients(ours, theirs):
+    # inplace=True with a tracked input: same values and gradients as the torch module.
+    x = (torch.randn(3, 8, 6, 6) * 4).requires_grad_()
+    g = torch.randn(3, 8, 6, 6)
+    (got,) = torch.autograd.grad(ours(inplace=True)(x * 1.5), x, g)
+    (want,) = torch.autograd.grad(theirs(inplace=True)(x * 1.5), x, g)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_hard_activation_module_backend_is_checked():
+    with pytest.raises(ValueError, match="backend"):
+        M.Hardswish(backend="nope")
+
+
+# ----------------------------------------------------------------------------------------------
 # Head / tail pair
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -336,6 +336,130 @@ def test_activation_opcheck(name):
 
 
 # ---------------------------------------------------------------------------------------------
+# hardswish_ / hardsigmoid_ (in place)
+# ---------------------------------------------------------------------------------------------
+_IN_PLACE = {"hardswish_": (ops.hardswish_, F.hardswish), "hardsigmoid_": (ops.hardsigmoid_, F.hardsigmoid)}
+IN_PLACE_BACKENDS = CPU_BACKENDS + ["reference"]
+
+
+@pytest.mark.parametrize("backend", IN_PLACE_BACKENDS)
+@pytest.mark.parametrize("name", list(_IN_PLACE))
+@pytest.mark.parametrize("shape", [(1, 16, 112, 112), (8, 960, 7, 7), (3, 5, 7), (0, 4), (1,), ()], ids=str)
+def test_in_place_values(backend, name, shape):
+    fused_, ref = _IN_PLACE[name]
+    x = torch.randn(shape) * 4
+    want = ref(x)
+    ptr, version = x.data_ptr(), x._version
+    assert fused_(x, backend=backend) is x
+    assert x.data_ptr() == ptr and x._version > version
+    _assert_close(x, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", IN_PLACE_BACKENDS)
+@pytest.mark.parametrize("name", list(_IN_PLACE))
+@pytest.mark.parametrize("view", ["channels_last", "transposed", "sliced", "column"])
+def test_in_place_views_write_only_their_elements(backend, name, view):
+    fused_, ref = _IN_PLACE[name]
+    base = torch.randn(2, 12, 10, 14) * 4
+    pick = {
+        "channels_last": lambda t: t,
+        "transposed": lambda t: t.transpose(1, 3),
+        "sliced": lambda t: t[:, ::2, 1:9],
+        "column": lambda t: t[:, :, :, 3],
+    }[view]
+    if view == "channels_last":
+        base = base.contiguous(memory_format=torch.channels_last)
+    want = base.clone()
+    pick(want).copy_(ref(pick(want)))
+    fused_(pick(base), backend=backend)
+    _assert_close(base, want, rtol=1e-6, atol=1e-6)   # the view's elements changed, no others
+    if view == "channels_last":
+        assert base.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend", IN_PLACE_BACKENDS)
+@pytest.mark.parametrize("name", list(_IN_PLACE))
+def test_in_place_refuses_tracked_input(backend, name):
+    fused_, _ = _IN_PLACE[name]
+    leaf = torch.randn(3, 8, 5, 5, requires_grad=True)
+    for x in (leaf, leaf * 2):
+        before = x.detach().clone()
+        with pytest.raises(RuntimeError, match="x requires grad"):
+            fused_(x, backend=backend)
+        assert torch.equal(x.detach(), before)
+    with torch.no_grad():
+        h = leaf * 2
+        fused_(h, backend=backend)
+    _assert_close(h, _IN_PLACE[name][1](leaf.detach() * 2), rtol=1e-6, atol=1e-6)
+
+
+@needs_cpu
+@pytest.mark.parametrize("name", list(_IN_PLACE))
+def test_in_place_operator_refuses_tracked_and_overlapping(name):
+    op = getattr(torch.ops.mnv3, name).default
+    with pytest.raises(RuntimeError, match="x requires grad"):
+        op(torch.randn(4, 4, requires_grad=True) * 1)
+    expanded = torch.randn(4, 1).expand(4, 8)
+    with pytest.raises(RuntimeError, match="share memory"):
+        op(expanded)
+    with pytest.raises(TypeError, match="float32"):
+        op(torch.randn(4, dtype=torch.float64))
+
+
+@needs_cpu
+@pytest.mark.parametrize("name", list(_IN_PLACE))
+def test_in_place_bumps_version_for_autograd(name):
+    # A tensor saved by another node and then overwritten must make that backward fail, as
+    # PyTorch's own in-place ops do.
+    w = torch.randn(6, requires_grad=True)
+    x = torch.randn(6)
+    y = (w * x).sum()          # saves x
+    _IN_PLACE[name][0](x, backend="cpu")
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward()
+
+
+@pytest.mark.parametrize("name", list(_IN_PLACE))
+def test_in_place_bad_inputs(name):
+    fused_, _ = _IN_PLACE[name]
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        fused_([1.0, 2.0])
+    with pytest.raises(TypeError, match="floating-point"):
+        fused_(torch.arange(4))
+    if CPU_BACKENDS:
+        with pytest.raises(TypeError, match="float32"):
+            fused_(torch.randn(4, dtype=torch.float64), backend="cpu")
+    x = torch.randn(4, dtype=torch.float64) * 4
+    want = F.hardswish(x) if name == "hardswish_" else F.hardsigmoid(x)
+    _assert_close(fused_(x), want)   # auto: float64 is served by the reference path
+
+
+@needs_cpu
+@pytest.mark.parametrize("name", list(_IN_PLACE))
+def test_in_place_opcheck(name):
+    op = getattr(torch.ops.mnv3, name).default
+    torch.library.opcheck(op, (torch.randn(2, 8, 5, 5) * 4,))
+    torch.library.opcheck(op, (torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last),))
+
+
+@needs_cpu
+def test_in_place_under_compile_fullgraph():
+    def f(x):
+        y = x * 2.0
+        ops.hardswish_(y)
+        z = y + 1.0
+        ops.hardsigmoid_(z)
+        return y, z
+
+    x = torch.randn(2, 8, 9, 9) * 3
+    got = torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+    want = f(x)
+    for g, w in zip(got, want):
+        _assert_close(g, w)
+    _assert_close(want[0], F.hardswish(x * 2.0))
+
+
+# ---------------------------------------------------------------------------------------------
 # Backend choice and torch.compile / torch.export
 # ---------------------------------------------------------------------------------------------
 def test_auto_falls_back_to_reference_for_unsupported_dtype():

@@ -246,6 +246,26 @@ def test_elementwise(device, dtype, name):
         torch.testing.assert_close(out.float(), getattr(reference, name)(x.float()), **TOL[dtype], msg=label)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [pytest.param(F32, id="fp32"), pytest.param(F16, id="fp16"),
+                                   pytest.param(BF16, id="bf16")])
+@pytest.mark.parametrize("name", ["hardswish", "hardsigmoid"])
+def test_elementwise_in_place(device, dtype, name):
+    base = (torch.randn(2, 12, 6, 8, device=device) * 4).to(dtype)
+    views = {"nchw": lambda t: t, "permuted": lambda t: t.permute(0, 2, 3, 1),
+             "sliced": lambda t: t[:, 1::3, :, ::2]}
+    for label, pick in [*views.items(), ("nhwc", views["nchw"])]:
+        x = base.clone(memory_format=torch.channels_last if label == "nhwc" else torch.contiguous_format)
+        want = x.clone()
+        pick(want).copy_(getattr(reference, name)(pick(want).float()).to(dtype))
+        assert getattr(ops, name + "_")(pick(x), backend="triton") is not None
+        # The view's elements are written, nothing else.
+        torch.testing.assert_close(x.float(), want.float(), **TOL[dtype], msg=label)
+    x = torch.randn(4, device=device, requires_grad=True) * 1
+    with pytest.raises(RuntimeError, match="requires grad"):
+        getattr(ops, name + "_")(x, backend="triton")
+
+
 # ----------------------------------------------------------------------------------------------
 # Autograd, operator checks, torch.compile
 # ----------------------------------------------------------------------------------------------
@@ -286,6 +306,8 @@ def _opcheck_cases(device):
         "squeeze_excite": (x.to(memory_format=torch.channels_last), *p),
         "hardswish": (x,),
         "hardsigmoid": (x,),
+        "hardswish_": (x.clone() * 4,),
+        "hardsigmoid_": (x.clone() * 4,),
     }
 
 
@@ -295,7 +317,8 @@ _INTERPRET_OPCHECK = ("test_schema", "test_autograd_registration", "test_faketen
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", ["dwconv_bn_act", "squeeze_excite", "hardswish", "hardsigmoid"])
+@pytest.mark.parametrize("name", ["dwconv_bn_act", "squeeze_excite", "hardswish", "hardsigmoid",
+                                  "hardswish_", "hardsigmoid_"])
 def test_opcheck(device, name):
     args = _opcheck_cases(device)[name]
     op = getattr(torch.ops.mnv3_triton, name).default

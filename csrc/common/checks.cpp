@@ -1,5 +1,6 @@
 #include "checks.h"
 
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 
 namespace mnv3 {
@@ -17,6 +18,12 @@ at::MemoryFormat output_memory_format(const at::Tensor& x) {
     return at::MemoryFormat::ChannelsLast;
   }
   return at::MemoryFormat::Contiguous;
+}
+
+void check_writable_in_place(const char* op, const at::Tensor& x) {
+  TORCH_CHECK(at::has_internal_overlap(x) != at::MemOverlap::Yes, op,
+              ": x has elements that share memory (an expanded or stride-0 view), so it cannot "
+              "be written in place; pass x.contiguous() or use the out-of-place op");
 }
 
 static void check_pair(const char* op, const char* name, at::IntArrayRef v, int64_t min_value) {

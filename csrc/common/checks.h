@@ -21,6 +21,9 @@ void check_squeeze_excite_args(const char* op, const at::Tensor& x, const at::Te
                                const at::Tensor& fc1_bias, const at::Tensor& fc2_weight,
                                const at::Tensor& fc2_bias);
 
+// An in-place op cannot write a tensor whose elements share memory (an expand, a stride-0 view).
+void check_writable_in_place(const char* op, const at::Tensor& x);
+
 // The memory format every op writes its output in: channels_last when the input is laid out
 // channels_last (and not also NCHW-contiguous), else contiguous NCHW. mnv3_kernels/ops.py's fake
 // kernels follow the same rule.

@@ -18,10 +18,11 @@ __device__ __forceinline__ float hard_act(float v) {
   return Swish ? hardswish_f(v) : hardsigmoid_f(v);
 }
 
-// Elements [0, nvec * V) in vectors of V, then the tail [nvec * V, n) one per thread.
+// Elements [0, nvec * V) in vectors of V, then the tail [nvec * V, n) one per thread. Not
+// __restrict__: the in-place ops pass y == x.
 template <typename T, bool Swish, int V>
 __global__ void __launch_bounds__(kThreads)
-    hard_act_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t nvec, int64_t n) {
+    hard_act_kernel(const T* x, T* y, int64_t nvec, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   for (int64_t i = gid; i < nvec; i += stride) {

@@ -142,6 +142,24 @@ at::Tensor hard_act_cuda(const at::Tensor& x_in) {
   return out;
 }
 
+template <bool Swish>
+void hard_act_inplace_cuda(const at::Tensor& x) {
+  const char* op = Swish ? "mnv3::hardswish_ (CUDA)" : "mnv3::hardsigmoid_ (CUDA)";
+  check_on_cuda(op, x);
+  const DType dtype = gpu_dtype(op, x);
+  check_writable_in_place(op, x);
+  if (x.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(x.device());
+  if (!x.is_non_overlapping_and_dense()) {
+    // A strided view: computed packed, then written back.
+    x.copy_(hard_act_cuda<Swish>(x));
+    return;
+  }
+  // The kernel reads each element before the same thread writes it, so y may be x.
+  launch_hard_act(x.data_ptr(), x.data_ptr(), x.numel(), dtype, Swish, sm_count(x.get_device()),
+                  c10::cuda::getCurrentCUDAStream(x.get_device()).stream());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(mnv3, CUDA, m) {
@@ -149,6 +167,8 @@ TORCH_LIBRARY_IMPL(mnv3, CUDA, m) {
   m.impl("squeeze_excite", &squeeze_excite_cuda);
   m.impl("hardswish", &hard_act_cuda<true>);
   m.impl("hardsigmoid", &hard_act_cuda<false>);
+  m.impl("hardswish_", &hard_act_inplace_cuda<true>);
+  m.impl("hardsigmoid_", &hard_act_inplace_cuda<false>);
 }
 
 }  // namespace cuda

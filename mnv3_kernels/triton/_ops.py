@@ -28,6 +28,8 @@ SCHEMAS = {
                       "Tensor fc2_bias) -> Tensor",
     "hardswish": "(Tensor x) -> Tensor",
     "hardsigmoid": "(Tensor x) -> Tensor",
+    "hardswish_": "(Tensor(a!) x) -> ()",
+    "hardsigmoid_": "(Tensor(a!) x) -> ()",
     # Triton-only: the depthwise output plus its per-channel sums over H*W (fp32, (N, C)).
     "dwconv_bn_act_pool": "(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
                           "int[2] dilation, str activation) -> (Tensor, Tensor)",
@@ -334,6 +336,21 @@ def _elementwise(x, act: int, op: str):
     return out
 
 
+def _elementwise_inplace(x, act: int, op: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
+    _check_x(x, op)
+    if x.numel() == 0:
+        return
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        # One flat buffer, read and written by the same program at the same offsets.
+        n = x.numel()
+        _launch(K.elementwise, lambda meta: (triton.cdiv(n, meta["BLOCK"]),), x, x, n, ACT=act)
+    elif not _SKIP_LAUNCH:
+        # Any other view: computed packed, then written back (copy_ refuses overlapping views).
+        x.copy_(_elementwise(x, act, op))
+
+
 # ----------------------------------------------------------------------------------------------
 # Operator entry points (annotations matter: older torch infers the schema from them)
 # ----------------------------------------------------------------------------------------------
@@ -366,14 +383,25 @@ def hardsigmoid(x: torch.Tensor) -> torch.Tensor:
     return _elementwise(x, K.ACT_HARDSIGMOID, "hardsigmoid")
 
 
+def hardswish_(x: torch.Tensor) -> None:
+    _elementwise_inplace(x, K.ACT_HARDSWISH, "hardswish_")
+
+
+def hardsigmoid_(x: torch.Tensor) -> None:
+    _elementwise_inplace(x, K.ACT_HARDSIGMOID, "hardsigmoid_")
+
+
 _IMPLS = {
     "dwconv_bn_act": dwconv_bn_act,
     "squeeze_excite": squeeze_excite,
     "hardswish": hardswish,
     "hardsigmoid": hardsigmoid,
+    "hardswish_": hardswish_,
+    "hardsigmoid_": hardsigmoid_,
     "dwconv_bn_act_pool": dwconv_bn_act_pool,
     "squeeze_excite_from_sums": squeeze_excite_from_sums,
 }
+_MUTATES = {"hardswish_": ("x",), "hardsigmoid_": ("x",)}  # the arguments an op writes
 
 
 def _fake_of(fn):
@@ -391,10 +419,11 @@ def register() -> None:
     """Register every op in the mnv3_triton namespace (called once, at package import)."""
     for name, fn in _IMPLS.items():
         qualname = f"{NAMESPACE}::{name}"
+        mutates = _MUTATES.get(name, ())
         if K.INTERPRET:
-            op = torch.library.custom_op(qualname, fn, mutates_args=(), schema=SCHEMAS[name])
+            op = torch.library.custom_op(qualname, fn, mutates_args=mutates, schema=SCHEMAS[name])
             op.register_fake(_fake_of(fn))
         elif "schema" in inspect.signature(torch.library.triton_op).parameters:
-            torch.library.triton_op(qualname, fn, mutates_args=(), schema=SCHEMAS[name])
+            torch.library.triton_op(qualname, fn, mutates_args=mutates, schema=SCHEMAS[name])
         else:
-            torch.library.triton_op(qualname, fn, mutates_args=())
+            torch.library.triton_op(qualname, fn, mutates_args=mutates)

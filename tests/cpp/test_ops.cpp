@@ -6,6 +6,7 @@
 #include <ATen/ops/allclose.h>
 #include <ATen/ops/conv2d.h>
 #include <ATen/ops/hardswish.h>
+#include <ATen/ops/mul.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/relu.h>
 
@@ -76,6 +77,16 @@ int main() {
     threw = std::string(e.what()).find("channels") != std::string::npos;
   }
   expect(threw, "channel mismatch raises a clear error");
+
+  // In-place h-swish: the same storage comes back holding hardswish(x).
+  static auto hardswish_ = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("mnv3::hardswish_", "")
+                               .typed<void(const at::Tensor&)>();
+  auto x = at::mul(at::randn({2, 24, 9, 11}), 4);  // spans all three pieces
+  const auto want = at::hardswish(x);
+  const void* storage = x.data_ptr();
+  hardswish_.call(x);
+  expect(x.data_ptr() == storage && at::allclose(x, want, 1e-6, 1e-6), "hardswish_ in place");
   std::printf("%d failed\n", failures);
   return failures == 0 ? 0 : 1;
 }
