@@ -104,13 +104,18 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     return backend
 
 
+_OPS: dict = {}  # (name, backend) -> OpOverload; the torch.ops attribute walk costs ~0.3 us
+
+
 def _op(name: str, backend: str):
-    if backend == "triton":
-        return getattr(torch.ops.mnv3_triton, name).default
-    return getattr(torch.ops.mnv3, name).default
+    overload = _OPS.get((name, backend))
+    if overload is None:
+        namespace = torch.ops.mnv3_triton if backend == "triton" else torch.ops.mnv3
+        overload = _OPS[(name, backend)] = getattr(namespace, name).default
+    return overload
 
 
-# (requested backend, device type, dtype) -> concrete backend. What is usable does not change
+# (requested backend, CPU?, CUDA?, dtype) -> concrete backend. What is usable does not change
 # while the process runs, and resolving costs as much as a small kernel.
 _RESOLVED: dict = {}
 
@@ -118,7 +123,8 @@ _RESOLVED: dict = {}
 def _resolve_cached(backend: str, x: torch.Tensor) -> str:
     if torch.compiler.is_compiling():
         return resolve_backend(backend, x)
-    key = (backend, x.device.type, x.dtype)
+    # resolve_backend looks at the device only as CPU / CUDA / other; x.device costs ~0.3 us.
+    key = (backend, x.is_cpu, x.is_cuda, x.dtype)
     chosen = _RESOLVED.get(key)
     if chosen is None:
         chosen = _RESOLVED[key] = resolve_backend(backend, x)

@@ -696,13 +696,29 @@ void dw_nchw_items(const DwArgs& a, int64_t begin, int64_t end) {
     }
     const float* wc = a.w + c * p.KH * p.KW;
     const float bias = a.b != nullptr ? a.b[c] : 0.0f;
+    // The next item's input rows, fetched a slice per register block while this item computes
+    // from its scratch: otherwise memory idles during the compute and the fill waits on it.
+    const float* pf = nullptr;
+    int64_t pf_left = 0, pf_step = 0;
+    if (item + 1 < end) {
+      const int64_t u = item + 1, uoh0 = (u % nrb) * RB, uoh1 = imin(p.OH, uoh0 + RB);
+      const int64_t lo = imax(0, uoh0 * p.SH - p.PH);
+      const int64_t hi = imin(p.H, (uoh1 - 1) * p.SH - p.PH + (p.KH - 1) * p.DH + 1);
+      pf = a.x + (u / nrb) * p.H * p.W + lo * p.W;
+      pf_left = imax(0, hi - lo) * p.W;
+      pf_step = div_up(div_up(pf_left, div_up(oh1 - oh0, kRows)), 16) * 16;
+    }
     int64_t oh = oh0;
     if constexpr (kFast) {
       for (; oh + kRows <= oh1; oh += kRows) {
+        for (int64_t e = 0; e < imin(pf_step, pf_left); e += 16) __builtin_prefetch(pf + e, 0, 2);
+        pf += pf_step;
+        pf_left -= pf_step;
         nchw_rows_fast<KH, KW, SH, SW, D, kRows>(p, l, scr, (oh - oh0) * p.SH, wc, bias,
                                                  yp + oh * p.OW, a.act);
       }
       if (oh < oh1) {
+        for (int64_t e = 0; e < pf_left; e += 16) __builtin_prefetch(pf + e, 0, 2);
         nchw_rows_tail<KH, KW, SH, SW, D, kRows - 1>(p, l, scr, (oh - oh0) * p.SH, wc, bias,
                                                      yp + oh * p.OW, oh1 - oh, a.act);
       }
