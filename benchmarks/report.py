@@ -583,7 +583,8 @@ def render(rows: List[Row], meta: List[dict], out_dir: str, extra_md: List[str] 
                 md.append(interleaved_note)
             md.append(model_table(groups, kind))
     table5_note = ("The paper's numbers are MobileNetV3-Large on a Pixel 1 phone; ours are on this machine. "
-                   "*hswish-fused-* is the single-pass kernel as a module (the paper's optimized h-swish); "
+                   "*hswish-fused-* is the single-pass kernel as a module, in place like the "
+                   "nn.Hardswish(inplace=True) it replaces (the paper's optimized h-swish); "
                    "*fused-blocks-* adds depthwise+BN+act and SE fusion (convert()).\n")
     for kind, title in (("table5-il", "Table 5 reproduction (relative to all-ReLU, as in the paper), interleaved"),
                         ("table5", "Table 5 reproduction, each variant on its own")):
