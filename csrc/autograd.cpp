@@ -181,8 +181,7 @@ at::Tensor hard_act_autograd(const at::Tensor& x) {
 }
 
 // The in-place ops record no history: overwriting x would lose what the backward needs (x), so
-// a tracked x is refused, as a leaf would be by PyTorch. The version bump is what lets autograd
-// notice that a tensor saved by another node was overwritten.
+// a tracked x is refused, as a leaf would be by PyTorch.
 template <bool Swish>
 void hard_act_inplace_autograd(const at::Tensor& x) {
   const char* name = Swish ? "mnv3::hardswish_" : "mnv3::hardsigmoid_";
@@ -190,8 +189,18 @@ void hard_act_inplace_autograd(const at::Tensor& x) {
               ": x requires grad; the in-place op records no autograd history. Use the "
               "out-of-place op (", Swish ? "hardswish" : "hardsigmoid",
               "), or call it under torch.no_grad()");
-  torch::autograd::impl::bump_version(x);  // before writing: refused (inference tensor) -> untouched
   static const auto op = op_handle<InplaceActSig>(name);
+  at::AutoDispatchBelowAutograd guard;  // on to ADInplaceOrView
+  op.call(x);
+}
+
+// ADInplaceOrView, as for ATen's in-place ops: the version bump lets autograd notice that a
+// tensor saved by another node was overwritten, and it is what refuses an inference tensor
+// outside inference mode. Bumped before writing, so that a refused x is left untouched.
+template <bool Swish>
+void hard_act_inplace_view(const at::Tensor& x) {
+  torch::autograd::impl::bump_version(x);
+  static const auto op = op_handle<InplaceActSig>(Swish ? "mnv3::hardswish_" : "mnv3::hardsigmoid_");
   at::AutoDispatchBelowADInplaceOrView guard;
   op.call(x);
 }
@@ -205,6 +214,11 @@ TORCH_LIBRARY_IMPL(mnv3, Autograd, m) {
   m.impl("hardsigmoid", &hard_act_autograd<false>);
   m.impl("hardswish_", &hard_act_inplace_autograd<true>);
   m.impl("hardsigmoid_", &hard_act_inplace_autograd<false>);
+}
+
+TORCH_LIBRARY_IMPL(mnv3, ADInplaceOrView, m) {
+  m.impl("hardswish_", &hard_act_inplace_view<true>);
+  m.impl("hardsigmoid_", &hard_act_inplace_view<false>);
 }
 
 }  // namespace mnv3

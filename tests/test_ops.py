@@ -419,6 +419,31 @@ def test_in_place_bumps_version_for_autograd(name):
         y.backward()
 
 
+@pytest.mark.parametrize("backend", IN_PLACE_BACKENDS)
+@pytest.mark.parametrize("name", list(_IN_PLACE))
+def test_in_place_and_inference_mode(backend, name):
+    # As PyTorch's own in-place ops: inference tensors are written inside inference mode and
+    # refused outside it (untouched); normal tensors written inside it still bump their version.
+    fused_, ref = _IN_PLACE[name]
+    x = torch.randn(4, 16, 5, 5) * 4
+    want = ref(x)
+    with torch.inference_mode():
+        xi = x.clone()
+        fused_(xi, backend=backend)
+    _assert_close(xi, want, rtol=1e-6, atol=1e-6)
+    before = xi.clone()
+    with pytest.raises(RuntimeError, match="inference tensor"):
+        fused_(xi, backend=backend)
+    if backend != "reference":   # ATen writes, then refuses; ours refuses first
+        assert torch.equal(xi, before)
+    y = x.clone()
+    version = y._version
+    with torch.inference_mode():
+        fused_(y, backend=backend)
+    assert y._version > version
+    _assert_close(y, want, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", list(_IN_PLACE))
 def test_in_place_bad_inputs(name):
     fused_, _ = _IN_PLACE[name]
