@@ -575,23 +575,23 @@ def render(rows: List[Row], meta: List[dict], out_dir: str, extra_md: List[str] 
                         "round, so the drift of a shared machine hits all of them alike: these are the "
                         "ratios to read. The per-provider runs below them are pytest-benchmark's own, "
                         "one provider after the other.\n")
-    for kind, title in (("model-il", "Whole models (224×224, eval, no_grad), interleaved"),
-                        ("model", "Whole models (224×224, eval, no_grad), each provider on its own")):
-        if kind in kinds:
-            md.append(f"### {title}\n")
-            if kind == "model-il":
-                md.append(interleaved_note)
-            md.append(model_table(groups, kind))
     table5_note = ("The paper's numbers are MobileNetV3-Large on a Pixel 1 phone; ours are on this machine. "
                    "*hswish-fused-* is the single-pass kernel as a module, in place like the "
                    "nn.Hardswish(inplace=True) it replaces (the paper's optimized h-swish); "
                    "*fused-blocks-* adds depthwise+BN+act and SE fusion (convert()).\n")
-    for kind, title in (("table5-il", "Table 5 reproduction (relative to all-ReLU, as in the paper), interleaved"),
-                        ("table5", "Table 5 reproduction, each variant on its own")):
+    sections = (
+        ("model-il", "Whole models (224×224, eval, no_grad), interleaved", interleaved_note, model_table),
+        ("model", "Whole models (224×224, eval, no_grad), each provider on its own", None, model_table),
+        ("table5-il", "Table 5 reproduction (relative to all-ReLU, as in the paper), interleaved",
+         table5_note, table5_section),
+        ("table5", "Table 5 reproduction, each variant on its own", table5_note, table5_section),
+    )
+    for kind, title, note, render_section in sections:
         if kind in kinds:
             md.append(f"### {title}\n")
-            md.append(table5_note)
-            md.append(table5_section(groups, kind))
+            if note:
+                md.append(note)
+            md.append(render_section(groups, kind))
 
     # Plots
     md.append("## Plots\n")

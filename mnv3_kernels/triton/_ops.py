@@ -319,8 +319,6 @@ def _squeeze_excite_from_sums(x, channel_sums, fc1_weight, fc1_bias, fc2_weight,
 
 
 def _elementwise(x, act: int, op: str):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
     _check_x(x, op)
     out = torch.empty_like(x)
     if x.numel() == 0:
@@ -337,8 +335,6 @@ def _elementwise(x, act: int, op: str):
 
 
 def _elementwise_inplace(x, act: int, op: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
     _check_x(x, op)
     if x.numel() == 0:
         return
