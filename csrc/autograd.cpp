@@ -26,6 +26,11 @@ using DwSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::option
 using SeSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                          const at::Tensor&, const at::Tensor&);
 using ActSig = at::Tensor(const at::Tensor&);
+using PwSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                         c10::string_view, const std::optional<at::Tensor>&,
+                         const std::optional<at::Tensor>&);
+using PwPackedSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, c10::string_view,
+                               const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
 using InplaceActSig = void(const at::Tensor&);
 
 struct DwConvFunction : public torch::autograd::Function<DwConvFunction> {
@@ -118,6 +123,57 @@ struct SqueezeExciteFunction : public torch::autograd::Function<SqueezeExciteFun
   }
 };
 
+at::Tensor opt(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
+
+// y = act(W (x * s) + b) + residual. The pre-activation is recomputed in the backward.
+struct PointwiseFunction : public torch::autograd::Function<PointwiseFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, c10::string_view activation,
+                            const std::optional<at::Tensor>& residual,
+                            const std::optional<at::Tensor>& input_scale) {
+    static const auto op = op_handle<PwSig>("mnv3::pointwise_conv_bn_act");
+    at::Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = op.call(x, weight, bias, activation, residual, input_scale);
+    }
+    ctx->save_for_backward({x, weight, opt(bias), opt(input_scale)});
+    ctx->saved_data["activation"] = std::string(activation);
+    ctx->saved_data["residual"] = residual.has_value();
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &weight = saved[1], &bias = saved[2], &scale = saved[3];
+    const std::string act = ctx->saved_data["activation"].toStringRef();
+    const int64_t cout = weight.size(0), K = weight.size(1);
+    const at::Tensor w4 = weight.reshape({cout, K, 1, 1});
+    const at::Tensor xs = scale.defined() ? x * scale.unsqueeze(-1).unsqueeze(-1) : x;
+    at::Tensor g = grads[0];
+    if (act != "none") {
+      const at::Tensor pre = at::conv2d(xs, w4, bias.defined() ? bias : at::Tensor());
+      g = act == "relu" ? at::threshold_backward(g, pre, 0) : at::hardswish_backward(g, pre);
+    }
+    const bool has_bias = bias.defined();
+    const bool need_xs = ctx->needs_input_grad(0) || (scale.defined() && ctx->needs_input_grad(5));
+    const std::array<bool, 3> mask = {need_xs, ctx->needs_input_grad(1),
+                                      has_bias && ctx->needs_input_grad(2)};
+    at::OptionalIntArrayRef bias_sizes;
+    std::vector<int64_t> bias_shape = {cout};
+    if (has_bias) bias_sizes = bias_shape;
+    auto [gxs, gw, gb] = at::convolution_backward(g, xs, w4, bias_sizes, {1, 1}, {0, 0}, {1, 1},
+                                                  false, {0, 0}, 1, mask);
+    at::Tensor gx = gxs, gs;
+    if (scale.defined() && gxs.defined()) {
+      gx = gxs * scale.unsqueeze(-1).unsqueeze(-1);
+      gs = (gxs * x).sum({2, 3});
+    }
+    return {gx, gw.defined() ? gw.reshape(weight.sizes()) : gw, has_bias ? gb : at::Tensor(),
+            at::Tensor(), ctx->saved_data["residual"].toBool() ? grads[0] : at::Tensor(), gs};
+  }
+};
+
 template <bool Swish>
 struct HardActFunction : public torch::autograd::Function<HardActFunction<Swish>> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x) {
@@ -170,6 +226,46 @@ at::Tensor squeeze_excite_autograd(const at::Tensor& x, const at::Tensor& w1, co
   return SqueezeExciteFunction::apply(x, w1, b1, w2, b2);
 }
 
+at::Tensor pointwise_autograd(const at::Tensor& x, const at::Tensor& weight,
+                              const std::optional<at::Tensor>& bias, c10::string_view activation,
+                              const std::optional<at::Tensor>& residual,
+                              const std::optional<at::Tensor>& input_scale) {
+  const at::Tensor b = opt(bias), r = opt(residual), s = opt(input_scale);
+  if (!track({&x, &weight, &b, &r, &s})) {
+    static const auto op = op_handle<PwSig>("mnv3::pointwise_conv_bn_act");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, weight, bias, activation, residual, input_scale);
+  }
+  return PointwiseFunction::apply(x, weight, bias, activation, residual, input_scale);
+}
+
+// Packed weights are derived data with no path back to the parameters: the packed op computes
+// inference only, and says so instead of returning a result without a gradient.
+at::Tensor pointwise_packed_autograd(const at::Tensor& x, const at::Tensor& packed,
+                                     int64_t out_channels, c10::string_view activation,
+                                     const std::optional<at::Tensor>& residual,
+                                     const std::optional<at::Tensor>& input_scale) {
+  const at::Tensor r = opt(residual), s = opt(input_scale);
+  TORCH_CHECK(!track({&x, &packed, &r, &s}),
+              "mnv3::pointwise_conv_bn_act_packed computes no gradients (its weights are packed); "
+              "use mnv3::pointwise_conv_bn_act, or call it under torch.no_grad()");
+  static const auto op = op_handle<PwPackedSig>("mnv3::pointwise_conv_bn_act_packed");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x, packed, out_channels, activation, residual, input_scale);
+}
+
+// The gate feeds a fused block's inference path only; gradients go through squeeze_excite.
+at::Tensor squeeze_excite_gate_autograd(const at::Tensor& x, const at::Tensor& w1,
+                                        const at::Tensor& b1, const at::Tensor& w2,
+                                        const at::Tensor& b2) {
+  TORCH_CHECK(!track({&x, &w1, &b1, &w2, &b2}),
+              "mnv3::squeeze_excite_gate computes no gradients; use mnv3::squeeze_excite, or call "
+              "it under torch.no_grad()");
+  static const auto op = op_handle<SeSig>("mnv3::squeeze_excite_gate");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x, w1, b1, w2, b2);
+}
+
 template <bool Swish>
 at::Tensor hard_act_autograd(const at::Tensor& x) {
   if (!track({&x})) {
@@ -214,6 +310,9 @@ TORCH_LIBRARY_IMPL(mnv3, Autograd, m) {
   m.impl("hardsigmoid", &hard_act_autograd<false>);
   m.impl("hardswish_", &hard_act_inplace_autograd<true>);
   m.impl("hardsigmoid_", &hard_act_inplace_autograd<false>);
+  m.impl("pointwise_conv_bn_act", &pointwise_autograd);
+  m.impl("pointwise_conv_bn_act_packed", &pointwise_packed_autograd);
+  m.impl("squeeze_excite_gate", &squeeze_excite_gate_autograd);
 }
 
 TORCH_LIBRARY_IMPL(mnv3, ADInplaceOrView, m) {

@@ -12,6 +12,11 @@ TORCH_LIBRARY(mnv3, m) {
   m.def(
       "squeeze_excite(Tensor x, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight, "
       "Tensor fc2_bias) -> Tensor");
+  // Its gate alone, hardsigmoid(fc2(relu(fc1(mean_hw(x))))) as (N, C) (fp32 for fp32 x): what
+  // a fused block folds into the next 1x1 conv as its input_scale, instead of scaling x.
+  m.def(
+      "squeeze_excite_gate(Tensor x, Tensor fc1_weight, Tensor fc1_bias, Tensor fc2_weight, "
+      "Tensor fc2_bias) -> Tensor");
   // Single-pass piecewise activations (the paper's "optimized h-swish").
   m.def("hardswish(Tensor x) -> Tensor");
   m.def("hardsigmoid(Tensor x) -> Tensor");
@@ -20,4 +25,17 @@ TORCH_LIBRARY(mnv3, m) {
   // they refuse an x that autograd would have to track.
   m.def("hardswish_(Tensor(a!) x) -> ()");
   m.def("hardsigmoid_(Tensor(a!) x) -> ()");
+  // Pointwise (1x1) conv (BN folded into weight/bias) + activation, then + residual:
+  //   y = act(W (x * input_scale[n, :]) + bias) + residual
+  // weight (Cout, Cin) or (Cout, Cin, 1, 1); input_scale (N, Cin) is a per-sample scale of x's
+  // channels (the squeeze-excite gate, folded into the weights); residual has y's shape. Output
+  // keeps the input's memory format.
+  m.def(
+      "pointwise_conv_bn_act(Tensor x, Tensor weight, Tensor? bias, str activation, "
+      "Tensor? residual, Tensor? input_scale) -> Tensor");
+  // The same on weights packed once by pack_pointwise_weight (what the modules cache).
+  m.def("pack_pointwise_weight(Tensor weight, Tensor? bias) -> Tensor");
+  m.def(
+      "pointwise_conv_bn_act_packed(Tensor x, Tensor packed, int out_channels, str activation, "
+      "Tensor? residual, Tensor? input_scale) -> Tensor");
 }

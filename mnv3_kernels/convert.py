@@ -7,7 +7,10 @@ timm MobileNetV3 (and anything built from the same pieces) with the fused module
 Recognized structures (everything else is left untouched):
 
 - ``nn.Sequential(conv, bn[, act])`` with children "0", "1"[, "2"] and a depthwise conv --
-  torchvision's ``Conv2dNormActivation`` -> ``FusedDepthwiseConvBNAct``.
+  torchvision's ``Conv2dNormActivation`` -> ``FusedDepthwiseConvBNAct``; with a 1x1 stride-1
+  conv -> ``FusedPointwiseConvBNAct``.
+- torchvision ``InvertedResidual`` whose layers all fused -> ``FusedInvertedResidual`` (the
+  squeeze-excite gate folded into the projection, the residual added in its epilogue).
 - timm ``DepthwiseSeparableConv`` (``conv_dw`` -> ``bn1``) and ``InvertedResidual``
   (``conv_dw`` -> ``bn2``), whose BN is a ``BatchNormAct2d`` and whose ``aa`` is Identity
   -> head/tail pair (``fused_conv_bn_act_pair``).
@@ -24,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+import torch
 import torch.nn as nn
 
 from . import modules as M
@@ -34,7 +38,8 @@ __all__ = ["convert", "conversion_report", "ConversionReport", "ConversionEntry"
 # ----------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------
-KINDS = {"dwconv": "depthwise conv+BN+act", "se": "squeeze-excite"}
+KINDS = {"dwconv": "depthwise conv+BN+act", "pwconv": "pointwise conv+BN+act",
+         "se": "squeeze-excite", "block": "inverted-residual block"}
 
 
 @dataclass
@@ -42,7 +47,7 @@ class ConversionEntry:
     """One candidate: where it is, what it is, and whether it was fused (else why not)."""
 
     path: str
-    kind: str            # "dwconv" | "se"
+    kind: str            # "dwconv" | "pwconv" | "se" | "block"
     status: str          # "fused" | "skipped" | "already fused"
     shape: str           # e.g. "C=72 k=5x5 stride=2 dilation=1 act=relu" or "C=72 squeeze=24"
     reason: str = ""
@@ -99,6 +104,15 @@ def _dw_shape(conv, act_name: Optional[str]) -> str:
             f"act={act_name if act_name else '?'}")
 
 
+def _pw_shape(conv, act_name: Optional[str]) -> str:
+    return f"{conv.in_channels}->{conv.out_channels} act={act_name if act_name else '?'}"
+
+
+def _block_shape(block) -> str:
+    kinds = [type(m).__name__ for m in block.block]
+    return f"{len(kinds)} layers, residual={bool(block.use_res_connect)}"
+
+
 def _se_shape(fc1) -> str:
     return f"C={getattr(fc1, 'in_channels', '?')} squeeze={getattr(fc1, 'out_channels', '?')}"
 
@@ -112,6 +126,14 @@ def _torchvision_se():
     except Exception:  # noqa: BLE001  (missing or broken torchvision: nothing of it to convert)
         return None
     return SqueezeExcitation
+
+
+def _torchvision_inverted_residual():
+    try:
+        from torchvision.models.mobilenetv3 import InvertedResidual
+    except Exception:  # noqa: BLE001
+        return None
+    return InvertedResidual
 
 
 def _timm_classes():
@@ -141,7 +163,9 @@ class _Converter:
         self.backend = backend
         self.report = ConversionReport(backend=backend)
         self.seen = set()  # ids of depthwise convs already accounted for
+        self.done = set()  # ids of modules already visited (as part of a block)
         self.tv_se = _torchvision_se()
+        self.tv_ir = _torchvision_inverted_residual()
         self.timm = _timm_classes()
 
     def add(self, path, kind, status, shape, reason=""):
@@ -154,7 +178,8 @@ class _Converter:
     def run(self) -> ConversionReport:
         # Snapshot first: the walk must not see the modules it creates.
         for path, module in list(self.model.named_modules(remove_duplicate=True)):
-            self.visit(path, module)
+            if id(module) not in self.done:
+                self.visit(path, module)
         self.leftovers()
         return self.report
 
@@ -169,6 +194,13 @@ class _Converter:
         elif isinstance(module, M.FusedSqueezeExcite):
             module.backend = self.backend
             self.add(path, "se", "already fused", _se_shape(module._role("fc1")))
+        elif isinstance(module, M.FusedPointwiseConvBNAct):
+            module.backend = self.backend
+            self.add(path, "pwconv", "already fused", _pw_shape(module[0], module.activation))
+        elif isinstance(module, M.FusedInvertedResidual):
+            self.add(path, "block", "already fused", _block_shape(module))
+        elif self.tv_ir is not None and isinstance(module, self.tv_ir):
+            self.visit_tv_block(path, module)
         elif type(module).forward is nn.Sequential.forward and isinstance(module, nn.Sequential):
             self.visit_sequential(path, module)
         elif self.tv_se is not None and isinstance(module, self.tv_se):
@@ -192,6 +224,10 @@ class _Converter:
             return
         conv, bn = children[0][1], children[1][1]
         act = children[2][1] if len(children) == 3 else None
+        if (isinstance(conv, nn.Conv2d) and conv.groups == 1 and tuple(conv.kernel_size) == (1, 1)
+                and isinstance(bn, nn.modules.batchnorm._BatchNorm)):
+            self.visit_pointwise(path, seq, conv, bn, act)
+            return
         if not (isinstance(conv, nn.Conv2d) and conv.groups > 1 and isinstance(bn, nn.modules.batchnorm._BatchNorm)):
             return
         self.seen.add(id(conv))
@@ -211,6 +247,48 @@ class _Converter:
                 setattr(fused, key, value)
         self.replace(path, fused)
         self.add(path, "dwconv", "fused", shape)
+
+    def visit_pointwise(self, path: str, seq: nn.Sequential, conv, bn, act) -> None:
+        shape = _pw_shape(conv, M.activation_name(act) or type(act).__name__)
+        reason = M.pointwise_unsupported_reason(conv, bn, act)
+        if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
+            reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
+        if reason is None and not path:
+            reason = "the root module cannot be replaced in place"
+        if reason is not None:
+            self.add(path, "pwconv", "skipped", shape, reason)
+            return
+        fused = M.FusedPointwiseConvBNAct.from_sequential(seq, backend=self.backend)
+        for key, value in vars(seq).items():
+            if not key.startswith("_") and key not in ("training",) and key not in vars(fused):
+                setattr(fused, key, value)
+        self.replace(path, fused)
+        self.add(path, "pwconv", "fused", shape)
+
+    # -- torchvision InvertedResidual: its layers first, then the block as a whole --------------
+    def visit_tv_block(self, path: str, block: nn.Module) -> None:
+        inner = block._modules.get("block")
+        if isinstance(inner, nn.Sequential):
+            inner_path = f"{path}.block" if path else "block"
+            self.done.add(id(inner))
+            for name, child in list(inner._modules.items()):
+                self.done.add(id(child))
+                self.visit(f"{inner_path}.{name}", child)
+        reason = None
+        if type(block).forward is not self.tv_ir.forward:
+            reason = f"{type(block).__name__} overrides InvertedResidual.forward"
+        elif not path:
+            reason = "the root module cannot be replaced in place"
+        if reason is None:
+            try:
+                fused = M.FusedInvertedResidual(block)
+            except ValueError as exc:
+                reason = str(exc)
+        if reason is not None:
+            self.add(path, "block", "skipped", _block_shape(block), reason)
+            return
+        self.replace(path, fused)
+        self.add(path, "block", "fused", _block_shape(fused))
 
     # -- timm DepthwiseSeparableConv / InvertedResidual ----------------------------------------
     def visit_timm_block(self, path: str, block: nn.Module, cls, bn_name: str) -> None:
@@ -279,6 +357,29 @@ class _Converter:
                          "not part of a recognized conv -> BatchNorm structure")
 
 
+def _restore_layout(output, fmt):
+    if isinstance(output, torch.Tensor):
+        if output.dim() == 4 and not output.is_contiguous(memory_format=fmt):
+            return output.contiguous(memory_format=fmt)
+        return output
+    if isinstance(output, dict):
+        return type(output)((k, _restore_layout(v, fmt)) for k, v in output.items())
+    if isinstance(output, (list, tuple)) and not hasattr(output, "_fields"):
+        return type(output)(_restore_layout(v, fmt) for v in output)
+    return output
+
+
+def _layout_hook(model, args, output):
+    """Fused blocks run channels_last inside the model (an NCHW input is reordered once, by the
+    first block); a model called with an NCHW tensor returns its 4-D outputs in NCHW, as the
+    original does. 2-D outputs (classifiers) cost nothing."""
+    x = args[0] if args else None
+    if (isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_contiguous()
+            and not x.is_contiguous(memory_format=torch.channels_last)):
+        return _restore_layout(output, torch.contiguous_format)
+    return output
+
+
 def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
     """Replace, in place, every depthwise conv+BN(+ReLU/Hardswish/none) and every hard-sigmoid
     squeeze-excite of `model` that can be served exactly with a fused module.
@@ -295,6 +396,8 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
         raise TypeError(f"convert() expects a torch.nn.Module, got {type(model).__name__}")
     M.check_backend(backend)
     report = _Converter(model, backend).run()
+    if report.fused("block") and not any(h is _layout_hook for h in model._forward_hooks.values()):
+        model.register_forward_hook(_layout_hook)
     model.mnv3_report = report
     return model
 
@@ -313,5 +416,9 @@ def conversion_report(model: nn.Module) -> ConversionReport:
             report.entries.append(ConversionEntry(path, "dwconv", "fused", _dw_shape(m, m.tail.activation)))
         elif isinstance(m, M.FusedSqueezeExcite):
             report.entries.append(ConversionEntry(path, "se", "fused", _se_shape(m._role("fc1"))))
+        elif isinstance(m, M.FusedPointwiseConvBNAct):
+            report.entries.append(ConversionEntry(path, "pwconv", "fused", _pw_shape(m[0], m.activation)))
+        elif isinstance(m, M.FusedInvertedResidual):
+            report.entries.append(ConversionEntry(path, "block", "fused", _block_shape(m)))
     return report
 

@@ -99,3 +99,27 @@ def _se_layers():
 
 
 SE_LAYERS = _se_layers()
+
+
+# The pointwise (1x1) convs of the inverted-residual blocks and the last conv, (Cin, Cout, H = W),
+# at 224x224 input: expand convs at the depthwise input size, projections at its output size.
+def _pw_layers():
+    seen = {}
+    rows = [  # (in, expanded, out) per block shape, torchvision config, with its depthwise layer
+        (LARGE, [(16, 16, 16), (16, 64, 24), (24, 72, 24), (24, 72, 40), (40, 120, 40), (40, 240, 80),
+                 (80, 200, 80), (80, 184, 80), (80, 480, 112), (112, 672, 112), (112, 672, 160),
+                 (160, 960, 160)]),
+        (SMALL, [(16, 16, 16), (16, 72, 24), (24, 88, 24), (24, 96, 40), (40, 240, 40), (40, 120, 48),
+                 (48, 144, 48), (48, 288, 96), (96, 576, 96)]),
+    ]
+    for dws, blocks in rows:
+        for dw, (cin, exp, cout) in zip(dws, blocks):
+            if exp != cin:
+                seen.setdefault((cin, exp, dw.size), None)
+            seen.setdefault((exp, cout, dw.out_size), None)
+    seen.setdefault((160, 960, 7), None)  # Large's last conv
+    seen.setdefault((96, 576, 7), None)   # Small's last conv
+    return list(seen)
+
+
+PW_LAYERS = _pw_layers()

@@ -53,6 +53,8 @@ __all__ = [
     "DepthwiseConvBNActHead",
     "BatchNormActTail",
     "FusedSqueezeExcite",
+    "FusedPointwiseConvBNAct",
+    "FusedInvertedResidual",
     "Hardswish",
     "Hardsigmoid",
     "fused_conv_bn_act_pair",
@@ -60,6 +62,7 @@ __all__ = [
     "activation_name",
     "depthwise_unsupported_reason",
     "squeeze_excite_unsupported_reason",
+    "pointwise_unsupported_reason",
 ]
 
 _ACTIVATION_TYPES = ((nn.ReLU, "relu"), (nn.Hardswish, "hardswish"), (nn.Identity, "none"))
@@ -137,6 +140,30 @@ def depthwise_unsupported_reason(conv, bn, act=None) -> Optional[str]:
     if not (conv.groups == conv.in_channels == conv.out_channels):
         return (f"not depthwise: groups={conv.groups}, in_channels={conv.in_channels}, "
                 f"out_channels={conv.out_channels}")
+    if not isinstance(bn, nn.BatchNorm2d):
+        return f"{type(bn).__name__} is not an nn.BatchNorm2d"
+    if bn.num_features != conv.out_channels:
+        return f"BatchNorm has {bn.num_features} features, conv has {conv.out_channels} channels"
+    if bn.running_mean is None or bn.running_var is None:
+        return "BatchNorm has no running statistics (track_running_stats=False)"
+    if activation_name(act) is None:
+        return f"activation {type(act).__name__} is not ReLU, Hardswish or Identity"
+    return None
+
+
+def pointwise_unsupported_reason(conv, bn, act=None) -> Optional[str]:
+    """Why (1x1 conv -> bn -> act) cannot be served exactly by the fused pointwise op; None if it
+    can. Same rules as ``depthwise_unsupported_reason`` for the BN and the activation."""
+    if not isinstance(conv, nn.Conv2d):
+        return f"{type(conv).__name__} is not an nn.Conv2d"
+    if not _plain_conv2d(conv):
+        return f"{type(conv).__name__} overrides nn.Conv2d's forward (e.g. padding computed at run time)"
+    if tuple(conv.kernel_size) != (1, 1) or conv.groups != 1:
+        return f"not a pointwise conv: kernel {tuple(conv.kernel_size)}, groups={conv.groups}"
+    if tuple(conv.stride) != (1, 1):
+        return f"stride {tuple(conv.stride)} (only stride 1 is fused)"
+    if _static_padding(conv) != (0, 0):
+        return f"padding={conv.padding!r} (only no padding is fused)"
     if not isinstance(bn, nn.BatchNorm2d):
         return f"{type(bn).__name__} is not an nn.BatchNorm2d"
     if bn.num_features != conv.out_channels:
@@ -550,3 +577,187 @@ class Hardsigmoid(_HardActivation):
     """Drop-in for ``nn.Hardsigmoid(inplace)``: the single-pass piecewise kernel."""
 
     _out_of_place, _in_place = staticmethod(ops.hardsigmoid), staticmethod(ops.hardsigmoid_)
+
+
+# ----------------------------------------------------------------------------------------------
+# Pointwise (1x1) conv + BN + activation, and whole inverted-residual blocks
+# ----------------------------------------------------------------------------------------------
+def _untracked(*tensors) -> bool:
+    """No autograd graph would be recorded for these tensors (what the packed kernels need)."""
+    if not torch.is_grad_enabled():
+        return True
+    return not any(t is not None and t.requires_grad for t in tensors)
+
+
+class FusedPointwiseConvBNAct(_FoldCacheMixin, _BackendMixin, nn.Sequential):
+    """1x1 conv -> BatchNorm -> activation, fused in eval mode: a drop-in for
+    ``nn.Sequential(conv, bn, act)`` / torchvision's ``Conv2dNormActivation`` with a 1x1,
+    stride-1, ungrouped conv. Children "0", "1"[, "2"] are the original modules.
+
+    - eval (BN with running statistics): one GEMM call with the BN folded into the weights and
+      the activation applied before the store. On the CPU, with no gradient to record, the
+      folded weights are packed once into the kernel's panels and cached with the fold
+      (refreshed on the same changes, see the module docstring).
+    - otherwise (training): the original conv -> bn -> act, exactly.
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None,
+                 *, backend: str = "auto"):
+        reason = pointwise_unsupported_reason(conv, bn, act)
+        if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
+            reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
+        if reason is not None:
+            raise ValueError(f"cannot fuse this pointwise conv + BN + activation: {reason}")
+        super().__init__(*([conv, bn] if act is None else [conv, bn, act]))
+        self.activation = activation_name(act)
+        self.out_channels = conv.out_channels
+        self.backend = backend
+
+    @classmethod
+    def from_sequential(cls, seq: nn.Sequential, *, backend: str = "auto") -> "FusedPointwiseConvBNAct":
+        """Replace an ``nn.Sequential(conv, bn[, act])`` (children "0", "1"[, "2"])."""
+        names = list(seq._modules)
+        if names not in (["0", "1"], ["0", "1", "2"]):
+            raise ValueError(f"expected a Sequential with children '0', '1'[, '2'], got {names}")
+        fused = cls(*seq, backend=backend)
+        fused.train(seq.training)
+        return fused
+
+    def clear_fold_cache(self) -> None:
+        super().clear_fold_cache()
+        self.__dict__.pop("_pack_cache", None)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_pack_cache", None)
+        return state
+
+    def fusable(self) -> bool:
+        """Whether the BN folds (eval mode with running statistics)."""
+        return _bn_fusable(self[1])
+
+    def _packed(self):
+        conv = self[0]
+        weight, bias = self._folded(conv.weight, conv.bias, self[1])
+        cached = self.__dict__.get("_pack_cache")
+        if cached is not None and cached[0] is weight and cached[1] is bias:
+            return cached[2]
+        packed = ops.pack_pointwise_weight(weight, bias)
+        fold = self.__dict__.get("_fold_cache")
+        if fold is not None and fold[3] is weight:  # the fold is cached: so is its packing
+            self.__dict__["_pack_cache"] = (weight, bias, packed)
+        return packed
+
+    def fused_forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                      input_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``act(conv_bn(x * input_scale)) + residual`` with the BN folded (call when ``fusable()``)."""
+        conv = self[0]
+        if (x.is_cpu and not torch.compiler.is_compiling()
+                and ops._resolve_for("pointwise_conv_bn_act", self.backend, x) == "cpu"
+                and _untracked(x, residual, input_scale, conv.weight, conv.bias, self[1].weight, self[1].bias)):
+            return ops._pointwise_packed_trusted(x, self._packed(), self.out_channels, self.activation,
+                                                 residual, input_scale)
+        weight, bias = self._folded(conv.weight, conv.bias, self[1])
+        return ops.pointwise_conv_bn_act(x, weight, bias, self.activation, residual, input_scale,
+                                         backend=self.backend)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fusable() or not _matches(x, self[0].weight):
+            return super().forward(x)
+        return self.fused_forward(x)
+
+    def extra_repr(self) -> str:
+        conv = self[0]
+        return (f"{conv.in_channels}->{conv.out_channels}, activation={self.activation}, "
+                f"backend={self.backend!r}")
+
+
+def _gate_args(se: "FusedSqueezeExcite"):
+    fc1, fc2 = se._role("fc1"), se._role("fc2")
+    b1 = fc1.bias if fc1.bias is not None else fc1.weight.new_zeros(fc1.out_channels)
+    b2 = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.out_channels)
+    return fc1.weight.flatten(1), b1, fc2.weight.flatten(1), b2
+
+
+class FusedInvertedResidual(nn.Module):
+    """A whole MobileNetV3 inverted-residual block -- [1x1 expand] -> depthwise -> [squeeze-excite]
+    -> 1x1 project [+ input] -- as a few fused calls, for torchvision's ``InvertedResidual``.
+
+    Adopts the block's ``block`` Sequential (children already fused: ``FusedPointwiseConvBNAct``,
+    ``FusedDepthwiseConvBNAct``, ``FusedSqueezeExcite``), so the state_dict is unchanged. In eval
+    mode on the CPU, with no gradient to record:
+
+    - the block runs channels_last (an NCHW input is reordered once; later blocks get
+      channels_last already and return it);
+    - squeeze-excite computes only its gate, which the projection folds into its weights per
+      sample (``input_scale``): the SE scale pass disappears;
+    - the residual is added in the projection's epilogue.
+
+    Anywhere else (training, autograd, other devices or dtypes) it runs its children one after
+    the other, each fused where it can, exactly as the original block.
+    """
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        seq = block.block
+        mods = list(seq._modules.values())
+        reason = None
+        i = 0
+        expand = dw = se = project = None
+        if i < len(mods) and isinstance(mods[i], FusedPointwiseConvBNAct):
+            expand, i = mods[i], i + 1
+        if i < len(mods) and isinstance(mods[i], FusedDepthwiseConvBNAct):
+            dw, i = mods[i], i + 1
+        if i < len(mods) and isinstance(mods[i], FusedSqueezeExcite):
+            se, i = mods[i], i + 1
+        if i < len(mods) and isinstance(mods[i], FusedPointwiseConvBNAct):
+            project, i = mods[i], i + 1
+        if dw is None or project is None or i != len(mods):
+            kinds = ", ".join(type(m).__name__ for m in mods)
+            reason = f"the block's layers are not all fused ({kinds})"
+        elif project.activation != "none":
+            reason = f"the projection has activation {project.activation}"
+        if reason is not None:
+            raise ValueError(f"cannot fuse this inverted-residual block: {reason}")
+        self.block = seq
+        self.use_res_connect = bool(block.use_res_connect)
+        for key, value in vars(block).items():  # public attributes (out_channels, _is_cn)
+            if not key.startswith("_") and key not in ("training", "use_res_connect"):
+                setattr(self, key, value)
+        self.__dict__["_parts"] = (expand, dw, se, project)
+        self.train(block.training)
+
+    def _fast(self, x: torch.Tensor) -> bool:
+        expand, dw, se, project = self.__dict__["_parts"]
+        if self.training or not (x.is_cpu and x.dim() == 4 and x.dtype == torch.float32):
+            return False
+        if torch.compiler.is_compiling():
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        for m in (expand, dw, project):
+            if m is not None and not _bn_fusable(m[1]):
+                return False
+        if se is not None and se.training and not se.train_fused:
+            return False
+        return ops._resolve_for("pointwise_conv_bn_act", project.backend, x) == "cpu"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._fast(x):
+            out = self.block(x)
+            return out + x if self.use_res_connect else out
+        expand, dw, se, project = self.__dict__["_parts"]
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        h = expand.fused_forward(x) if expand is not None else x
+        conv = dw[0]
+        weight, bias = dw._folded(conv.weight, conv.bias, dw[1])
+        stride, padding, dilation = _conv_geometry(conv)
+        h = ops._dwconv_bn_act_trusted(h, weight, bias, stride, padding, dilation, dw.activation, dw.backend)
+        scale = torch.ops.mnv3.squeeze_excite_gate(h, *_gate_args(se)) if se is not None else None
+        return project.fused_forward(h, residual=x if self.use_res_connect else None, input_scale=scale)
+
+    def extra_repr(self) -> str:
+        expand, dw, se, project = self.__dict__["_parts"]
+        parts = ["expand"] * (expand is not None) + ["depthwise"] + ["se"] * (se is not None) + ["project"]
+        return " -> ".join(parts) + (" + input" if self.use_res_connect else "")

@@ -229,6 +229,56 @@ def _check_se(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
     return w1, w2
 
 
+def _check_pointwise(x, weight, bias, activation, residual, input_scale):
+    _check_tensor(x, "x")
+    _check_tensor(weight, "weight")
+    _check_floating(x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if not (weight.dim() == 2 or (weight.dim() == 4 and weight.shape[2] == 1 and weight.shape[3] == 1)):
+        raise ValueError(f"weight must be (Cout, Cin) or (Cout, Cin, 1, 1), got shape {tuple(weight.shape)}")
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight has {weight.shape[1]} input channels but x has {x.shape[1]}")
+    if weight.shape[0] < 1:
+        raise ValueError("weight must have at least one output channel")
+    _check_like(weight, "weight", x)
+    cout = weight.shape[0]
+    if bias is not None:
+        _check_tensor(bias, "bias")
+        if bias.dim() != 1 or bias.shape[0] != cout:
+            raise ValueError(f"bias must be (Cout,) = ({cout},), got shape {tuple(bias.shape)}")
+        _check_like(bias, "bias", x)
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if residual is not None:
+        _check_tensor(residual, "residual")
+        out_shape = (x.shape[0], cout, x.shape[2], x.shape[3])
+        if tuple(residual.shape) != out_shape:
+            raise ValueError(f"residual must have the output's shape {out_shape}, got {tuple(residual.shape)}")
+        _check_like(residual, "residual", x)
+    if input_scale is not None:
+        _check_tensor(input_scale, "input_scale")
+        if tuple(input_scale.shape) != (x.shape[0], x.shape[1]):
+            raise ValueError(f"input_scale must be (N, Cin) = ({x.shape[0]}, {x.shape[1]}), "
+                             f"got shape {tuple(input_scale.shape)}")
+        _check_like(input_scale, "input_scale", x)
+
+
+# The ops that only some backends implement; the others run the reference path under "auto" and
+# refuse an explicit request.
+_OP_BACKENDS = {"pointwise_conv_bn_act": ("cpu", "reference")}
+
+
+def _resolve_for(op: str, backend: str, x: torch.Tensor) -> str:
+    chosen = resolve_backend(backend, x)
+    served = _OP_BACKENDS.get(op)
+    if served is None or chosen in served:
+        return chosen
+    if backend == "auto":
+        return "reference"
+    raise NotImplementedError(f"{op} has no {chosen!r} kernels (backends: {served}); use backend='auto'")
+
+
 # ----------------------------------------------------------------------------------------------
 # Public ops
 # ----------------------------------------------------------------------------------------------
@@ -287,6 +337,45 @@ def squeeze_excite(
     if chosen == "reference":
         return reference.squeeze_excite(x, w1, fc1_bias, w2, fc2_bias)
     return _op("squeeze_excite", chosen)(x, w1, fc1_bias, w2, fc2_bias)
+
+
+def pointwise_conv_bn_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    activation: str = "none",
+    residual: Optional[torch.Tensor] = None,
+    input_scale: Optional[torch.Tensor] = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """1x1 conv (BN folded into `weight`/`bias`), activation, then `+ residual`, in one pass:
+
+        y = act(conv1x1(x * input_scale[:, :, None, None], weight) + bias) + residual
+
+    weight is (Cout, Cin) or (Cout, Cin, 1, 1); `input_scale` (N, Cin) scales x's channels per
+    sample (a squeeze-excite gate, folded into the weights: no pass over x); `residual` has the
+    output's shape. The output keeps x's memory format. CPU kernels (GEMM on packed weights);
+    other devices run the reference path.
+    """
+    _check_pointwise(x, weight, bias, activation, residual, input_scale)
+    chosen = _resolve_for("pointwise_conv_bn_act", backend, x)
+    if chosen == "reference":
+        return reference.pointwise_conv_bn_act(x, weight, bias, activation, residual, input_scale)
+    return _op("pointwise_conv_bn_act", chosen)(x, weight, bias, activation, residual, input_scale)
+
+
+def pack_pointwise_weight(weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """weight (Cout, Cin[, 1, 1]) and bias packed into the CPU GEMM kernels' panels; what
+    `pointwise_conv_bn_act_packed` takes. Pack once, call many times."""
+    if not _extension.LOADED:
+        raise RuntimeError(f"packed weights need the compiled library: {_unavailable_reason('cpu')}")
+    return torch.ops.mnv3.pack_pointwise_weight.default(weight, bias)
+
+
+def _pointwise_packed_trusted(x, packed, out_channels, activation, residual, input_scale):
+    """The packed CPU kernel for the fused modules (packed, activation valid by construction)."""
+    return _op("pointwise_conv_bn_act_packed", "cpu")(x, packed, out_channels, activation, residual,
+                                                      input_scale)
 
 
 def hardswish(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
@@ -363,6 +452,16 @@ def _fake_dwconv_bn_act(x, weight, bias, stride, padding, dilation, activation):
 
 def _fake_squeeze_excite(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
     return torch.empty(tuple(x.shape), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+
+
+def _fake_pointwise(x, weight, bias, activation, residual, input_scale):
+    return torch.empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]), dtype=x.dtype,
+                       device=x.device, memory_format=output_memory_format(x))
+
+
+def _fake_pointwise_packed(x, packed, out_channels, activation, residual, input_scale):
+    return torch.empty((x.shape[0], out_channels, x.shape[2], x.shape[3]), dtype=x.dtype,
+                       device=x.device, memory_format=output_memory_format(x))
 
 
 def _non_overlapping_and_dense(x: torch.Tensor) -> bool:
@@ -463,6 +562,9 @@ _FAKES = {
     "hardsigmoid": _fake_elementwise,
     "hardswish_": lambda x: None,     # writes x; no output
     "hardsigmoid_": lambda x: None,
+    "pointwise_conv_bn_act": _fake_pointwise,
+    "pointwise_conv_bn_act_packed": _fake_pointwise_packed,
+    "squeeze_excite_gate": lambda x, w1, b1, w2, b2: x.new_empty((x.shape[0], x.shape[1])),
 }
 
 

@@ -80,6 +80,23 @@ def fold_bn(
     return w.to(conv_weight.dtype), shift.to(conv_weight.dtype)
 
 
+def pointwise_conv_bn_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    activation_name: str,
+    residual: Optional[torch.Tensor] = None,
+    input_scale: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """1x1 conv (BN folded into weight/bias) -> activation -> + residual; x's channels scaled per
+    sample by input_scale (N, Cin) first. weight is (Cout, Cin) or (Cout, Cin, 1, 1)."""
+    if input_scale is not None:
+        x = x * input_scale[:, :, None, None]
+    w = weight.reshape(weight.shape[0], weight.shape[1], 1, 1)
+    y = activation(F.conv2d(x, w, bias), activation_name)
+    return y if residual is None else y + residual
+
+
 def squeeze_excite(
     x: torch.Tensor,
     fc1_weight: torch.Tensor,

@@ -1,0 +1,251 @@
+// Pointwise (1x1) conv kernel bodies (see pointwise.h), shared by the f32_gemm_*.cpp translation
+// units. Not a normal header: the including file opens an anonymous namespace, defines the vector
+// type `vf` of VL floats, MR (rows per register tile), NV (vectors per tile row) and the vector
+// operations (vload, vload_n, vstore, vstore_n, vset1, vzero, vfma, vadd, vmul, vmax, vmin), then
+// includes this file inside that namespace, so everything here is compiled once per ISA.
+//
+// A register tile is MR output rows x NV vectors (the accumulators never leave registers); the
+// bias initializes them; the activation and the residual are applied before the single store.
+// A panel is kPanel output channels; when NV * VL < kPanel (AVX2, portable), a panel is walked in
+// slices of NV * VL channels. Indices are int64_t: large NHWC tensors overflow 32-bit offsets.
+//
+// Activations keep NaN (as PyTorch's relu/hardswish): vmax/vmin return their second operand when
+// either is NaN, so the clamp constant goes first.
+
+constexpr int64_t kSlice = static_cast<int64_t>(NV) * VL;  // output channels per register tile
+static_assert(kPanel % kSlice == 0, "a panel must hold whole register-tile slices");
+
+// Floats of the x block that a tile row range keeps cache-resident while the panels pass over it.
+constexpr int64_t kChunkFloats = 8192;
+
+inline int64_t gmin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t gmax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+__attribute__((always_inline)) inline vf act_apply(vf v, int act) {
+  if (act == 1) return vmax(vzero(), v);
+  if (act == 2) {
+    // x * clamp(x/6 + 1/2, 0, 1): one FMA, two clamps, one multiply, no divide.
+    vf t = vfma(v, vset1(1.0f / 6.0f), vset1(0.5f));
+    t = vmin(vset1(1.0f), vmax(vzero(), t));
+    return vmul(v, t);
+  }
+  return v;
+}
+
+// dst = src with rows 1..K (the weights of input channel k = row - 1) times s[k]; the bias row is
+// copied. This is the squeeze-excite gate folded into the weights: W * diag(s), per sample.
+inline void scale_panel(const float* src, const float* s, int64_t K, float* dst) {
+  for (int64_t j = 0; j < kPanel; j += VL) vstore(dst + j, vload(src + j));
+  for (int64_t k = 0; k < K; ++k) {
+    const vf sk = vset1(s[k]);
+    const float* sr = src + (k + 1) * kPanel;
+    float* dr = dst + (k + 1) * kPanel;
+    for (int64_t j = 0; j < kPanel; j += VL) vstore(dr + j, vmul(vload(sr + j), sk));
+  }
+}
+
+// Stores row r of a tile: n real lanes in vector v (n >= VL: all), residual added first.
+__attribute__((always_inline)) inline void store_out(vf o, float* y, const float* res, int n) {
+  if (n >= VL) {
+    if (res != nullptr) o = vadd(o, vload(res));
+    vstore(y, o);
+  } else {
+    if (res != nullptr) o = vadd(o, vload_n(res, n));
+    vstore_n(y, o, n);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NHWC: R pixels x V vectors of output channels. a: x at the tile's first pixel (rows of lda
+// floats); pb: the panel slice (bias row first, then kPanel floats per k); y/res: the tile's first
+// output element (rows of ldy floats); ncols: real output channels of the slice.
+// ---------------------------------------------------------------------------------------------
+template <int R, int V>
+inline void nhwc_tile(int64_t K, const float* a, int64_t lda, const float* pb, float* y,
+                      int64_t ldy, const float* res, int ncols, int act) {
+  vf acc[R][V];
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) {
+    const vf b = vload(pb + v * VL);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) acc[r][v] = b;
+  }
+  const float* bk = pb + kPanel;
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < K; ++k) {
+    vf w[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) w[v] = vload(bk + k * kPanel + v * VL);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const vf xr = vset1(a[r * lda + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[r][v] = vfma(xr, w[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      store_out(act_apply(acc[r][v], act), y + r * ldy + v * VL,
+                res != nullptr ? res + r * ldy + v * VL : nullptr, ncols - v * VL);
+    }
+  }
+}
+
+template <int R, int V>
+inline void nhwc_tile_rows(int rows, int64_t K, const float* a, int64_t lda, const float* pb,
+                           float* y, int64_t ldy, const float* res, int ncols, int act) {
+  if constexpr (R > 0) {
+    if (rows == R) return nhwc_tile<R, V>(K, a, lda, pb, y, ldy, res, ncols, act);
+    nhwc_tile_rows<R - 1, V>(rows, K, a, lda, pb, y, ldy, res, ncols, act);
+  }
+}
+
+void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int64_t p1,
+             float* scratch) {
+  const int64_t K = a.K, Cout = a.Cout, pf = pointwise_panel_floats(K);
+  const int64_t base = n * a.HW;
+  const float* x = a.x + base * K;
+  float* y = a.y + base * Cout;
+  const float* res = a.residual != nullptr ? a.residual + base * Cout : nullptr;
+  // Rows per chunk: the chunk's x rows stay in L1/L2 while every panel of the call passes.
+  const int64_t mc = gmax(MR, kChunkFloats / gmax(K, 1) / MR * MR);
+  int64_t scaled = -1;  // the panel now in scratch
+  for (int64_t c0 = r0; c0 < r1; c0 += mc) {
+    const int64_t c1 = gmin(r1, c0 + mc);
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* panel = a.packed + p * pf;
+      if (a.scale != nullptr) {
+        if (scaled != p) scale_panel(panel, a.scale + n * K, K, scratch);
+        scaled = p;
+        panel = scratch;
+      }
+      const int64_t cols = gmin(kPanel, Cout - p * kPanel);
+      for (int64_t s0 = 0; s0 < cols; s0 += kSlice) {
+        const int nc = static_cast<int>(gmin(kSlice, cols - s0));
+        const float* pb = panel + s0;
+        const int64_t yoff = p * kPanel + s0;
+        for (int64_t m = c0; m < c1; m += MR) {
+          const int rows = static_cast<int>(gmin(MR, c1 - m));
+          const float* xa = x + m * K;
+          float* yo = y + m * Cout + yoff;
+          const float* ro = res != nullptr ? res + m * Cout + yoff : nullptr;
+          if (nc > (NV - 1) * VL) {
+            nhwc_tile_rows<MR, NV>(rows, K, xa, K, pb, yo, Cout, ro, nc, a.act);
+          } else if constexpr (NV > 1) {
+            nhwc_tile_rows<MR, NV - 1>(rows, K, xa, K, pb, yo, Cout, ro, nc, a.act);
+          }
+        }
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NCHW: R output channels x V vectors of pixels. pa: the panel's weights for the tile's first
+// channel (kPanel floats per k; element r of a row is channel r); bias: its bias; x: the input
+// plane of channel 0 at the tile's first pixel (planes of hw floats); y/res likewise for output
+// channel 0 of the tile; nq: real pixels of the tile (TAIL: fewer than V * VL).
+// ---------------------------------------------------------------------------------------------
+template <int R, int V, bool TAIL>
+inline void nchw_tile(int64_t K, const float* pa, const float* bias, const float* x, int64_t hw,
+                      float* y, const float* res, int nq, int act) {
+  vf acc[R][V];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    const vf b = vset1(bias[r]);
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[r][v] = b;
+  }
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < K; ++k) {
+    const float* xk = x + k * hw;
+    vf xv[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      if (TAIL) {
+        const int n = nq - v * VL;
+        xv[v] = vload_n(xk + v * VL, n < VL ? n : VL);
+      } else {
+        xv[v] = vload(xk + v * VL);
+      }
+    }
+    const float* wk = pa + k * kPanel;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const vf w = vset1(wk[r]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[r][v] = vfma(w, xv[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      store_out(act_apply(acc[r][v], act), y + r * hw + v * VL,
+                res != nullptr ? res + r * hw + v * VL : nullptr, TAIL ? nq - v * VL : VL);
+    }
+  }
+}
+
+template <int R, int V, bool TAIL>
+inline void nchw_tile_rows(int rows, int64_t K, const float* pa, const float* bias,
+                           const float* x, int64_t hw, float* y, const float* res, int nq,
+                           int act) {
+  if constexpr (R > 0) {
+    if (rows == R) return nchw_tile<R, V, TAIL>(K, pa, bias, x, hw, y, res, nq, act);
+    nchw_tile_rows<R - 1, V, TAIL>(rows, K, pa, bias, x, hw, y, res, nq, act);
+  }
+}
+
+template <int V>
+inline void nchw_tile_any(int rows, int64_t K, const float* pa, const float* bias,
+                          const float* x, int64_t hw, float* y, const float* res, int nq,
+                          int act) {
+  if (nq == V * VL) {
+    nchw_tile_rows<MR, V, false>(rows, K, pa, bias, x, hw, y, res, nq, act);
+  } else {
+    nchw_tile_rows<MR, V, true>(rows, K, pa, bias, x, hw, y, res, nq, act);
+  }
+}
+
+void pw_nchw(const PwArgs& a, int64_t n, int64_t q0, int64_t q1, int64_t p0, int64_t p1,
+             float* scratch) {
+  const int64_t K = a.K, Cout = a.Cout, HW = a.HW, pf = pointwise_panel_floats(K);
+  const float* x = a.x + n * K * HW;
+  float* y = a.y + n * Cout * HW;
+  const float* res = a.residual != nullptr ? a.residual + n * Cout * HW : nullptr;
+  // Pixels per chunk: the chunk's K x chunk block of x stays in L2 while the panels pass.
+  const int64_t qc = gmax(kSlice, kChunkFloats * 4 / gmax(K, 1) / kSlice * kSlice);
+  int64_t scaled = -1;
+  for (int64_t c0 = q0; c0 < q1; c0 += qc) {
+    const int64_t c1 = gmin(q1, c0 + qc);
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* panel = a.packed + p * pf;
+      if (a.scale != nullptr) {
+        if (scaled != p) scale_panel(panel, a.scale + n * K, K, scratch);
+        scaled = p;
+        panel = scratch;
+      }
+      const int64_t cols = gmin(kPanel, Cout - p * kPanel);
+      for (int64_t i0 = 0; i0 < cols; i0 += MR) {
+        const int rows = static_cast<int>(gmin(MR, cols - i0));
+        const int64_t co = p * kPanel + i0;
+        for (int64_t q = c0; q < c1; q += kSlice) {
+          const int nq = static_cast<int>(gmin(kSlice, c1 - q));
+          const float* pa = panel + kPanel + i0;
+          float* yo = y + co * HW + q;
+          const float* ro = res != nullptr ? res + co * HW + q : nullptr;
+          if (nq > (NV - 1) * VL) {
+            nchw_tile_any<NV>(rows, K, pa, panel + i0, x + q, HW, yo, ro, nq, a.act);
+          } else if constexpr (NV > 1) {
+            nchw_tile_any<NV - 1>(rows, K, pa, panel + i0, x + q, HW, yo, ro, nq, a.act);
+          }
+        }
+      }
+    }
+  }
+}
+
+const PointwiseKernels kPointwise = {MR, &pw_nhwc, &pw_nchw};

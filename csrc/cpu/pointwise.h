@@ -1,0 +1,52 @@
+// Raw-pointer interface of the pointwise (1x1) conv kernels: a GEMM with the folded BN bias,
+// activation, residual add and a per-sample input-channel scale (the squeeze-excite gate) in its
+// prologue/epilogue. Plain C++ (no torch), like kernels.h, so the per-ISA translation units
+// (f32_gemm_*.cpp) include nothing compiled for the wider instruction set by accident.
+//
+// Packed weights (pointwise_conv_bn_act.cpp packs them; the modules cache the result): panels of
+// kPanel output channels, each [bias][k = 0][k = 1]...[k = K-1], kPanel floats per row, output
+// channels past Cout zero. One format serves every ISA and both layouts:
+//   NHWC: y[m, co] = sum_k x[m, k] * W[co, k]: the panel rows are the B operand (vectors of
+//         output channels), x's elements are broadcast;
+//   NCHW: y[co, q] = sum_k W[co, k] * x[k, q]: x's rows are the B operand (vectors of pixels), the
+//         panel's elements are broadcast (a k step reads consecutive floats of one row).
+#pragma once
+
+#include <cstdint>
+
+namespace mnv3 {
+namespace cpu {
+
+constexpr int64_t kPanel = 32;  // output channels per packed panel
+
+inline int64_t pointwise_panels(int64_t cout) { return (cout + kPanel - 1) / kPanel; }
+inline int64_t pointwise_panel_floats(int64_t k) { return (k + 1) * kPanel; }
+
+struct PwArgs {
+  int64_t N, HW, K, Cout;   // x: N x K channels x HW pixels; y: N x Cout x HW
+  int act;                  // 0 none, 1 relu, 2 hardswish
+  const float* x;           // NHWC (rows of K) or NCHW (planes of HW), dense
+  float* y;                 // same layout as x
+  const float* packed;      // pointwise_panels(Cout) panels of pointwise_panel_floats(K)
+  const float* residual;    // added after the activation, layout of y; or null
+  const float* scale;       // (N, K): x's channels scaled per sample; or null
+};
+
+struct PointwiseKernels {
+  int mr;  // output rows (NHWC pixels, NCHW channels) per register tile
+  // NHWC: output rows [r0, r1) of sample n (rows n*HW + r), panels [p0, p1). Without a scale,
+  // a caller may pass n = 0 and rows of the whole batch (r1 <= N*HW). scratch: at least
+  // pointwise_panel_floats(K) floats, 64-byte aligned (the scaled panel).
+  void (*nhwc)(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int64_t p1,
+               float* scratch);
+  // NCHW: pixels [q0, q1) of sample n, panels [p0, p1); scratch as above.
+  void (*nchw)(const PwArgs& a, int64_t n, int64_t q0, int64_t q1, int64_t p0, int64_t p1,
+               float* scratch);
+};
+
+const PointwiseKernels& pointwise_portable();
+const PointwiseKernels& pointwise_avx2();    // only call when the CPU has AVX2+FMA
+const PointwiseKernels& pointwise_avx512();  // only call when the CPU has AVX-512F
+
+}  // namespace cpu
+}  // namespace mnv3

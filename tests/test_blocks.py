@@ -1,0 +1,184 @@
+"""Pointwise conv modules and whole inverted-residual blocks: FusedPointwiseConvBNAct,
+FusedInvertedResidual and what convert() does with torchvision MobileNetV3, against the original
+modules (float64 where values are compared)."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import mnv3_kernels
+from mnv3_kernels import _extension, modules as M, ops
+
+from conftest import random_bn_, randomize_model_bn_, rel_err
+
+pytestmark = pytest.mark.skipif(not _extension.LOADED, reason="compiled library not loaded")
+
+
+def _pw_seq(cin, cout, act):
+    seq = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), random_bn_(nn.BatchNorm2d(cout)))
+    if act is not None:
+        seq.append(act)
+    return seq.eval()
+
+
+@pytest.mark.parametrize("act", [None, nn.ReLU(), nn.Hardswish()])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_pointwise_module_matches_original(act, fmt):
+    seq = _pw_seq(24, 72, act)
+    want_model = copy.deepcopy(seq).double()
+    fused = M.FusedPointwiseConvBNAct.from_sequential(seq)
+    assert list(fused.state_dict()) == list(want_model.state_dict())
+    x = torch.randn(3, 24, 9, 11).contiguous(memory_format=fmt)
+    with torch.no_grad():
+        got = fused(x)
+        want = want_model(x.double())
+    assert got.is_contiguous(memory_format=fmt)
+    assert rel_err(got.double(), want) < 1e-5
+
+
+def test_pointwise_module_packs_once_and_sees_parameter_updates():
+    fused = M.FusedPointwiseConvBNAct.from_sequential(_pw_seq(16, 40, nn.ReLU()))
+    x = torch.randn(1, 16, 7, 7).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        fused(x)
+        packed = fused.__dict__["_pack_cache"][2]
+        fused(x)
+        assert fused.__dict__["_pack_cache"][2] is packed  # reused, not repacked
+        fused[1].weight.mul_(-2.0)  # an in-place update bumps the version counter
+        got = fused(x)
+        want = nn.Sequential(*fused)(x)  # the children, unfused
+    assert fused.__dict__["_pack_cache"][2] is not packed
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_module_train_mode_is_the_original():
+    seq = _pw_seq(8, 20, nn.Hardswish()).train()
+    ref = copy.deepcopy(seq)
+    fused = M.FusedPointwiseConvBNAct.from_sequential(seq)
+    x = torch.randn(4, 8, 5, 5)
+    torch.testing.assert_close(fused(x), ref(x), rtol=0, atol=0)
+    torch.testing.assert_close(fused[1].running_mean, ref[1].running_mean, rtol=0, atol=0)
+
+
+def test_pointwise_module_gradients_in_eval():
+    seq = _pw_seq(6, 10, nn.Hardswish())
+    ref = copy.deepcopy(seq)
+    fused = M.FusedPointwiseConvBNAct.from_sequential(seq)
+    x = torch.randn(2, 6, 4, 4, requires_grad=True)
+    g = torch.randn(2, 10, 4, 4)
+    got = torch.autograd.grad(fused(x), (x, fused[0].weight, fused[1].weight), g)
+    want = torch.autograd.grad(ref(x), (x, ref[0].weight, ref[1].weight), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("conv,reason", [
+    (nn.Conv2d(4, 8, 1, stride=2), "stride"),
+    (nn.Conv2d(4, 8, 1, padding=1), "padding"),
+    (nn.Conv2d(4, 8, 1, groups=2), "not a pointwise conv"),
+])
+def test_pointwise_module_refuses_what_it_cannot_compute(conv, reason):
+    with pytest.raises(ValueError, match=reason):
+        M.FusedPointwiseConvBNAct(conv, nn.BatchNorm2d(8))
+
+
+def _tv(name):
+    model = getattr(torchvision.models, f"mobilenet_v3_{name}")().eval()
+    return randomize_model_bn_(model)
+
+
+@pytest.mark.parametrize("name,blocks,pw", [("large", 15, 30), ("small", 11, 22)])
+def test_convert_fuses_every_block(one_thread, name, blocks, pw):
+    model = mnv3_kernels.convert(_tv(name))
+    counts = model.mnv3_report.counts()
+    assert counts["block"] == {"fused": blocks, "skipped": 0, "already fused": 0}
+    # Every 1x1 conv of the blocks plus the last conv.
+    assert counts["pwconv"]["fused"] == pw and counts["pwconv"]["skipped"] == 0
+    assert sum(isinstance(m, M.FusedInvertedResidual) for m in model.modules()) == blocks
+    again = mnv3_kernels.convert(model).mnv3_report.counts()
+    assert again["block"]["already fused"] == blocks and again["block"]["fused"] == 0
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("shape", [(1, 3, 224, 224), (3, 3, 97, 131), (0, 3, 64, 64)])
+def test_converted_blocks_match_float64_original(one_thread, fmt, shape):
+    model = _tv("large")
+    want_model = copy.deepcopy(model).double()
+    state = copy.deepcopy(model.state_dict())
+    mnv3_kernels.convert(model)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    x = torch.randn(*shape).contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        got = model(x)
+    with torch.no_grad():
+        want = want_model(x.double())
+    assert got.shape == want.shape
+    if shape[0]:
+        assert rel_err(got.double(), want) < 1e-4
+
+
+def test_the_block_fast_path_runs(monkeypatch, one_thread):
+    model = mnv3_kernels.convert(_tv("small"))
+    calls = {"packed": 0, "gate": 0}
+    real_packed = ops._pointwise_packed_trusted
+
+    def counting(*args, **kwargs):
+        calls["packed"] += 1
+        calls["gate"] += args[5] is not None  # input_scale: the SE gate folded into the projection
+        return real_packed(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "_pointwise_packed_trusted", counting)
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 96, 96))
+    assert calls["packed"] == 22  # every 1x1 conv of Small, packed kernels
+    assert calls["gate"] == 9     # every SE block: the gate went into the projection
+
+
+def test_block_gradients_and_train_mode_are_the_original(one_thread):
+    model = _tv("small")
+    ref = copy.deepcopy(model)
+    mnv3_kernels.convert(model)
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    got = torch.autograd.grad(model(x).sum(), x)[0]
+    want = torch.autograd.grad(ref(x).sum(), x)[0]
+    assert rel_err(got, want) < 1e-4
+    model.train()
+    ref.train()
+    torch.manual_seed(3)
+    a = model(x.detach())
+    torch.manual_seed(3)
+    b = ref(x.detach())
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    for (n, t), (_, u) in zip(model.state_dict().items(), ref.state_dict().items()):
+        torch.testing.assert_close(t, u, rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_converted_model_keeps_the_output_layout(one_thread, fmt):
+    # Blocks run channels_last inside; feature maps come back in the original's layout.
+    model = randomize_model_bn_(torchvision.models.segmentation.lraspp_mobilenet_v3_large(
+        weights=None, weights_backbone=None).eval())
+    ref = copy.deepcopy(model)
+    mnv3_kernels.convert(model)
+    assert model.mnv3_report.counts()["block"]["fused"] == 15
+    x = torch.randn(1, 3, 65, 67).contiguous(memory_format=fmt)
+    with torch.inference_mode():
+        got, want = model(x)["out"], ref(x)["out"]
+    assert got.is_contiguous() == want.is_contiguous()
+    assert got.is_contiguous(memory_format=torch.channels_last) == want.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(got, want) < 1e-4
+
+
+def test_gate_op_matches_reference():
+    x = torch.randn(2, 40, 7, 9).contiguous(memory_format=torch.channels_last)
+    w1, b1 = torch.randn(16, 40) / 6, torch.randn(16)
+    w2, b2 = torch.randn(40, 16) / 4, torch.randn(40)
+    got = torch.ops.mnv3.squeeze_excite_gate(x, w1, b1, w2, b2)
+    pooled = x.double().mean((2, 3))
+    want = torch.nn.functional.hardsigmoid(
+        torch.relu(pooled @ w1.double().t() + b1.double()) @ w2.double().t() + b2.double())
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="no gradients"):
+        torch.ops.mnv3.squeeze_excite_gate(x.requires_grad_(), w1, b1, w2, b2)

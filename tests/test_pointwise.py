@@ -1,0 +1,213 @@
+"""Pointwise (1x1) conv + folded BN + activation (+ residual, + per-sample input scale): the CPU
+GEMM kernels on every ISA and layout, against the reference path in float64."""
+import pytest
+import torch
+
+from mnv3_kernels import _extension, ops, reference
+from mnv3_kernels.layers import PW_LAYERS
+
+pytestmark = pytest.mark.skipif(not _extension.LOADED, reason="compiled library not loaded")
+
+_ALL_ISAS = ["avx512", "avx2", "portable"]
+_BEST = _extension.BUILD_INFO.get("cpu_isa_supported", "portable") if _extension.LOADED else "portable"
+ISAS = _ALL_ISAS[_ALL_ISAS.index(_BEST):]
+ACTS = ["none", "relu", "hardswish"]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    before = _extension._C.build_info()["cpu_isa"]
+    _extension._C._set_cpu_isa(request.param)
+    yield request.param
+    _extension._C._set_cpu_isa(before)
+
+
+def _layout(x, layout):
+    if layout == "nchw":
+        return x.contiguous()
+    if layout == "nhwc":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "sliced":  # neither NCHW- nor NHWC-dense
+        big = torch.randn(x.shape[0], x.shape[1] + 3, x.shape[2] + 2, x.shape[3] * 2)
+        view = big[:, 1:1 + x.shape[1], 2:, ::2]
+        view.copy_(x)
+        return view
+    raise ValueError(layout)
+
+
+def _params(cin, cout, bias=True):
+    w = torch.randn(cout, cin) / cin ** 0.5
+    b = torch.randn(cout) * 0.5 if bias else None
+    return w, b
+
+
+def _want(x, w, b, act, res, scale):
+    d = lambda t: None if t is None else t.double()  # noqa: E731
+    return reference.pointwise_conv_bn_act(d(x), d(w), d(b), act, d(res), d(scale))
+
+
+def check(x, cout, act="hardswish", bias=True, residual=False, scale=False, packed=False):
+    N, cin, H, W = x.shape
+    w, b = _params(cin, cout, bias)
+    res = _layout(torch.randn(N, cout, H, W), "nhwc" if ops.output_memory_format(x) == torch.channels_last else "nchw") if residual else None
+    s = torch.rand(N, cin) if scale else None
+    if packed:
+        pk = ops.pack_pointwise_weight(w, b)
+        with torch.no_grad():
+            got = torch.ops.mnv3.pointwise_conv_bn_act_packed(x, pk, cout, act, res, s)
+    else:
+        got = ops.pointwise_conv_bn_act(x, w, b, act, res, s, backend="cpu")
+    want = _want(x, w, b, act, res, s)
+    assert got.shape == want.shape
+    assert got.dtype == torch.float32
+    assert got.is_contiguous(memory_format=ops.output_memory_format(x))
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("cin,cout", [(1, 1), (3, 5), (8, 16), (13, 37), (16, 33), (24, 72), (47, 15), (40, 120)])
+@pytest.mark.parametrize("act", ACTS)
+def test_channel_residues(isa, layout, cin, cout, act):
+    # Every row tail (H*W not a multiple of the tile), panel tail (Cout % 32) and slice tail.
+    check(_layout(torch.randn(2, cin, 5, 7), layout), cout, act)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("residual,scale", [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("act", ACTS)
+def test_residual_and_input_scale(isa, layout, residual, scale, act):
+    check(_layout(torch.randn(3, 20, 6, 9), layout), 44, act, residual=residual, scale=scale)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "sliced"])
+@pytest.mark.parametrize("shape", [(1, 16, 1, 1), (1, 24, 1, 9), (2, 40, 13, 1), (0, 8, 4, 4), (2, 1, 3, 3), (1, 5, 97, 3)])
+def test_awkward_shapes(isa, layout, shape):
+    check(_layout(torch.randn(*shape), layout), 19, residual=True, scale=shape[1] > 0)
+
+
+def test_no_bias(isa):
+    check(torch.randn(2, 12, 4, 4).contiguous(memory_format=torch.channels_last), 20, bias=False)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_mobilenet_layers(isa, layout, batch):
+    # Every 1x1 shape of MobileNetV3-Large and -Small (threaded, both work splits).
+    for cin, cout, hw in PW_LAYERS:
+        x = _layout(torch.randn(batch, cin, hw, hw), layout)
+        check(x, cout, "hardswish", residual=cin == cout, scale=cin > cout, packed=True)
+
+
+def test_threaded_split_matches_serial(isa):
+    # Few rows and many output channels (split over panels) and many rows (split over rows),
+    # per-sample scale crossing sample boundaries: one thread and two give the same bits.
+    for shape, cout in (((1, 160, 7, 7), 960), ((2, 96, 7, 7), 576), ((2, 16, 56, 56), 64)):
+        x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+        w, b = _params(shape[1], cout)
+        s = torch.rand(shape[0], shape[1])
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            one = ops.pointwise_conv_bn_act(x, w, b, "relu", None, s, backend="cpu")
+            torch.set_num_threads(2)
+            two = ops.pointwise_conv_bn_act(x, w, b, "relu", None, s, backend="cpu")
+        finally:
+            torch.set_num_threads(before)
+        torch.testing.assert_close(one, two, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("act", ACTS)
+def test_nan_and_inf_propagate(isa, layout, act):
+    x = torch.randn(1, 4, 3, 5)
+    x[0, 1, 1, 2] = float("nan")
+    x[0, 2, 0, 0] = float("inf")
+    x[0, 3, 2, 4] = -float("inf")
+    x = _layout(x, layout)
+    w = torch.zeros(6, 4)
+    w[:, 1] = 1.0  # every output pixel (1, 2) is NaN, whatever the activation
+    w[0, 2] = 1.0
+    w[1, 3] = 1.0
+    got = ops.pointwise_conv_bn_act(x, w, None, act, backend="cpu")
+    want = reference.pointwise_conv_bn_act(x, w, None, act)
+    assert torch.isnan(got[0, :, 1, 2]).all()
+    torch.testing.assert_close(got, want, equal_nan=True)
+
+
+def test_gradients_match_reference():
+    x = torch.randn(2, 6, 4, 5, dtype=torch.float32, requires_grad=True)
+    w = torch.randn(9, 6, 1, 1, requires_grad=True)
+    b = torch.randn(9, requires_grad=True)
+    r = torch.randn(2, 9, 4, 5, requires_grad=True)
+    s = torch.rand(2, 6, requires_grad=True)
+    for act in ACTS:
+        got = ops.pointwise_conv_bn_act(x, w, b, act, r, s, backend="cpu")
+        want = reference.pointwise_conv_bn_act(x, w, b, act, r, s)
+        g = torch.randn_like(want)
+        grads = torch.autograd.grad(got, (x, w, b, r, s), g)
+        wants = torch.autograd.grad(want, (x, w, b, r, s), g)
+        for a, e in zip(grads, wants):
+            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+
+
+def test_packed_op_refuses_gradients():
+    x = torch.randn(1, 4, 3, 3, requires_grad=True)
+    pk = ops.pack_pointwise_weight(torch.randn(5, 4))
+    with pytest.raises(RuntimeError, match="computes no gradients"):
+        torch.ops.mnv3.pointwise_conv_bn_act_packed(x, pk, 5, "none", None, None)
+
+
+def test_opcheck():
+    x = torch.randn(2, 6, 3, 4).contiguous(memory_format=torch.channels_last)
+    args = (x, torch.randn(7, 6), torch.randn(7), "hardswish", torch.randn(2, 7, 3, 4), torch.rand(2, 6))
+    torch.library.opcheck(torch.ops.mnv3.pointwise_conv_bn_act.default, args)
+    pk = ops.pack_pointwise_weight(torch.randn(7, 6), torch.randn(7))
+    torch.library.opcheck(torch.ops.mnv3.pointwise_conv_bn_act_packed.default,
+                          (x, pk, 7, "relu", None, torch.rand(2, 6)),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+    torch.library.opcheck(torch.ops.mnv3.pack_pointwise_weight.default, (torch.randn(7, 6, 1, 1), None))
+
+
+def test_compile_fullgraph_matches_reference():
+    x = torch.randn(1, 16, 7, 7).contiguous(memory_format=torch.channels_last)
+    w, b = _params(16, 40)
+
+    def f(x):
+        return ops.pointwise_conv_bn_act(x, w, b, "hardswish", backend="cpu")
+
+    got = torch.compile(f, fullgraph=True, backend="aot_eager")(x)
+    torch.testing.assert_close(got.double(), _want(x, w, b, "hardswish", None, None), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(weight=torch.randn(5, 3)), "input channels"),
+    (dict(weight=torch.randn(5, 4, 3, 3)), "weight must be"),
+    (dict(bias=torch.randn(4)), "bias must be"),
+    (dict(residual=torch.randn(1, 5, 3, 2)), "residual must have"),
+    (dict(input_scale=torch.randn(1, 5)), "input_scale must be"),
+    (dict(input_scale=torch.randn(4)), "input_scale must be"),
+    (dict(activation="gelu"), "activation must be"),
+    (dict(x=torch.randn(4, 3, 3)), "x must be 4-D"),
+    (dict(residual=torch.randn(1, 5, 3, 3, dtype=torch.float64)), "dtype"),
+])
+def test_bad_arguments(bad, match):
+    kw = dict(x=torch.randn(1, 4, 3, 3), weight=torch.randn(5, 4), bias=None, activation="relu",
+              residual=None, input_scale=None)
+    kw.update(bad)
+    with pytest.raises((ValueError, TypeError), match=match):
+        ops.pointwise_conv_bn_act(backend="cpu", **kw)
+
+
+def test_packed_op_checks_its_panels():
+    pk = ops.pack_pointwise_weight(torch.randn(40, 8))
+    with pytest.raises(ValueError, match="packed weight must be"):
+        torch.ops.mnv3.pointwise_conv_bn_act_packed(torch.randn(1, 9, 2, 2), pk, 40, "none", None, None)
+    with pytest.raises(ValueError, match="packed weight must be"):
+        torch.ops.mnv3.pointwise_conv_bn_act_packed(torch.randn(1, 8, 2, 2), pk, 70, "none", None, None)
+
+
+def test_other_backends_refuse_and_auto_falls_back():
+    x = torch.randn(1, 4, 3, 3, dtype=torch.float64)
+    w = torch.randn(5, 4, dtype=torch.float64)
+    got = ops.pointwise_conv_bn_act(x, w, None, "relu")  # auto: float64 runs the reference path
+    torch.testing.assert_close(got, reference.pointwise_conv_bn_act(x, w, None, "relu"))
