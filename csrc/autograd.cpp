@@ -29,9 +29,15 @@ using ActSig = at::Tensor(const at::Tensor&);
 using PwSig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                          c10::string_view, const std::optional<at::Tensor>&,
                          const std::optional<at::Tensor>&);
+using DenseSig = DwSig;
+using DensePackedSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, at::IntArrayRef,
+                                  at::IntArrayRef, at::IntArrayRef, at::IntArrayRef,
+                                  c10::string_view);
 using PwPackedSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, c10::string_view,
                                const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
 using InplaceActSig = void(const at::Tensor&);
+
+at::Tensor opt(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
 
 struct DwConvFunction : public torch::autograd::Function<DwConvFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
@@ -123,7 +129,50 @@ struct SqueezeExciteFunction : public torch::autograd::Function<SqueezeExciteFun
   }
 };
 
-at::Tensor opt(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
+// Dense conv (groups = 1): the depthwise formulas with one group.
+struct DenseConvFunction : public torch::autograd::Function<DenseConvFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation,
+                            c10::string_view activation) {
+    static const auto op = op_handle<DenseSig>("mnv3::dense_conv_bn_act");
+    at::Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = op.call(x, weight, bias, stride, padding, dilation, activation);
+    }
+    ctx->save_for_backward({x, weight, opt(bias)});
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["dilation"] = dilation.vec();
+    ctx->saved_data["activation"] = std::string(activation);
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
+    const auto stride = ctx->saved_data["stride"].toIntVector();
+    const auto padding = ctx->saved_data["padding"].toIntVector();
+    const auto dilation = ctx->saved_data["dilation"].toIntVector();
+    const std::string act = ctx->saved_data["activation"].toStringRef();
+    at::Tensor g = grads[0];
+    if (act != "none") {
+      const at::Tensor pre = at::conv2d(x, weight, bias, stride, padding, dilation, 1);
+      g = act == "relu" ? at::threshold_backward(g, pre, 0) : at::hardswish_backward(g, pre);
+    }
+    const bool has_bias = bias.defined();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                      has_bias && ctx->needs_input_grad(2)};
+    at::OptionalIntArrayRef bias_sizes;
+    std::vector<int64_t> bias_shape = {weight.size(0)};
+    if (has_bias) bias_sizes = bias_shape;
+    auto [gx, gw, gb] = at::convolution_backward(g, x, weight, bias_sizes, stride, padding,
+                                                 dilation, false, {0, 0}, 1, mask);
+    return {gx, gw, has_bias ? gb : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
+  }
+};
 
 // y = act(W (x * s) + b) + residual. The pre-activation is recomputed in the backward.
 struct PointwiseFunction : public torch::autograd::Function<PointwiseFunction> {
@@ -239,6 +288,31 @@ at::Tensor pointwise_autograd(const at::Tensor& x, const at::Tensor& weight,
   return PointwiseFunction::apply(x, weight, bias, activation, residual, input_scale);
 }
 
+at::Tensor dense_autograd(const at::Tensor& x, const at::Tensor& weight,
+                          const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation,
+                          c10::string_view activation) {
+  const at::Tensor b = opt(bias);
+  if (!track({&x, &weight, &b})) {
+    static const auto op = op_handle<DenseSig>("mnv3::dense_conv_bn_act");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, weight, bias, stride, padding, dilation, activation);
+  }
+  return DenseConvFunction::apply(x, weight, bias, stride, padding, dilation, activation);
+}
+
+at::Tensor dense_packed_autograd(const at::Tensor& x, const at::Tensor& packed,
+                                 int64_t out_channels, at::IntArrayRef kernel_size,
+                                 at::IntArrayRef stride, at::IntArrayRef padding,
+                                 at::IntArrayRef dilation, c10::string_view activation) {
+  TORCH_CHECK(!track({&x, &packed}),
+              "mnv3::dense_conv_bn_act_packed computes no gradients (its weights are packed); "
+              "use mnv3::dense_conv_bn_act, or call it under torch.no_grad()");
+  static const auto op = op_handle<DensePackedSig>("mnv3::dense_conv_bn_act_packed");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x, packed, out_channels, kernel_size, stride, padding, dilation, activation);
+}
+
 // Packed weights are derived data with no path back to the parameters: the packed op computes
 // inference only, and says so instead of returning a result without a gradient.
 at::Tensor pointwise_packed_autograd(const at::Tensor& x, const at::Tensor& packed,
@@ -313,6 +387,8 @@ TORCH_LIBRARY_IMPL(mnv3, Autograd, m) {
   m.impl("pointwise_conv_bn_act", &pointwise_autograd);
   m.impl("pointwise_conv_bn_act_packed", &pointwise_packed_autograd);
   m.impl("squeeze_excite_gate", &squeeze_excite_gate_autograd);
+  m.impl("dense_conv_bn_act", &dense_autograd);
+  m.impl("dense_conv_bn_act_packed", &dense_packed_autograd);
 }
 
 TORCH_LIBRARY_IMPL(mnv3, ADInplaceOrView, m) {

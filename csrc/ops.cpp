@@ -35,6 +35,14 @@ TORCH_LIBRARY(mnv3, m) {
       "Tensor? residual, Tensor? input_scale) -> Tensor");
   // The same on weights packed once by pack_pointwise_weight (what the modules cache).
   m.def("pack_pointwise_weight(Tensor weight, Tensor? bias) -> Tensor");
+  // Small dense conv (groups = 1; weight (Cout, C, kh, kw), BN folded) + activation, as a GEMM
+  // over gathered input patches. Reads NCHW or NHWC; always writes channels_last (NHWC).
+  m.def(
+      "dense_conv_bn_act(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, str activation) -> Tensor");
+  m.def(
+      "dense_conv_bn_act_packed(Tensor x, Tensor packed, int out_channels, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, str activation) -> Tensor");
   m.def(
       "pointwise_conv_bn_act_packed(Tensor x, Tensor packed, int out_channels, str activation, "
       "Tensor? residual, Tensor? input_scale) -> Tensor");

@@ -8,7 +8,8 @@ Recognized structures (everything else is left untouched):
 
 - ``nn.Sequential(conv, bn[, act])`` with children "0", "1"[, "2"] and a depthwise conv --
   torchvision's ``Conv2dNormActivation`` -> ``FusedDepthwiseConvBNAct``; with a 1x1 stride-1
-  conv -> ``FusedPointwiseConvBNAct``.
+  conv -> ``FusedPointwiseConvBNAct``; with a small dense conv (a stem, at most
+  ``modules.DENSE_MAX_PATCH`` inputs per output) -> ``FusedConvBNAct``.
 - torchvision ``InvertedResidual`` whose layers all fused -> ``FusedInvertedResidual`` (the
   squeeze-excite gate folded into the projection, the residual added in its epilogue).
 - timm ``DepthwiseSeparableConv`` (``conv_dw`` -> ``bn1``) and ``InvertedResidual``
@@ -38,7 +39,8 @@ __all__ = ["convert", "conversion_report", "ConversionReport", "ConversionEntry"
 # ----------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------
-KINDS = {"dwconv": "depthwise conv+BN+act", "pwconv": "pointwise conv+BN+act",
+KINDS = {"conv": "dense conv+BN+act (stem)", "dwconv": "depthwise conv+BN+act",
+         "pwconv": "pointwise conv+BN+act",
          "se": "squeeze-excite", "block": "inverted-residual block"}
 
 
@@ -47,7 +49,7 @@ class ConversionEntry:
     """One candidate: where it is, what it is, and whether it was fused (else why not)."""
 
     path: str
-    kind: str            # "dwconv" | "pwconv" | "se" | "block"
+    kind: str            # "conv" | "dwconv" | "pwconv" | "se" | "block"
     status: str          # "fused" | "skipped" | "already fused"
     shape: str           # e.g. "C=72 k=5x5 stride=2 dilation=1 act=relu" or "C=72 squeeze=24"
     reason: str = ""
@@ -199,6 +201,9 @@ class _Converter:
             self.add(path, "pwconv", "already fused", _pw_shape(module[0], module.activation))
         elif isinstance(module, M.FusedInvertedResidual):
             self.add(path, "block", "already fused", _block_shape(module))
+        elif isinstance(module, M.FusedConvBNAct):
+            module.backend = self.backend
+            self.add(path, "conv", "already fused", f"{module[0].in_channels}->{module.out_channels}")
         elif self.tv_ir is not None and isinstance(module, self.tv_ir):
             self.visit_tv_block(path, module)
         elif type(module).forward is nn.Sequential.forward and isinstance(module, nn.Sequential):
@@ -227,6 +232,10 @@ class _Converter:
         if (isinstance(conv, nn.Conv2d) and conv.groups == 1 and tuple(conv.kernel_size) == (1, 1)
                 and isinstance(bn, nn.modules.batchnorm._BatchNorm)):
             self.visit_pointwise(path, seq, conv, bn, act)
+            return
+        if (isinstance(conv, nn.Conv2d) and conv.groups == 1 and isinstance(bn, nn.modules.batchnorm._BatchNorm)
+                and conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] <= M.DENSE_MAX_PATCH):
+            self.visit_dense(path, seq, conv, bn, act)
             return
         if not (isinstance(conv, nn.Conv2d) and conv.groups > 1 and isinstance(bn, nn.modules.batchnorm._BatchNorm)):
             return
@@ -264,6 +273,23 @@ class _Converter:
                 setattr(fused, key, value)
         self.replace(path, fused)
         self.add(path, "pwconv", "fused", shape)
+
+    def visit_dense(self, path: str, seq: nn.Sequential, conv, bn, act) -> None:
+        k = "x".join(str(v) for v in conv.kernel_size)
+        shape = (f"{conv.in_channels}->{conv.out_channels} k={k} stride={tuple(conv.stride)} "
+                 f"act={M.activation_name(act) or type(act).__name__}")
+        reason = M.dense_unsupported_reason(conv, bn, act)
+        if reason is None and not path:
+            reason = "the root module cannot be replaced in place"
+        if reason is not None:
+            self.add(path, "conv", "skipped", shape, reason)
+            return
+        fused = M.FusedConvBNAct.from_sequential(seq, backend=self.backend)
+        for key, value in vars(seq).items():
+            if not key.startswith("_") and key not in ("training",) and key not in vars(fused):
+                setattr(fused, key, value)
+        self.replace(path, fused)
+        self.add(path, "conv", "fused", shape)
 
     # -- torchvision InvertedResidual: its layers first, then the block as a whole --------------
     def visit_tv_block(self, path: str, block: nn.Module) -> None:
@@ -396,7 +422,7 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
         raise TypeError(f"convert() expects a torch.nn.Module, got {type(model).__name__}")
     M.check_backend(backend)
     report = _Converter(model, backend).run()
-    if report.fused("block") and not any(h is _layout_hook for h in model._forward_hooks.values()):
+    if (report.fused("block") or report.fused("conv")) and not any(h is _layout_hook for h in model._forward_hooks.values()):
         model.register_forward_hook(_layout_hook)
     model.mnv3_report = report
     return model
@@ -420,5 +446,7 @@ def conversion_report(model: nn.Module) -> ConversionReport:
             report.entries.append(ConversionEntry(path, "pwconv", "fused", _pw_shape(m[0], m.activation)))
         elif isinstance(m, M.FusedInvertedResidual):
             report.entries.append(ConversionEntry(path, "block", "fused", _block_shape(m)))
+        elif isinstance(m, M.FusedConvBNAct):
+            report.entries.append(ConversionEntry(path, "conv", "fused", f"{m[0].in_channels}->{m.out_channels}"))
     return report
 

@@ -54,6 +54,7 @@ __all__ = [
     "BatchNormActTail",
     "FusedSqueezeExcite",
     "FusedPointwiseConvBNAct",
+    "FusedConvBNAct",
     "FusedInvertedResidual",
     "Hardswish",
     "Hardsigmoid",
@@ -589,7 +590,33 @@ def _untracked(*tensors) -> bool:
     return not any(t is not None and t.requires_grad for t in tensors)
 
 
-class FusedPointwiseConvBNAct(_FoldCacheMixin, _BackendMixin, nn.Sequential):
+class _PackCacheMixin(_FoldCacheMixin):
+    """The folded weights of a Sequential(conv, bn[, act]) packed into the CPU GEMM kernels'
+    panels, cached with the fold (so refreshed on the same changes)."""
+
+    def clear_fold_cache(self) -> None:
+        super().clear_fold_cache()
+        self.__dict__.pop("_pack_cache", None)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_pack_cache", None)
+        return state
+
+    def _packed(self):
+        conv = self[0]
+        weight, bias = self._folded(conv.weight, conv.bias, self[1])
+        cached = self.__dict__.get("_pack_cache")
+        if cached is not None and cached[0] is weight and cached[1] is bias:
+            return cached[2]
+        packed = ops.pack_pointwise_weight(weight.reshape(weight.shape[0], -1), bias)
+        fold = self.__dict__.get("_fold_cache")
+        if fold is not None and fold[3] is weight:  # the fold is cached: so is its packing
+            self.__dict__["_pack_cache"] = (weight, bias, packed)
+        return packed
+
+
+class FusedPointwiseConvBNAct(_PackCacheMixin, _BackendMixin, nn.Sequential):
     """1x1 conv -> BatchNorm -> activation, fused in eval mode: a drop-in for
     ``nn.Sequential(conv, bn, act)`` / torchvision's ``Conv2dNormActivation`` with a 1x1,
     stride-1, ungrouped conv. Children "0", "1"[, "2"] are the original modules.
@@ -623,30 +650,9 @@ class FusedPointwiseConvBNAct(_FoldCacheMixin, _BackendMixin, nn.Sequential):
         fused.train(seq.training)
         return fused
 
-    def clear_fold_cache(self) -> None:
-        super().clear_fold_cache()
-        self.__dict__.pop("_pack_cache", None)
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_pack_cache", None)
-        return state
-
     def fusable(self) -> bool:
         """Whether the BN folds (eval mode with running statistics)."""
         return _bn_fusable(self[1])
-
-    def _packed(self):
-        conv = self[0]
-        weight, bias = self._folded(conv.weight, conv.bias, self[1])
-        cached = self.__dict__.get("_pack_cache")
-        if cached is not None and cached[0] is weight and cached[1] is bias:
-            return cached[2]
-        packed = ops.pack_pointwise_weight(weight, bias)
-        fold = self.__dict__.get("_fold_cache")
-        if fold is not None and fold[3] is weight:  # the fold is cached: so is its packing
-            self.__dict__["_pack_cache"] = (weight, bias, packed)
-        return packed
 
     def fused_forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                       input_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -670,6 +676,81 @@ class FusedPointwiseConvBNAct(_FoldCacheMixin, _BackendMixin, nn.Sequential):
         conv = self[0]
         return (f"{conv.in_channels}->{conv.out_channels}, activation={self.activation}, "
                 f"backend={self.backend!r}")
+
+
+# Dense convs fused up to this many multiply-adds per output element (C * kh * kw): stems. Larger
+# dense convs stay with PyTorch (oneDNN's direct convolutions beat a patch-gathering GEMM there).
+DENSE_MAX_PATCH = 64
+
+
+def dense_unsupported_reason(conv, bn, act=None) -> Optional[str]:
+    """Why (small dense conv -> bn -> act) cannot be served by the fused dense op; None if it can."""
+    if not isinstance(conv, nn.Conv2d):
+        return f"{type(conv).__name__} is not an nn.Conv2d"
+    if not _plain_conv2d(conv):
+        return f"{type(conv).__name__} overrides nn.Conv2d's forward (e.g. padding computed at run time)"
+    if conv.groups != 1:
+        return f"groups={conv.groups} (the dense op serves groups = 1)"
+    if conv.padding_mode != "zeros" or _static_padding(conv) is None:
+        return f"padding {conv.padding!r} / mode {conv.padding_mode!r} (only static zero padding is fused)"
+    patch = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    if patch > DENSE_MAX_PATCH:
+        return f"patch of {patch} inputs per output (the dense op serves stems, up to {DENSE_MAX_PATCH})"
+    if not isinstance(bn, nn.BatchNorm2d) or type(bn).forward is not nn.BatchNorm2d.forward:
+        return f"{type(bn).__name__} is not an nn.BatchNorm2d"
+    if bn.num_features != conv.out_channels:
+        return f"BatchNorm has {bn.num_features} features, conv has {conv.out_channels} channels"
+    if bn.running_mean is None or bn.running_var is None:
+        return "BatchNorm has no running statistics (track_running_stats=False)"
+    if activation_name(act) is None:
+        return f"activation {type(act).__name__} is not ReLU, Hardswish or Identity"
+    return None
+
+
+class FusedConvBNAct(_PackCacheMixin, _BackendMixin, nn.Sequential):
+    """Small dense conv (a stem: MobileNetV3's 3 -> 16, 3x3, stride 2) -> BatchNorm ->
+    activation, fused in eval mode. Children "0", "1"[, "2"] are the original modules.
+
+    Eval mode returns channels_last whatever the input's layout: the first layer of a converted
+    model reorders the input once (the model restores the layout of its own outputs). Training
+    mode runs the original modules, exactly.
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None,
+                 *, backend: str = "auto"):
+        reason = dense_unsupported_reason(conv, bn, act)
+        if reason is not None:
+            raise ValueError(f"cannot fuse this conv + BN + activation: {reason}")
+        super().__init__(*([conv, bn] if act is None else [conv, bn, act]))
+        self.activation = activation_name(act)
+        self.out_channels = conv.out_channels
+        self.backend = backend
+
+    @classmethod
+    def from_sequential(cls, seq: nn.Sequential, *, backend: str = "auto") -> "FusedConvBNAct":
+        """Replace an ``nn.Sequential(conv, bn[, act])`` (children "0", "1"[, "2"])."""
+        fused = cls(*seq, backend=backend)
+        fused.train(seq.training)
+        return fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn = self[0], self[1]
+        if not _bn_fusable(bn) or not _matches(x, conv.weight):
+            return super().forward(x)
+        stride, padding, dilation = _conv_geometry(conv)
+        if (x.is_cpu and not torch.compiler.is_compiling()
+                and ops._resolve_for("dense_conv_bn_act", self.backend, x) == "cpu"
+                and _untracked(x, conv.weight, conv.bias, bn.weight, bn.bias)):
+            return ops._dense_packed_trusted(x, self._packed(), self.out_channels, list(conv.kernel_size),
+                                             stride, padding, dilation, self.activation)
+        weight, bias = self._folded(conv.weight, conv.bias, bn)
+        return ops.dense_conv_bn_act(x, weight, bias, stride, padding, dilation, self.activation,
+                                     backend=self.backend)
+
+    def extra_repr(self) -> str:
+        conv = self[0]
+        return (f"{conv.in_channels}->{conv.out_channels}, k={tuple(conv.kernel_size)}, "
+                f"stride={tuple(conv.stride)}, activation={self.activation}, backend={self.backend!r}")
 
 
 def _gate_args(se: "FusedSqueezeExcite"):

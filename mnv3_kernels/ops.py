@@ -266,11 +266,11 @@ def _check_pointwise(x, weight, bias, activation, residual, input_scale):
 
 # The ops that only some backends implement; the others run the reference path under "auto" and
 # refuse an explicit request.
-_OP_BACKENDS = {"pointwise_conv_bn_act": ("cpu", "reference")}
+_OP_BACKENDS = {"pointwise_conv_bn_act": ("cpu", "reference"), "dense_conv_bn_act": ("cpu", "reference")}
 
 
 def _resolve_for(op: str, backend: str, x: torch.Tensor) -> str:
-    chosen = resolve_backend(backend, x)
+    chosen = _resolve_cached(backend, x)
     served = _OP_BACKENDS.get(op)
     if served is None or chosen in served:
         return chosen
@@ -362,6 +362,53 @@ def pointwise_conv_bn_act(
     if chosen == "reference":
         return reference.pointwise_conv_bn_act(x, weight, bias, activation, residual, input_scale)
     return _op("pointwise_conv_bn_act", chosen)(x, weight, bias, activation, residual, input_scale)
+
+
+def dense_conv_bn_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    activation: str = "hardswish",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Small dense conv (groups = 1; BN folded into `weight`/`bias`) + activation in one pass, for
+    a model's stem (MobileNetV3: 3 -> 16, 3x3, stride 2). weight is (Cout, C, kh, kw). Reads NCHW
+    or channels_last and always returns channels_last: the model's first layer reorders once."""
+    _check_tensor(x, "x")
+    _check_tensor(weight, "weight")
+    _check_floating(x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if weight.dim() != 4 or weight.shape[1] != x.shape[1] or weight.shape[0] < 1:
+        raise ValueError(f"weight must be (Cout, C, kh, kw) with C = {x.shape[1]} (groups = 1), "
+                         f"got shape {tuple(weight.shape)}")
+    _check_like(weight, "weight", x)
+    if bias is not None:
+        _check_tensor(bias, "bias")
+        if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must be (Cout,) = ({weight.shape[0]},), got shape {tuple(bias.shape)}")
+        _check_like(bias, "bias", x)
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    stride, padding, dilation = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
+    for i, dim in enumerate(("height", "width")):
+        span = dilation[i] * (weight.shape[2 + i] - 1) + 1
+        if x.shape[2 + i] + 2 * padding[i] < span:
+            raise ValueError(f"padded input {dim} ({x.shape[2 + i] + 2 * padding[i]}) is smaller than "
+                             f"the dilated kernel {dim} ({span})")
+    chosen = _resolve_for("dense_conv_bn_act", backend, x)
+    if chosen == "reference":
+        return reference.dense_conv_bn_act(x, weight, bias, stride, padding, dilation, activation)
+    return _op("dense_conv_bn_act", chosen)(x, weight, bias, stride, padding, dilation, activation)
+
+
+def _dense_packed_trusted(x, packed, out_channels, kernel_size, stride, padding, dilation, activation):
+    """The packed CPU dense conv for the fused modules (arguments valid by construction)."""
+    return _op("dense_conv_bn_act_packed", "cpu")(x, packed, out_channels, kernel_size, stride, padding,
+                                                  dilation, activation)
 
 
 def pack_pointwise_weight(weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -457,6 +504,21 @@ def _fake_squeeze_excite(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
 def _fake_pointwise(x, weight, bias, activation, residual, input_scale):
     return torch.empty((x.shape[0], weight.shape[0], x.shape[2], x.shape[3]), dtype=x.dtype,
                        device=x.device, memory_format=output_memory_format(x))
+
+
+def _fake_dense(x, weight, bias, stride, padding, dilation, activation):
+    oh, ow = _dwconv_out_hw(x, weight, stride, padding, dilation)
+    return torch.empty((x.shape[0], weight.shape[0], oh, ow), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+def _fake_dense_packed(x, packed, out_channels, kernel_size, stride, padding, dilation, activation):
+    out = []
+    for i in range(2):
+        span = dilation[i] * (kernel_size[i] - 1) + 1
+        out.append((x.shape[2 + i] + 2 * padding[i] - span) // stride[i] + 1)
+    return torch.empty((x.shape[0], out_channels, out[0], out[1]), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
 
 
 def _fake_pointwise_packed(x, packed, out_channels, activation, residual, input_scale):
@@ -564,6 +626,8 @@ _FAKES = {
     "hardsigmoid_": lambda x: None,
     "pointwise_conv_bn_act": _fake_pointwise,
     "pointwise_conv_bn_act_packed": _fake_pointwise_packed,
+    "dense_conv_bn_act": _fake_dense,
+    "dense_conv_bn_act_packed": _fake_dense_packed,
     "squeeze_excite_gate": lambda x, w1, b1, w2, b2: x.new_empty((x.shape[0], x.shape[1])),
 }
 

@@ -38,6 +38,21 @@ def dwconv_bn_act(
     return activation(y, activation_name)
 
 
+def dense_conv_bn_act(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    activation_name: str,
+) -> torch.Tensor:
+    """Dense conv (groups = 1) with BN folded into weight/bias, then the activation; the output
+    is channels_last, as the fused kernels write it."""
+    y = F.conv2d(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation))
+    return activation(y, activation_name).contiguous(memory_format=torch.channels_last)
+
+
 def conv_bn_act_unfolded(
     x: torch.Tensor,
     conv_weight: torch.Tensor,

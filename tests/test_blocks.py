@@ -94,6 +94,8 @@ def test_convert_fuses_every_block(one_thread, name, blocks, pw):
     model = mnv3_kernels.convert(_tv(name))
     counts = model.mnv3_report.counts()
     assert counts["block"] == {"fused": blocks, "skipped": 0, "already fused": 0}
+    assert counts["conv"] == {"fused": 1, "skipped": 0, "already fused": 0}  # the stem
+    assert isinstance(model.features[0], M.FusedConvBNAct)
     # Every 1x1 conv of the blocks plus the last conv.
     assert counts["pwconv"]["fused"] == pw and counts["pwconv"]["skipped"] == 0
     assert sum(isinstance(m, M.FusedInvertedResidual) for m in model.modules()) == blocks

@@ -211,3 +211,52 @@ def test_other_backends_refuse_and_auto_falls_back():
     w = torch.randn(5, 4, dtype=torch.float64)
     got = ops.pointwise_conv_bn_act(x, w, None, "relu")  # auto: float64 runs the reference path
     torch.testing.assert_close(got, reference.pointwise_conv_bn_act(x, w, None, "relu"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense (stem) conv: the same GEMM tiles over gathered input patches
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "sliced"])
+@pytest.mark.parametrize("shape,cout,k,stride,padding,dilation", [
+    ((1, 3, 224, 224), 16, 3, 2, 1, 1),   # MobileNetV3's stem
+    ((2, 3, 97, 131), 16, 3, 2, 1, 1),    # odd sizes, stride 2
+    ((1, 5, 9, 1), 7, 3, 1, 1, 1),        # W = 1
+    ((3, 2, 11, 10), 33, (3, 5), (1, 2), (2, 1), (2, 1)),
+    ((0, 3, 8, 8), 16, 3, 2, 1, 1),
+])
+@pytest.mark.parametrize("act", ACTS)
+def test_dense_conv(isa, layout, shape, cout, k, stride, padding, dilation, act):
+    x = _layout(torch.randn(*shape), layout)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    w = torch.randn(cout, shape[1], kh, kw) / (shape[1] * kh * kw) ** 0.5
+    b = torch.randn(cout)
+    got = ops.dense_conv_bn_act(x, w, b, stride, padding, dilation, act, backend="cpu")
+    s, p, d = (ops._pair(v, "v", 0) for v in (stride, padding, dilation))
+    want = reference.dense_conv_bn_act(x.double(), w.double(), b.double(), s, p, d, act)
+    assert got.shape == want.shape
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_dense_conv_gradients_opcheck_and_errors():
+    x = torch.randn(2, 3, 9, 8, requires_grad=True)
+    w = torch.randn(6, 3, 3, 3, requires_grad=True)
+    b = torch.randn(6, requires_grad=True)
+    got = ops.dense_conv_bn_act(x, w, b, 2, 1, 1, "hardswish", backend="cpu")
+    want = reference.dense_conv_bn_act(x, w, b, [2, 2], [1, 1], [1, 1], "hardswish")
+    g = torch.randn_like(want)
+    for a, e in zip(torch.autograd.grad(got, (x, w, b), g), torch.autograd.grad(want, (x, w, b), g)):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+    xd = x.detach()
+    torch.library.opcheck(torch.ops.mnv3.dense_conv_bn_act.default,
+                          (xd, w.detach(), b.detach(), [2, 2], [1, 1], [1, 1], "relu"))
+    pk = ops.pack_pointwise_weight(w.detach().reshape(6, -1), b.detach())
+    torch.library.opcheck(torch.ops.mnv3.dense_conv_bn_act_packed.default,
+                          (xd, pk, 6, [3, 3], [2, 2], [1, 1], [1, 1], "relu"),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+    with pytest.raises(ValueError, match="groups = 1"):
+        ops.dense_conv_bn_act(xd, torch.randn(6, 1, 3, 3), None, backend="cpu")
+    with pytest.raises(ValueError, match="smaller than the dilated kernel"):
+        ops.dense_conv_bn_act(torch.randn(1, 3, 2, 2), torch.randn(4, 3, 5, 5), None, backend="cpu")
+    with pytest.raises(ValueError, match="packed weight must be"):
+        torch.ops.mnv3.dense_conv_bn_act_packed(xd, pk, 6, [3, 5], [2, 2], [1, 1], [1, 1], "relu")

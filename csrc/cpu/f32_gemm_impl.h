@@ -248,4 +248,60 @@ void pw_nchw(const PwArgs& a, int64_t n, int64_t q0, int64_t q1, int64_t p0, int
   }
 }
 
-const PointwiseKernels kPointwise = {MR, &pw_nhwc, &pw_nchw};
+// ---------------------------------------------------------------------------------------------
+// Dense conv: MR output pixels of a row at a time, their K = C*KH*KW input values gathered into
+// scratch (rows of K floats, padding as zeros), then the NHWC tiles with scratch as x.
+// ---------------------------------------------------------------------------------------------
+static_assert(MR <= kMaxTileRows, "scratch is sized for kMaxTileRows rows");
+
+inline void gather_patches(const DenseConvArgs& a, int64_t n, int64_t oh, int64_t ow0, int rows,
+                           float* dst) {
+  const int64_t K = a.C * a.KH * a.KW;
+  for (int r = 0; r < rows; ++r) {
+    float* d = dst + r * K;
+    const int64_t iw0 = (ow0 + r) * a.SW - a.PW;
+    for (int64_t c = 0; c < a.C; ++c) {
+      for (int64_t i = 0; i < a.KH; ++i) {
+        const int64_t ih = oh * a.SH - a.PH + i * a.DH;
+        const bool row_in = ih >= 0 && ih < a.H;
+        for (int64_t j = 0; j < a.KW; ++j) {
+          const int64_t iw = iw0 + j * a.DW;
+          float v = 0.0f;
+          if (row_in && iw >= 0 && iw < a.W) {
+            v = a.x_nhwc ? a.x[((n * a.H + ih) * a.W + iw) * a.C + c]
+                         : a.x[((n * a.C + c) * a.H + ih) * a.W + iw];
+          }
+          *d++ = v;
+        }
+      }
+    }
+  }
+}
+
+void dense_conv(const DenseConvArgs& a, int64_t r0, int64_t r1, float* scratch) {
+  const int64_t K = a.C * a.KH * a.KW, Cout = a.Cout, pf = pointwise_panel_floats(K);
+  const int64_t P = pointwise_panels(Cout);
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t n = row / a.OH, oh = row % a.OH;
+    float* yrow = a.y + row * a.OW * Cout;
+    for (int64_t ow0 = 0; ow0 < a.OW; ow0 += MR) {
+      const int rows = static_cast<int>(gmin(MR, a.OW - ow0));
+      gather_patches(a, n, oh, ow0, rows, scratch);
+      for (int64_t p = 0; p < P; ++p) {
+        const float* panel = a.packed + p * pf;
+        const int64_t cols = gmin(kPanel, Cout - p * kPanel);
+        for (int64_t s0 = 0; s0 < cols; s0 += kSlice) {
+          const int nc = static_cast<int>(gmin(kSlice, cols - s0));
+          float* yo = yrow + ow0 * Cout + p * kPanel + s0;
+          if (nc > (NV - 1) * VL) {
+            nhwc_tile_rows<MR, NV>(rows, K, scratch, K, panel + s0, yo, Cout, nullptr, nc, a.act);
+          } else if constexpr (NV > 1) {
+            nhwc_tile_rows<MR, NV - 1>(rows, K, scratch, K, panel + s0, yo, Cout, nullptr, nc, a.act);
+          }
+        }
+      }
+    }
+  }
+}
+
+const PointwiseKernels kPointwise = {MR, &pw_nhwc, &pw_nchw, &dense_conv};

@@ -32,6 +32,18 @@ struct PwArgs {
   const float* scale;       // (N, K): x's channels scaled per sample; or null
 };
 
+// A small dense conv (groups = 1, any kernel) as the same GEMM: each register tile's input
+// patches are gathered (zero padding included) into scratch first, K = C * KH * KW in (c, kh, kw)
+// order, the order of weight.reshape(Cout, K). Reads NCHW or NHWC, writes NHWC.
+struct DenseConvArgs {
+  int64_t N, C, H, W, Cout, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW;
+  int act;
+  bool x_nhwc;
+  const float* x;
+  float* y;              // (N, OH, OW, Cout)
+  const float* packed;   // pointwise_panels(Cout) panels of pointwise_panel_floats(C * KH * KW)
+};
+
 struct PointwiseKernels {
   int mr;  // output rows (NHWC pixels, NCHW channels) per register tile
   // NHWC: output rows [r0, r1) of sample n (rows n*HW + r), panels [p0, p1). Without a scale,
@@ -42,7 +54,16 @@ struct PointwiseKernels {
   // NCHW: pixels [q0, q1) of sample n, panels [p0, p1); scratch as above.
   void (*nchw)(const PwArgs& a, int64_t n, int64_t q0, int64_t q1, int64_t p0, int64_t p1,
                float* scratch);
+  // Dense conv: output rows [r0, r1) of the flattened (n, oh) range; scratch: at least
+  // kMaxTileRows * C * KH * KW floats.
+  void (*dense)(const DenseConvArgs& a, int64_t r0, int64_t r1, float* scratch);
 };
+constexpr int64_t kMaxTileRows = 8;
+
+// The kernels of the active ISA (isa.h), and a per-thread 64-byte-aligned scratch buffer of at
+// least `floats` floats, reused across calls (pointwise_conv_bn_act.cpp).
+const PointwiseKernels& pointwise_kernels();
+float* gemm_thread_scratch(int64_t floats);
 
 const PointwiseKernels& pointwise_portable();
 const PointwiseKernels& pointwise_avx2();    // only call when the CPU has AVX2+FMA

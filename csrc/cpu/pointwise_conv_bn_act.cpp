@@ -23,7 +23,6 @@
 
 namespace mnv3 {
 namespace cpu {
-namespace {
 
 const PointwiseKernels& pointwise_kernels() {
   switch (active_isa()) {
@@ -35,6 +34,22 @@ const PointwiseKernels& pointwise_kernels() {
       return pointwise_portable();
   }
 }
+
+float* gemm_thread_scratch(int64_t floats) {
+  struct Buf {
+    std::unique_ptr<float[]> base;
+    int64_t cap = 0;
+  };
+  thread_local Buf buf;
+  if (buf.cap < floats) {
+    buf.base.reset(new float[floats + 16]);
+    buf.cap = floats;
+  }
+  const auto addr = reinterpret_cast<uintptr_t>(buf.base.get());
+  return buf.base.get() + ((64 - addr % 64) % 64) / sizeof(float);
+}
+
+namespace {
 
 // Below this many multiply-adds a call runs on the calling thread: an OpenMP fork/join costs a
 // few microseconds, about what one core needs for this much GEMM work.
@@ -55,21 +70,6 @@ at::Tensor weight_2d(const char* op, const at::Tensor& weight) {
   TORCH_CHECK_VALUE(weight.dim() == 2, op,
                     ": weight must be (Cout, Cin) or (Cout, Cin, 1, 1), got ", weight.sizes());
   return weight;
-}
-
-// Per-thread scratch for one scaled panel, 64-byte aligned, reused across calls.
-float* thread_scratch(int64_t floats) {
-  struct Buf {
-    std::unique_ptr<float[]> base;
-    int64_t cap = 0;
-  };
-  thread_local Buf buf;
-  if (buf.cap < floats) {
-    buf.base.reset(new float[floats + 16]);
-    buf.cap = floats;
-  }
-  const auto addr = reinterpret_cast<uintptr_t>(buf.base.get());
-  return buf.base.get() + ((64 - addr % 64) % 64) / sizeof(float);
 }
 
 // Splits [0, units) into `parts` near-equal ranges and runs f(begin, end) for each, threaded
@@ -98,7 +98,7 @@ void run_nhwc(const PointwiseKernels& k, const PwArgs& a, int64_t parts) {
   // over the rows, so every thread reads a part of x.
   const bool by_panel = parts > 1 && a.N * a.HW < a.Cout && P > 1;
   run_parts(segs * (by_panel ? P : 1) * tiles, parts, [&](int64_t u0, int64_t u1) {
-    float* scratch = per_sample ? thread_scratch(pf) : nullptr;
+    float* scratch = per_sample ? gemm_thread_scratch(pf) : nullptr;
     const int64_t span = tiles * (by_panel ? P : 1);  // units per segment
     while (u0 < u1) {
       const int64_t seg = u0 / span, in_seg = u0 % span;
@@ -116,7 +116,7 @@ void run_nchw(const PointwiseKernels& k, const PwArgs& a, int64_t parts) {
   const int64_t blocks = cdiv(a.HW, kPixelBlock);
   const bool by_panel = parts > 1 && a.N * a.HW < a.Cout && P > 1;
   run_parts(a.N * (by_panel ? P : 1) * blocks, parts, [&](int64_t u0, int64_t u1) {
-    float* scratch = a.scale != nullptr ? thread_scratch(pf) : nullptr;
+    float* scratch = a.scale != nullptr ? gemm_thread_scratch(pf) : nullptr;
     const int64_t span = blocks * (by_panel ? P : 1);
     while (u0 < u1) {
       const int64_t n = u0 / span, in_n = u0 % span;
