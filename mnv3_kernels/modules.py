@@ -38,8 +38,9 @@ optimizer steps, ``load_state_dict``, ``.to()`` / ``.half()`` / moving devices, 
 Parameter or buffer. *Not* seen: writes through ``.data`` (``p.data.mul_()``,
 ``p.data.copy_()``, ``p.data[...] = ...``), which bump no version counter and keep the storage
 -- call ``mnv3_kernels.refresh(model)`` after them. (No cheap check exists: ``p.data`` is a new
-tensor with its own version counter on every access, and comparing contents costs as much as
-folding again.) The fold is computed afresh (and not cached) while gradients flow to the
+tensor with its own version counter on every access, and a content check -- one sum per source
+tensor, which can still miss a write -- measured 14 us per module against 1 us for the
+version/pointer check and 29-44 us for the fold itself, 1 thread.) The fold is computed afresh (and not cached) while gradients flow to the
 parameters, and under ``torch.compile``, where it becomes part of the traced graph.
 
 Autocast: under ``torch.autocast`` an eval-mode module still runs its fused op, which casts like
