@@ -534,12 +534,12 @@ def run_interleaved(benchmark, dev: str, providers: Dict[str, tuple], *, group: 
     """Time `providers` ({name: (fn, args, float64 ref or None)}) round-robin as one
     pytest-benchmark case. Each provider is checked against its reference and warmed up first;
     the per-provider medians go to extra_info["interleaved"] (the report reads them)."""
-    calls, bursts = {}, {}
+    calls, bursts, errors = {}, {}, {}
     for name, (fn, args, ref) in providers.items():
         out = fn(*args)
         sync(dev)
         if ref is not None:
-            check_close(out, ref, f"{group} [{name}] (interleaved)")
+            errors[name] = check_close(out, ref, f"{group} [{name}] (interleaved)")
         for _ in range(2):
             fn(*args)
         calls[name] = timed(fn, args, dev)
@@ -565,7 +565,8 @@ def run_interleaved(benchmark, dev: str, providers: Dict[str, tuple], *, group: 
                   "burst_calls": bursts})
     benchmark.extra_info.update(extra)
     benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
-    benchmark.extra_info["interleaved"] = {p: summary(v) for p, v in samples.items()}
+    benchmark.extra_info["interleaved"] = {p: dict(summary(v), max_rel_err=errors.get(p))
+                                           for p, v in samples.items()}
 
 
 def interleaved_info(bench_keywords: dict) -> dict:

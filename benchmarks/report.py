@@ -95,7 +95,8 @@ def _rows_of(bench: dict) -> List[Row]:
     for provider, st in inter.items():
         stats = dict(st, iqr=st["q3"] - st["q1"])
         rows.append(Row({"group": bench.get("group"), "name": f"{bench.get('name', '')}[{provider}]",
-                         "stats": stats, "extra_info": {**ei, "provider": provider}}))
+                         "stats": stats, "extra_info": {**ei, "provider": provider,
+                                                        "max_rel_err": st.get("max_rel_err")}}))
     return rows
 
 
