@@ -13,6 +13,9 @@ import copy
 import functools
 import os
 import platform
+import random
+import statistics
+import time
 import zlib
 from typing import Callable, Dict, Iterable, List, Optional
 
@@ -27,7 +30,8 @@ from mnv3_kernels.layers import DW_LAYERS, SE_LAYERS, DwLayer, SeLayer
 MODES = ("ci", "quick", "full")
 
 # glibc returns MB-sized freed blocks to the kernel unless told otherwise; the next op then
-# page-faults its output in again, which dominates small CPU ops (see DESIGN.md, "Measuring").
+# page-faults its output in again, which dominates small CPU ops (measured: eager depthwise
+# convs 5-8x slower without these settings, depending on the process's history).
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 
 # Correctness bar for every timed provider: max |out - ref| <= RTOL * max |ref| and elementwise
@@ -464,17 +468,9 @@ def model_input(n: int, layout: str, dev: str) -> torch.Tensor:
 
 
 def convert_model(model: nn.Module, backend: str):
-    """mnv3_kernels.convert on a copy; returns (converted model, report or None).
-
-    Raises NotImplementedError when convert is not available in this build.
-    """
-    result = mnv3_kernels.convert(copy.deepcopy(model), backend=backend)
-    report = None
-    if isinstance(result, tuple):
-        result, report = result[0], (result[1] if len(result) > 1 else None)
-    if report is None:
-        report = getattr(result, "mnv3_report", None)
-    return freeze_(result), report
+    """mnv3_kernels.convert on a copy; returns (converted model, its ConversionReport)."""
+    converted = mnv3_kernels.convert(copy.deepcopy(model), backend=backend)
+    return freeze_(converted), converted.mnv3_report
 
 
 def module_type_diff(before: nn.Module, after: nn.Module) -> Dict[str, int]:
@@ -503,3 +499,83 @@ def timed(fn: Callable, args: Iterable, dev: str) -> Callable:
         def run():
             return fn(*args)
     return run
+
+
+# ----------------------------------------------------------------------------------------------
+# Interleaved timing: every provider of a group round-robin in one case
+# ----------------------------------------------------------------------------------------------
+# Rounds per interleaved case. A round calls every provider once (a layer provider: a short
+# burst, see _burst), in a fresh random order, so the drift of a shared machine (seconds to
+# minutes) hits every provider alike.
+INTERLEAVED_ROUNDS = {"model": {"ci": 1, "quick": 8, "full": 20},
+                      "layer": {"ci": 1, "quick": 25, "full": 50}}
+# A layer op can take a few microseconds: one sample is a burst of calls lasting about this long.
+_BURST_S = 2e-4
+
+
+def _burst(fn: Callable, scale: str) -> int:
+    """Calls per sample: 1 for whole models; for layers, enough to last about _BURST_S."""
+    if scale == "model":
+        return 1
+    t0 = time.perf_counter()
+    fn()
+    single = time.perf_counter() - t0
+    return max(1, min(200, int(_BURST_S / max(single, 1e-7))))
+
+
+def summary(values: List[float]) -> dict:
+    q1, med, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
+    return {"median": statistics.median(values), "q1": q1, "q3": q3, "min": min(values),
+            "max": max(values), "rounds": len(values)}
+
+
+def run_interleaved(benchmark, dev: str, providers: Dict[str, tuple], *, group: str, kind: str,
+                    scale: str, seed: int, info: dict) -> None:
+    """Time `providers` ({name: (fn, args, float64 ref or None)}) round-robin as one
+    pytest-benchmark case. Each provider is checked against its reference and warmed up first;
+    the per-provider medians go to extra_info["interleaved"] (the report reads them)."""
+    calls, bursts, errors = {}, {}, {}
+    for name, (fn, args, ref) in providers.items():
+        out = fn(*args)
+        sync(dev)
+        if ref is not None:
+            errors[name] = check_close(out, ref, f"{group} [{name}] (interleaved)")
+        for _ in range(2):
+            fn(*args)
+        calls[name] = timed(fn, args, dev)
+        bursts[name] = _burst(calls[name], scale)
+    samples = {p: [] for p in calls}
+    order = list(calls)
+    rng = random.Random(seed)
+
+    def one_round():
+        rng.shuffle(order)
+        for p in order:
+            call, reps = calls[p], bursts[p]
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                call()
+            samples[p].append((time.perf_counter() - t0) / reps)
+
+    rounds = INTERLEAVED_ROUNDS[scale][mode()]
+    benchmark.group = group
+    extra = env_info(dev)
+    extra.update(info)
+    extra.update({"kind": kind, "provider": "round-robin", "rounds_interleaved": rounds,
+                  "burst_calls": bursts})
+    benchmark.extra_info.update(extra)
+    benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
+    benchmark.extra_info["interleaved"] = {p: dict(summary(v), max_rel_err=errors.get(p))
+                                           for p, v in samples.items()}
+
+
+def interleaved_info(bench_keywords: dict) -> dict:
+    """The extra_info of an interleaved case from the keywords a per-provider case passes to
+    the bench fixture (same names, same formatting)."""
+    info = dict(bench_keywords)
+    info["compare"] = ",".join(info.get("compare", ()))
+    if info.get("shape") is not None:
+        info["shape"] = "x".join(str(d) for d in info["shape"])
+    info["bytes"] = info.pop("nbytes", None)
+    info.setdefault("dtype", "float32")
+    return info

@@ -22,10 +22,14 @@ PAPER_LABEL = {"all-relu": "ReLU", "hswish-fused": "h-swish @ optimized", "hswis
 
 _ORDER = ["matmul", "copy", "eager-unfused", "eager", "eager-cl", "eager-folded", "compile",
           "compile-freezing", "all-relu", "relu", "swish", "hswish-naive", "hswish-F", "hswish-where",
-          "hswish-fused", "fused", "converted", "fused-blocks"]
+          "hswish-fused", "fused-blocks-relu", "fused-blocks", "fused", "converted"]
 _KIND_TITLE = OrderedDict([
-    ("ceiling", "Machine ceilings"), ("dw", "Depthwise conv + BN + activation"),
-    ("se", "Squeeze-excite"), ("act", "Activations"),
+    ("ceiling", "Machine ceilings"),
+    ("dw-il", "Depthwise conv + BN + activation, interleaved"),
+    ("dw", "Depthwise conv + BN + activation, each provider on its own"),
+    ("se-il", "Squeeze-excite, interleaved"), ("se", "Squeeze-excite, each provider on its own"),
+    ("act-il", "Activations, interleaved"), ("act", "Activations, each provider on its own"),
+    ("grad-il", "Converted vs original by autograd mode, interleaved"),
     ("model-il", "Whole models, interleaved"), ("model", "Whole models, each provider on its own"),
     ("table5-il", "Table 5 (activation choice, whole network), interleaved"),
     ("table5", "Table 5 (activation choice, whole network), each variant on its own"),
@@ -91,7 +95,8 @@ def _rows_of(bench: dict) -> List[Row]:
     for provider, st in inter.items():
         stats = dict(st, iqr=st["q3"] - st["q1"])
         rows.append(Row({"group": bench.get("group"), "name": f"{bench.get('name', '')}[{provider}]",
-                         "stats": stats, "extra_info": {**ei, "provider": provider}}))
+                         "stats": stats, "extra_info": {**ei, "provider": provider,
+                                                        "max_rel_err": st.get("max_rel_err")}}))
     return rows
 
 
@@ -232,9 +237,102 @@ def geomean_rows(groups, kind: str, refs: List[str], split=None, exclude=()) -> 
     return out
 
 
-def wide_dw_tables(groups, ceil) -> str:
+def _case_label(row: Row) -> str:
+    parts = [str(row.ei.get("layer") or row.group), f"b{row.ei.get('batch')}"]
+    if row.ei.get("layout") and row.kind.split("-")[0] in ("dw", "se"):
+        parts.append(str(row.ei.get("layout")))
+    return " ".join(parts)
+
+
+def _of_kind(groups, kind: str) -> list:
+    return [g for g in groups.values() if next(iter(g.values())).kind == kind]
+
+
+def _ratio_summary(gs, provider: str, ref: str) -> Optional[str]:
+    """'G× geomean over n cases, slowest S× (case)' for provider vs ref, or None."""
+    ratios = [(speedup(g, provider, ref), g) for g in gs]
+    ratios = [(v, g) for v, g in ratios if v]
+    if not ratios:
+        return None
+    worst, g = min(ratios, key=lambda t: t[0])
+    return (f"**{geomean([v for v, _ in ratios]):.2f}×** geomean over {len(ratios)} cases, slowest "
+            f"**{worst:.2f}×** ({_case_label(g[provider])})")
+
+
+def headline_lines(groups) -> List[str]:
+    """The numbers to quote, each against the baselines a careful user would pick, with the
+    slowest case. Interleaved measurements when the run has them."""
+    lines = []
+
+    def pick(kind):
+        gs = _of_kind(groups, f"{kind}-il")
+        return (gs, "interleaved") if gs else (_of_kind(groups, kind), "one provider after another")
+
+    comparisons = (
+        ("dw", "depthwise conv+BN+act", "fused-", [
+            ("eager-unfused", "eager conv2d → batch_norm → act"),
+            ("eager-folded", "eager with BN folded beforehand, conv2d(+bias) → act"),
+            ("compile", "torch.compile of the unfused block"),
+            ("compile-freezing", "torch.compile with freezing")]),
+        ("se", "squeeze-excite", "fused-", [("eager", "eager torchvision module"),
+                                            ("compile", "torch.compile of it")]),
+        ("act", "h-swish", "hswish-fused-", [("hswish-F", "F.hardswish"),
+                                             ("hswish-naive", "x * relu6(x + 3) / 6")]),
+    )
+    for kind, what, prefix, refs in comparisons:
+        gs, how = pick(kind)
+        providers = sorted({p for g in gs for p in g if p.startswith(prefix)})
+        for p in providers:
+            parts = [f"  - vs {label}: {text}" for ref, label in refs if (text := _ratio_summary(gs, p, ref))]
+            if parts:
+                lines += [f"- {what}, {p} ({how}):"] + parts
+    gs, how = pick("model")
+    for g in gs:
+        r0 = next(iter(g.values()))
+        for p in sorted(g, key=provider_key):
+            if p.startswith("converted-") and "+" not in p:
+                base = "eager-cl" if p.endswith("-cl") and "eager-cl" in g else "eager"
+                v = speedup(g, p, base)
+                if v:
+                    lines.append(f"- mobilenet_v3_{r0.ei.get('model')} b{r0.ei.get('batch')} {r0.device}, {p} "
+                                 f"vs {base} ({how}, no_grad): **{v:.2f}×**")
+    for g in _of_kind(groups, "grad-il"):
+        r0 = next(iter(g.values()))
+        cells = []
+        for mode in ("no_grad", "inference_mode", "grad"):
+            conv = [p for p in g if p.startswith("converted-") and p.endswith(f"-{mode}")]
+            if conv and f"eager-{mode}" in g:
+                cells.append(f"{mode} **{speedup(g, conv[0], f'eager-{mode}'):.2f}×**")
+        if cells:
+            lines.append(f"- converted vs original mobilenet_v3_{r0.ei.get('model')} b{r0.ei.get('batch')} "
+                         f"{r0.device} by autograd mode (interleaved): " + ", ".join(cells))
+    return lines
+
+
+def grad_mode_table(groups, kind: str = "grad-il") -> str:
+    """Per model: eager and converted under each autograd mode, side by side."""
+    rows = []
+    for g in _of_kind(groups, kind):
+        r0 = next(iter(g.values()))
+        base = g.get("eager-no_grad")
+        for mode in ("no_grad", "inference_mode", "grad"):
+            eager = g.get(f"eager-{mode}")
+            conv = next((g[p] for p in g if p.startswith("converted-") and p.endswith(f"-{mode}")), None)
+            if eager is None or conv is None:
+                continue
+            rows.append([f"mobilenet_v3_{r0.ei.get('model')}", r0.ei.get("batch"), r0.device, mode,
+                         fmt_time(eager.median), fmt_time(conv.median),
+                         fmt_x(eager.median / conv.median),
+                         fmt_x(base.median / conv.median) if base else "–"])
+    if not rows:
+        return ""
+    return md_table(["model", "batch", "device", "autograd mode", "eager", "converted", "converted vs eager",
+                     "converted vs eager no_grad"], rows)
+
+
+def wide_dw_tables(groups, ceil, kind: str = "dw") -> str:
     """Per (device, batch, layout): one line per layer, medians of every provider side by side."""
-    dw = [g for g in groups.values() if next(iter(g.values())).kind == "dw"]
+    dw = [g for g in groups.values() if next(iter(g.values())).kind == kind]
     if not dw:
         return ""
     parts = OrderedDict()
@@ -302,6 +400,11 @@ def table5_section(groups, kind: str = "table5") -> str:
         for p in sorted(g, key=provider_key):
             r = g[p]
             rel = f"{100 * (r.median / relu.median - 1):+.1f}%" if relu else "–"
+            if p.startswith("fused-blocks-") and not p.startswith("fused-blocks-relu-"):
+                # Not a Table 5 variant: conversion and activation change together, so its
+                # h-swish cost is read against the converted all-ReLU network.
+                base = g.get("fused-blocks-relu-" + p[len("fused-blocks-"):])
+                rel = f"{100 * (r.median / base.median - 1):+.1f}% vs fused-blocks-relu" if base else "–"
             paper_key = "hswish-fused" if p.startswith("hswish-fused") else p
             paper = PAPER_TABLE5.get(paper_key)
             paper_rel = f"{100 * (paper / PAPER_TABLE5['all-relu'] - 1):+.1f}%" if paper else ""
@@ -553,22 +656,31 @@ def render(rows: List[Row], meta: List[dict], out_dir: str, extra_md: List[str] 
 
     # Headline
     md.append("## Headline\n")
-    if "dw" in kinds:
-        md.append("### Depthwise conv + BN + activation: geomean speedup (min–max over layers)\n")
+    lines = headline_lines(groups)
+    if lines:
+        md.append("Each fused op against every baseline a careful user would compare with -- eager unfused "
+                  "*and* eager with BN folded beforehand -- with the slowest case:\n")
+        md.append("\n".join(lines) + "\n")
+    # The interleaved measurements when the run has them: they are the ones to compare.
+    layer_kind = {k: (f"{k}-il" if f"{k}-il" in kinds else k) for k in ("dw", "se", "act")}
+    how = {k: (", interleaved" if v.endswith("-il") else "") for k, v in layer_kind.items()}
+    if layer_kind["dw"] in kinds:
+        md.append(f"### Depthwise conv + BN + activation: geomean speedup (min–max over layers){how['dw']}\n")
         refs = ["eager-unfused", "eager-folded", "compile", "compile-freezing"]
         split = lambda r: f"{r.device} b{r.ei.get('batch')} {r.ei.get('layout')}"  # noqa: E731
-        tab = geomean_rows(groups, "dw", refs, split=split, exclude=("eager-unfused",))
+        tab = geomean_rows(groups, layer_kind["dw"], refs, split=split, exclude=("eager-unfused",))
         md.append(md_table(["cases", "provider"] + [f"vs {r}" for r in refs], tab))
         md.append("\nSplit by batch and layout; *all* pools every depthwise group.\n")
-    if "se" in kinds:
-        md.append("### Squeeze-excite: geomean speedup\n")
+    if layer_kind["se"] in kinds:
+        md.append(f"### Squeeze-excite: geomean speedup{how['se']}\n")
         refs = ["eager", "compile"]
-        tab = geomean_rows(groups, "se", refs, split=lambda r: f"{r.device} {r.ei.get('layout')}", exclude=("eager",))
+        tab = geomean_rows(groups, layer_kind["se"], refs, split=lambda r: f"{r.device} {r.ei.get('layout')}",
+                           exclude=("eager",))
         md.append(md_table(["cases", "provider"] + [f"vs {r}" for r in refs], tab))
-    if "act" in kinds:
-        md.append("### Activations: geomean speedup over the naive h-swish chain and over ReLU\n")
+    if layer_kind["act"] in kinds:
+        md.append(f"### Activations: geomean speedup over the naive h-swish chain and over ReLU{how['act']}\n")
         refs = ["hswish-naive", "relu", "hswish-F"]
-        tab = geomean_rows(groups, "act", refs, split=lambda r: f"{r.device} b{r.ei.get('batch')}")
+        tab = geomean_rows(groups, layer_kind["act"], refs, split=lambda r: f"{r.device} b{r.ei.get('batch')}")
         md.append(md_table(["cases", "provider"] + [f"vs {r}" for r in refs], tab))
         md.append("\nBelow 1× vs relu: slower than ReLU (the paper's reference cost).\n")
     interleaved_note = ("Every provider of a group timed round-robin, in a fresh random order each "
@@ -578,13 +690,22 @@ def render(rows: List[Row], meta: List[dict], out_dir: str, extra_md: List[str] 
     table5_note = ("The paper's numbers are MobileNetV3-Large on a Pixel 1 phone; ours are on this machine. "
                    "*hswish-fused-* is the single-pass kernel as a module, in place like the "
                    "nn.Hardswish(inplace=True) it replaces (the paper's optimized h-swish); "
-                   "*fused-blocks-* adds depthwise+BN+act and SE fusion (convert()).\n")
+                   "*fused-blocks-relu-* and *fused-blocks-* are not Table 5 variants: the convert()ed network "
+                   "(depthwise+BN+act and SE fused) with all-ReLU and with h-swish; the h-swish one is read "
+                   "against the all-ReLU one, so that only the activation differs.\n")
+    grad_note = ("The torchvision model and its convert()ed copy with trainable parameters (as a user's "
+                 "model after `.eval()`), called under `torch.no_grad()`, `torch.inference_mode()` and with "
+                 "autograd enabled. With autograd enabled, PyTorch records a graph and the converted model "
+                 "folds BN afresh on every call (the fold is part of the graph): run inference under "
+                 "`torch.inference_mode()` or `torch.no_grad()`.\n")
     sections = (
         ("model-il", "Whole models (224×224, eval, no_grad), interleaved", interleaved_note, model_table),
         ("model", "Whole models (224×224, eval, no_grad), each provider on its own", None, model_table),
         ("table5-il", "Table 5 reproduction (relative to all-ReLU, as in the paper), interleaved",
          table5_note, table5_section),
         ("table5", "Table 5 reproduction, each variant on its own", table5_note, table5_section),
+        ("grad-il", "Converted vs original by autograd mode (224×224, eval), interleaved", grad_note,
+         grad_mode_table),
     )
     for kind, title, note, render_section in sections:
         if kind in kinds:
@@ -610,9 +731,9 @@ def render(rows: List[Row], meta: List[dict], out_dir: str, extra_md: List[str] 
         md.append(f"![{p}]({p})\n")
 
     # Details
-    if "dw" in kinds:
-        md.append("## Depthwise layers, side by side\n")
-        md.append(wide_dw_tables(groups, ceil))
+    if layer_kind["dw"] in kinds:
+        md.append(f"## Depthwise layers, side by side{how['dw']}\n")
+        md.append(wide_dw_tables(groups, ceil, layer_kind["dw"]))
     md.append("## Every group\n")
     for kind, ktitle in _KIND_TITLE.items():
         gs = [(name, g) for name, g in groups.items() if next(iter(g.values())).kind == kind]

@@ -10,8 +10,10 @@
 3. The report: DIR/report.md, DIR/*.png and the raw JSON (default DIR:
    benchmarks/results/<date>-<device>-<mode>).
 
-The CPU allocator settings of DESIGN.md ("Measuring") are put in the environment of this process
-(it re-executes itself once) and of the benchmark process, so every provider runs under them.
+The CPU allocator settings (common.MALLOC_ENV: without them glibc hands freed MB-sized blocks
+back to the kernel and small CPU ops page-fault their outputs in again) are put in the
+environment of this process (it re-executes itself once) and of the benchmark process, so every
+provider runs under them.
 """
 from __future__ import annotations
 
@@ -94,19 +96,13 @@ def demo(dev: str, full: bool) -> tuple:
     with torch.no_grad():
         ref64 = model.double()(x.double())
         model.float()
-        try:
-            fused, report = common.convert_model(model, "auto")
-        except NotImplementedError as exc:
-            say(f"mnv3_kernels.convert is not available in this build ({exc or 'NotImplementedError'}); "
-                "demo skipped.\n")
-            return "\n".join(lines) + "\n", True
+        fused, report = common.convert_model(model, "auto")
         say("What convert() replaced (module type counts, after minus before):\n")
         say("```")
         for name, delta in common.module_type_diff(model, fused).items():
             say(f"{name:32s} {delta:+d}")
-        if report is not None:
-            say("")
-            say(str(report))
+        say("")
+        say(str(report))
         say("```\n")
         ok = True
         errs = {}

@@ -13,16 +13,17 @@ table5 groups (the same network, activation swapped; relative to all-relu like t
     hswish-where      the piecewise formula in torch.where
     hswish-fused-<b>  mnv3_kernels.modules.Hardswish, the single-pass kernel, in place like the
                       nn.Hardswish(inplace=True) it replaces (the paper's "optimized h-swish")
-    fused-blocks-<b>  mnv3_kernels.convert(): fused depthwise+BN+act and squeeze-excite
-interleaved groups (kinds model-il, table5-il): every provider of a model or table5 group timed
-    round-robin in one case, in a fresh random order each round, so that the drift of a shared
-    machine (seconds to minutes) hits every provider alike. The per-provider medians go to
+    fused-blocks-relu-<b>  convert()ed all-relu network (not a Table 5 variant: the reference
+                      for the next one, so that only the activation differs)
+    fused-blocks-<b>  convert()ed network with h-swish: fused depthwise+BN+act and squeeze-excite
+grad-mode groups (kind grad-il, always interleaved): the torchvision model and its convert()ed
+    copy with trainable parameters (as a user's model after .eval()), called under
+    torch.no_grad(), torch.inference_mode() and with autograd enabled (which records a graph
+    and, in the converted model, folds BN afresh on every call).
+interleaved groups (kinds model-il, table5-il, grad-il): every provider of a group timed
+    round-robin in one case (common.run_interleaved). The per-provider medians go to
     extra_info["interleaved"]; the report leads with them.
 """
-import random
-import statistics
-import time
-
 import pytest
 import torch
 import torch.nn as nn
@@ -45,10 +46,7 @@ def _reference(name, variant, n, dev, model):
 
 def _converted(model, backend):
     common.skip_unless_fused(backend, common.device())
-    try:
-        converted, _ = common.convert_model(model, backend)
-    except NotImplementedError as exc:
-        pytest.skip(f"mnv3_kernels.convert is not available in this build ({exc or 'NotImplementedError'})")
+    converted, _ = common.convert_model(model, backend)
     return converted
 
 
@@ -113,7 +111,7 @@ def _table5_cases():
         for n in batches:
             providers = ["all-relu", "hswish-naive", "hswish-F", "hswish-where"]
             for b in common.fused_backends(dev):
-                providers += [f"hswish-fused-{b}", f"fused-blocks-{b}"]
+                providers += [f"hswish-fused-{b}", f"fused-blocks-relu-{b}", f"fused-blocks-{b}"]
             cases += [pytest.param(name, n, p, id=f"{name}-b{n}-{p}") for p in providers]
     return cases
 
@@ -121,9 +119,11 @@ def _table5_cases():
 def _table5_provider(name, n, provider, dev):
     """(callable, input, float64 reference) of one variant of a table5 group."""
     model = common.build_model(name).to(dev)
-    variant = "all-relu" if provider == "all-relu" else "hswish"
-    if provider == "all-relu":
+    variant = "all-relu" if provider == "all-relu" or provider.startswith("fused-blocks-relu-") else "hswish"
+    if variant == "all-relu":
         common.replace_hardswish(model, lambda old: nn.ReLU(inplace=old.inplace))
+    if provider.startswith("fused-blocks-relu-"):
+        model = _converted(model, provider[len("fused-blocks-relu-"):])
     elif provider == "hswish-naive":
         common.replace_hardswish(model, lambda old: common.NaiveHardswish())
     elif provider == "hswish-where":
@@ -133,7 +133,7 @@ def _table5_provider(name, n, provider, dev):
         backend = provider[len("hswish-fused-"):]
         common.skip_unless_fused(backend, dev)
         common.replace_hardswish(model, lambda old: modules.Hardswish(old.inplace, backend=backend))
-    elif provider.startswith("fused-blocks-"):
+    elif provider.startswith("fused-blocks-") and variant == "hswish":
         model = _converted(model, provider[len("fused-blocks-"):])
     ref_model = common.build_model(name).to(dev)
     if variant == "all-relu":
@@ -149,6 +149,49 @@ def test_table5(bench, dev, name, n, provider):
         group=f"table5 {name} b{n} nchw {dev}", provider=provider, fn=fn, args=(x,),
         kind="table5", op=f"mobilenet_v3_{name}", baseline="all-relu", compare=("hswish-naive",),
         ref=ref, shape=tuple(x.shape), layout="nchw", layer=name, model=name, batch=n,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd modes: converted vs original under no_grad, inference_mode and grad-enabled eval
+# ----------------------------------------------------------------------------------------------
+GRAD_MODES = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode, "grad": torch.enable_grad}
+
+
+def _grad_mode_cases():
+    dev = common.device()
+    names = {"ci": ("small",), "quick": ("large",), "full": common.MODELS}[common.mode()]
+    return [pytest.param(name, 1, b, id=f"{name}-b1-{b}") for name in names for b in common.fused_backends(dev)]
+
+
+def _grad_mode_providers(name, n, backend, dev):
+    """{provider: (fn, args, ref)}: eager and converted, each under every autograd mode."""
+    eager = common.build_model(name).to(dev)
+    converted = _converted(eager, backend)
+    for model in (eager, converted):
+        model.requires_grad_(True)  # as torchvision builds it; .eval() leaves this alone
+    x = common.model_input(n, "nchw", dev)
+    ref = _reference(name, "eager", n, dev, common.build_model(name).to(dev))
+    providers = {}
+    for mode, ctx in GRAD_MODES.items():
+        for label, model in (("eager", eager), (f"converted-{backend}", converted)):
+            def fn(x, model=model, ctx=ctx):
+                with ctx():
+                    return model(x)
+            providers[f"{label}-{mode}"] = (fn, (x,), ref)
+    return providers
+
+
+@pytest.mark.parametrize("name,n,backend", _grad_mode_cases())
+def test_grad_modes(benchmark, dev, name, n, backend):
+    common.skip_unless_fused(backend, dev)
+    common.run_interleaved(
+        benchmark, dev, _grad_mode_providers(name, n, backend, dev),
+        group=f"grad-il {name} b{n} {dev}", kind="grad-il", scale="model",
+        seed=common.seed_of("grad-il", name, n),
+        info={"op": f"mobilenet_v3_{name}", "baseline": "eager-no_grad", "compare": "",
+              "layout": "nchw", "dtype": "float32", "model": name, "layer": name, "batch": n,
+              "shape": f"{n}x3x224x224"},
     )
 
 
@@ -169,7 +212,7 @@ def _interleaved_cases():
 
 def _fused_backend(provider: str):
     """The fused backend a provider runs on, or None for the PyTorch-only providers."""
-    for prefix in ("converted-", "hswish-fused-", "fused-blocks-"):
+    for prefix in ("converted-", "hswish-fused-", "fused-blocks-relu-", "fused-blocks-"):
         if provider.startswith(prefix):
             return provider[len(prefix):].split("-")[0].split("+")[0]
     return None
@@ -178,43 +221,18 @@ def _fused_backend(provider: str):
 @pytest.mark.parametrize("kind,name,n,providers", _interleaved_cases())
 def test_interleaved(benchmark, dev, kind, name, n, providers):
     build = _model_provider if kind == "model" else _table5_provider
-    calls = {}
+    built = {}
     for provider in providers:
         backend = _fused_backend(provider)
         if backend is not None and common.fused_skip_reason(backend, dev):
             continue  # the per-provider case says why
         fn, x, ref = build(name, n, provider, dev)
-        common.check_close(fn(x), ref, f"{kind} {name} b{n} [{provider}] (interleaved)")
-        for _ in range(2):
-            fn(x)
-        calls[provider] = common.timed(fn, (x,), dev)
-    samples = {p: [] for p in calls}
-    order = list(calls)
-    rng = random.Random(common.seed_of("interleaved", kind, name, n))
-
-    def one_round():
-        rng.shuffle(order)
-        for p in order:
-            t0 = time.perf_counter()
-            calls[p]()
-            samples[p].append(time.perf_counter() - t0)
-
-    rounds = {"ci": 1, "quick": 8, "full": 20}[common.mode()]
-    benchmark.group = f"{kind}-il {name} b{n} {dev}"
-    info = common.env_info(dev)
-    info.update({
-        "kind": f"{kind}-il", "op": f"mobilenet_v3_{name}", "provider": "round-robin",
-        "baseline": "eager" if kind == "model" else "all-relu",
-        "compare": "compile,compile-freezing" if kind == "model" else "hswish-naive",
-        "layout": "nchw", "dtype": "float32", "model": name, "layer": name, "batch": n,
-        "shape": "x".join(str(d) for d in x.shape), "rounds_interleaved": rounds,
-    })
-    benchmark.extra_info.update(info)
-    benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
-    benchmark.extra_info["interleaved"] = {p: _summary(v) for p, v in samples.items()}
-
-
-def _summary(values):
-    q1, med, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else values * 3
-    return {"median": statistics.median(values), "q1": q1, "q3": q3, "min": min(values),
-            "max": max(values), "rounds": len(values)}
+        built[provider] = (fn, (x,), ref)
+    common.run_interleaved(
+        benchmark, dev, built, group=f"{kind}-il {name} b{n} {dev}", kind=f"{kind}-il", scale="model",
+        seed=common.seed_of("interleaved", kind, name, n),
+        info={"op": f"mobilenet_v3_{name}", "baseline": "eager" if kind == "model" else "all-relu",
+              "compare": "compile,compile-freezing" if kind == "model" else "hswish-naive",
+              "layout": "nchw", "dtype": "float32", "model": name, "layer": name, "batch": n,
+              "shape": "x".join(str(d) for d in x.shape)},
+    )

@@ -1,5 +1,6 @@
 // Every operator schema of the package, in one place. Kernels register per dispatch key in
-// csrc/cpu and csrc/cuda; fake (meta) kernels and autograd live in mnv3_kernels/ops.py.
+// csrc/cpu and csrc/cuda; autograd in csrc/autograd.cpp; fake (meta) and Autocast kernels in
+// mnv3_kernels/ops.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY(mnv3, m) {

@@ -4,11 +4,14 @@
     model = mnv3_kernels.convert(model)   # fused depthwise conv+BN+act and squeeze-excite
     mnv3_kernels.backends()               # backends usable here, best first
     mnv3_kernels.build_info()             # what the compiled library holds
+    mnv3_kernels.path_stats()             # which path the fused modules ran (fused or not, why)
+    mnv3_kernels.refresh(model)           # after writes through .data: drop cached folded weights
 """
 from . import _extension
 from . import ops
 from .ops import backends
 from . import modules
+from .modules import path_stats, refresh
 from .convert import convert, conversion_report, ConversionEntry, ConversionReport
 
 __version__ = "0.1.0"
@@ -29,4 +32,5 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["convert", "conversion_report", "ConversionEntry", "ConversionReport", "backends", "build_info", "ops", "modules"]
+__all__ = ["convert", "conversion_report", "ConversionEntry", "ConversionReport", "backends", "build_info",
+           "path_stats", "refresh", "ops", "modules"]

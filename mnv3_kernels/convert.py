@@ -13,8 +13,9 @@ Recognized structures (everything else is left untouched):
 - torchvision ``InvertedResidual`` whose layers all fused -> ``FusedInvertedResidual`` (the
   squeeze-excite gate folded into the projection, the residual added in its epilogue).
 - timm ``DepthwiseSeparableConv`` (``conv_dw`` -> ``bn1``) and ``InvertedResidual``
-  (``conv_dw`` -> ``bn2``), whose BN is a ``BatchNormAct2d`` and whose ``aa`` is Identity
-  -> head/tail pair (``fused_conv_bn_act_pair``).
+  (``conv_dw`` -> ``bn2``), whose BN is a ``BatchNormAct2d`` -> head/tail pair
+  (``fused_conv_bn_act_pair``). Their anti-aliasing layer ``aa`` runs after that BN, so it
+  does not stand in the way.
 - torchvision ``SqueezeExcitation`` and timm ``SqueezeExcite`` -> ``FusedSqueezeExcite``.
 
 A candidate that cannot be served exactly (TF-'same' ``Conv2dSame``, padding modes other than
@@ -331,8 +332,6 @@ class _Converter:
             reason = f"{type(block).__name__} overrides {cls.__name__}.forward"
         elif not _own_forward(bn, self.timm["bn_act"]):
             reason = f"{bn_name} is {type(bn).__name__}, not timm's BatchNormAct2d"
-        elif type(getattr(block, "aa", None)) is not nn.Identity:
-            reason = f"anti-aliasing layer {type(block.aa).__name__} between conv_dw and {bn_name}"
         elif type(bn.drop) not in (nn.Identity, nn.Dropout, nn.Dropout2d):
             reason = f"{bn_name}.drop is {type(bn.drop).__name__} (not identity in eval mode)"
         else:

@@ -32,13 +32,32 @@ training mode the original modules run unfused, so outputs, gradients and runnin
 updates are exactly those of the original model.
 
 Folded weights are cached; the cache key holds each source tensor together with its
-``data_ptr`` and ``_version`` counter, so any change -- in-place updates, ``load_state_dict``,
-``.to()``, replacing a tensor -- recomputes the fold on the next call. The fold is computed
-afresh (and not cached) while gradients flow to the parameters, and under ``torch.compile``,
-where it becomes part of the traced graph.
+``data_ptr`` and ``_version`` counter. Seen (the fold is recomputed on the next call): in-place
+ops on the parameters and buffers (``p.mul_()``, ``p.copy_()`` under ``torch.no_grad()``),
+optimizer steps, ``load_state_dict``, ``.to()`` / ``.half()`` / moving devices, and replacing a
+Parameter or buffer. *Not* seen: writes through ``.data`` (``p.data.mul_()``,
+``p.data.copy_()``, ``p.data[...] = ...``), which bump no version counter and keep the storage
+-- call ``mnv3_kernels.refresh(model)`` after them. (No cheap check exists: ``p.data`` is a new
+tensor with its own version counter on every access, and a content check -- one sum per source
+tensor, which can still miss a write -- measured 14 us per module against 1 us for the
+version/pointer check and 29-44 us for the fold itself, 1 thread.) The fold is computed afresh (and not cached) while gradients flow to the
+parameters, and under ``torch.compile``, where it becomes part of the traced graph.
+
+Autocast: under ``torch.autocast`` an eval-mode module still runs its fused op, which casts like
+PyTorch's conv ops on CUDA (inputs and folded weights to the autocast dtype) and computes in
+float32 on CPU, whose kernels are float32 only (see ``mnv3_kernels.ops``).
+
+Which path ran: every call of a fused module is counted by (module class, path, detail) --
+``"fused"`` with the backend, ``"reference"`` (the folded math in plain PyTorch ops) with why,
+or ``"unfused"`` (the original modules) with why -- and ``mnv3_kernels.path_stats()`` returns
+the counts. Calls traced by ``torch.compile`` are not counted.
+
+New fused modules derive from ``FusedModule``: it holds the backend, the derived-data cache that
+``refresh`` drops and the path counting.
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Optional, Tuple
 
 import torch
@@ -49,6 +68,9 @@ from . import ops
 from .reference import fold_bn
 
 __all__ = [
+    "FusedModule",
+    "refresh",
+    "path_stats",
     "FusedDepthwiseConvBNAct",
     "DepthwiseConvBNActHead",
     "BatchNormActTail",
@@ -215,8 +237,55 @@ def _conv_geometry(conv: nn.Conv2d):
 
 
 # ----------------------------------------------------------------------------------------------
-# Folded-weight cache
+# What every fused module shares: backend, derived-data cache, path counting
 # ----------------------------------------------------------------------------------------------
+# (module class, path, detail) -> calls; see path_stats().
+_PATHS: Counter = Counter()
+
+
+def path_stats(reset: bool = False) -> dict:
+    """Calls of the fused modules so far, as {(module class, path, detail): count}.
+
+    path is ``"fused"`` (one fused kernel; detail: the backend), ``"reference"`` (the module's
+    folded math in plain PyTorch ops; detail: why no kernel served it) or ``"unfused"`` (the
+    original modules; detail: why). ``reset=True`` clears the counts after reading them.
+    Calls traced by ``torch.compile`` are not counted.
+    """
+    stats = dict(_PATHS)
+    if reset:
+        _PATHS.clear()
+    return stats
+
+
+def refresh(model: nn.Module) -> nn.Module:
+    """Drop every cached folded weight in `model` (`model` itself included if it is fused).
+
+    Needed only after writes the caches cannot see -- through ``.data`` (``p.data.mul_()``,
+    ``p.data.copy_()``); in-place ops, optimizer steps, ``load_state_dict`` and ``.to()`` are
+    seen (see the module docstring). Returns `model`.
+    """
+    for m in model.modules():
+        if isinstance(m, FusedModule):
+            m.refresh()
+    return model
+
+
+def _unfused_reason(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
+    """Why the fused op cannot take `x` with these weights (None if it can): the original
+    modules then run and PyTorch handles the case (unbatched input, mixed devices or dtypes)."""
+    if x.dim() != 4:
+        return f"{x.dim()}-D input"
+    if x.device != weight.device:
+        return f"input on {x.device}, weights on {weight.device}"
+    if x.dtype != weight.dtype and not (
+        # Under autocast the op's Autocast kernel casts both to its compute dtype.
+        torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(x.device.type)
+        and x.is_floating_point()
+    ):
+        return f"input {x.dtype}, weights {weight.dtype}".replace("torch.", "")
+    return None
+
+
 def _stamp(sources) -> Optional[tuple]:
     """What identifies the current contents of each source tensor: its version counter (bumped
     by in-place updates, load_state_dict and optimizers) and its storage address (changed by
@@ -228,7 +297,48 @@ def _stamp(sources) -> Optional[tuple]:
         return None
 
 
-class _FoldCacheMixin:
+class FusedModule:
+    """Mixin of every fused module: a validated ``backend`` attribute, a cache of derived data
+    (folded or packed weights) that ``refresh()`` drops and that is never pickled or copied,
+    and the path counting behind ``path_stats()``."""
+
+    @property
+    def backend(self) -> str:
+        return self.__dict__["_backend"]
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self.__dict__["_backend"] = check_backend(value)
+
+    def refresh(self) -> None:
+        """Drop the cached derived data (recomputed on the next call)."""
+        self.__dict__.pop("_mnv3_cache", None)
+
+    def _cache(self) -> dict:
+        return self.__dict__.setdefault("_mnv3_cache", {})
+
+    def __getstate__(self):
+        # The cache is derived data holding tensor references: never pickle or deep-copy it.
+        state = self.__dict__.copy()
+        state.pop("_mnv3_cache", None)
+        return state
+
+    def _count(self, path: str, detail: str) -> None:
+        if not torch.compiler.is_compiling():
+            _PATHS[(type(self).__name__, path, detail)] += 1
+
+    def _run_backend(self, x: torch.Tensor, conv_like: bool = True) -> str:
+        """The backend serving this call (counted as the fused or the reference path); conv-like
+        ops are resolved by their autocast compute dtype (see mnv3_kernels.ops)."""
+        chosen = ops._resolve_cached(self.backend, x, conv_like)
+        if chosen == "reference":
+            self._count("reference", ops.reference_reason(self.backend, x, conv_like))
+        else:
+            self._count("fused", chosen)
+        return chosen
+
+
+class _FoldCacheMixin(FusedModule):
     """Folds an eval BN into a depthwise conv and caches the result (see the module docstring)."""
 
     def _folded(self, conv_weight, conv_bias, bn: _BatchNorm):
@@ -239,7 +349,8 @@ class _FoldCacheMixin:
             return fold_bn(*sources, bn.eps)
         stamp = _stamp(sources)
         context = (bn.eps, torch.is_inference_mode_enabled())
-        cached = self.__dict__.get("_fold_cache")
+        cache = self._cache()
+        cached = cache.get("fold")
         # `is` on the tensors themselves: an equal stamp alone could belong to a new tensor.
         if (cached is not None and stamp is not None and cached[1] == stamp and cached[2] == context
                 and all(a is b for a, b in zip(cached[0], sources))):
@@ -247,42 +358,18 @@ class _FoldCacheMixin:
         with torch.no_grad():
             weight, bias = fold_bn(*sources, bn.eps)
         if stamp is not None:
-            self.__dict__["_fold_cache"] = (sources, stamp, context, weight, bias)
+            cache["fold"] = (sources, stamp, context, weight, bias)
         return weight, bias
 
     def clear_fold_cache(self) -> None:
-        """Drop the cached folded weights (they are recomputed on the next eval call)."""
-        self.__dict__.pop("_fold_cache", None)
-
-    def __getstate__(self):
-        # The cache is derived data holding tensor references: never pickle or deep-copy it.
-        state = self.__dict__.copy()
-        state.pop("_fold_cache", None)
-        return state
-
-
-class _BackendMixin:
-    """A per-module `backend` attribute, validated on assignment."""
-
-    @property
-    def backend(self) -> str:
-        return self.__dict__["_backend"]
-
-    @backend.setter
-    def backend(self, value: str) -> None:
-        self.__dict__["_backend"] = check_backend(value)
-
-
-def _matches(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    # The fused op wants x and the weights alike; anything else (autocast, mixed devices) runs
-    # the unfused path, which PyTorch handles.
-    return x.dim() == 4 and x.dtype == weight.dtype and x.device == weight.device
+        """Drop the cached folded weights (same as ``refresh()``)."""
+        self.refresh()
 
 
 # ----------------------------------------------------------------------------------------------
 # Depthwise conv + BN + activation as one Sequential
 # ----------------------------------------------------------------------------------------------
-class FusedDepthwiseConvBNAct(_FoldCacheMixin, _BackendMixin, nn.Sequential):
+class FusedDepthwiseConvBNAct(_FoldCacheMixin, nn.Sequential):
     """Depthwise conv -> BatchNorm -> activation, fused in eval mode.
 
     A drop-in for ``nn.Sequential(conv, bn, act)`` (and torchvision's ``Conv2dNormActivation``):
@@ -333,12 +420,14 @@ class FusedDepthwiseConvBNAct(_FoldCacheMixin, _BackendMixin, nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self[0], self[1]
-        if not _bn_fusable(bn) or not _matches(x, conv.weight):
+        why = "BatchNorm in training mode" if not _bn_fusable(bn) else _unfused_reason(x, conv.weight)
+        if why is not None:
+            self._count("unfused", why)
             return super().forward(x)
         weight, bias = self._folded(conv.weight, conv.bias, bn)
         stride, padding, dilation = _conv_geometry(conv)
-        return ops._dwconv_bn_act_trusted(x, weight, bias, stride, padding, dilation, self.activation,
-                                          self.backend)
+        return ops._dwconv_bn_act_on(self._run_backend(x), x, weight, bias, stride, padding, dilation,
+                                     self.activation)
 
     def extra_repr(self) -> str:
         conv = self[0]
@@ -399,7 +488,7 @@ class BatchNormActTail(nn.BatchNorm2d):
         return super().extra_repr() + f", activation={self.activation}, fused_into_head={_bn_fusable(self)}"
 
 
-class DepthwiseConvBNActHead(_FoldCacheMixin, _BackendMixin, nn.Conv2d):
+class DepthwiseConvBNActHead(_FoldCacheMixin, nn.Conv2d):
     """The conv half of a head/tail pair (see ``fused_conv_bn_act_pair``).
 
     An ``nn.Conv2d`` owning the original conv's ``weight``/``bias`` Parameters (same objects,
@@ -430,14 +519,17 @@ class DepthwiseConvBNActHead(_FoldCacheMixin, _BackendMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tail = self.__dict__["_tail"]
         if not _bn_fusable(tail):
+            self._count("unfused", "BatchNorm in training mode")
             return self._conv_forward(x, self.weight, self.bias)
-        if not _matches(x, self.weight):
+        why = _unfused_reason(x, self.weight)
+        if why is not None:
+            self._count("unfused", why)
             # The tail passes through whenever the BN is fusable, so the head does all of it.
             return tail.apply_unfused(self._conv_forward(x, self.weight, self.bias))
         weight, bias = self._folded(self.weight, self.bias, tail)
         stride, padding, dilation = _conv_geometry(self)
-        return ops._dwconv_bn_act_trusted(x, weight, bias, stride, padding, dilation, tail.activation,
-                                          self.backend)
+        return ops._dwconv_bn_act_on(self._run_backend(x), x, weight, bias, stride, padding, dilation,
+                                     tail.activation)
 
     def extra_repr(self) -> str:
         return (f"C={self.out_channels}, k={tuple(self.kernel_size)}, stride={tuple(self.stride)}, "
@@ -464,7 +556,7 @@ def fused_conv_bn_act_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn
 # ----------------------------------------------------------------------------------------------
 # Squeeze-excite
 # ----------------------------------------------------------------------------------------------
-class FusedSqueezeExcite(_BackendMixin, nn.Module):
+class FusedSqueezeExcite(FusedModule, nn.Module):
     """Squeeze-excite ``x * hardsigmoid(fc2(relu(fc1(mean_hw(x)))))`` as one fused op.
 
     fc1/fc2 are 1x1 ``nn.Conv2d`` with (or without) bias, the inner activation ``nn.ReLU`` and
@@ -535,21 +627,23 @@ class FusedSqueezeExcite(_BackendMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fc1, fc2 = self._role("fc1"), self._role("fc2")
-        if (self.training and not self.train_fused) or not _matches(x, fc1.weight):
+        why = "training mode" if self.training and not self.train_fused else _unfused_reason(x, fc1.weight)
+        if why is not None:
+            self._count("unfused", why)
             pool = self._roles["pool"]
             s = self._modules[pool](x) if pool is not None else x.mean((2, 3), keepdim=True)
             s = self._role("gate")(fc2(self._role("act")(fc1(s))))
             return x * s
         b1 = fc1.bias if fc1.bias is not None else fc1.weight.new_zeros(fc1.out_channels)
         b2 = fc2.bias if fc2.bias is not None else fc2.weight.new_zeros(fc2.out_channels)
-        return ops._squeeze_excite_trusted(x, fc1.weight, b1, fc2.weight, b2, self.backend)
+        return ops._squeeze_excite_on(self._run_backend(x), x, fc1.weight, b1, fc2.weight, b2)
 
     def extra_repr(self) -> str:
         fc1 = self._role("fc1")
         return f"C={fc1.in_channels}, squeeze={fc1.out_channels}, backend={self.backend!r}"
 
 
-class _HardActivation(_BackendMixin, nn.Module):
+class _HardActivation(FusedModule, nn.Module):
     _out_of_place = _in_place = None
 
     def __init__(self, inplace: bool = False, *, backend: str = "auto"):
@@ -560,9 +654,10 @@ class _HardActivation(_BackendMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The in-place kernels record no autograd history; where a gradient is tracked the
         # out-of-place op (which has autograd) gives the same values and gradients.
+        chosen = self._run_backend(x, conv_like=False)
         if self.inplace and not (x.requires_grad and torch.is_grad_enabled()):
-            return type(self)._in_place(x, backend=self.backend)
-        return type(self)._out_of_place(x, backend=self.backend)
+            return type(self)._in_place(x, backend=chosen)
+        return type(self)._out_of_place(x, backend=chosen)
 
     def extra_repr(self) -> str:
         return f"inplace={self.inplace}, backend={self.backend!r}"

@@ -6,6 +6,14 @@ and calls one registered operator:
     "cpu", "cuda" -> torch.ops.mnv3.*         (csrc/, chosen by the tensor's dispatch key)
     "triton"      -> torch.ops.mnv3_triton.*  (mnv3_kernels/triton)
     "reference"   -> mnv3_kernels.reference   (the unfused PyTorch path)
+
+Under ``torch.autocast`` the two conv-like ops, ``dwconv_bn_act`` and ``squeeze_excite``, have
+Autocast kernels (registered below, as PyTorch registers its conv and linear ops): on CUDA they
+cast x and the weights to the autocast dtype (float16 or bfloat16) and compute in it, as
+``F.conv2d`` does; on CPU they cast to float32 and compute in float32 -- the CPU kernels are
+float32 only, so the output is float32 where an autocast ``F.conv2d`` would return bfloat16 (more
+precise, never silently less). The "reference" backend follows the same rule. The element-wise
+ops (h-swish, h-sigmoid) have no autocast rule, like ``F.hardswish``: they run in x's dtype.
 """
 from __future__ import annotations
 
@@ -67,17 +75,51 @@ def _unavailable_reason(backend: str) -> str:
     return "unknown backend"
 
 
-def resolve_backend(backend: str, x: torch.Tensor) -> str:
-    """The concrete backend that serves `x` for the requested `backend`; raises if it cannot."""
+def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype the conv-like ops compute in under autocast on `device_type`; None without."""
+    if not torch._C._is_any_autocast_enabled() or device_type not in ("cpu", "cuda"):
+        return None
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return torch.float32 if device_type == "cpu" else torch.get_autocast_dtype(device_type)
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype dwconv_bn_act / squeeze_excite compute in for `x` (autocast included)."""
+    return _autocast_dtype(x.device.type) or x.dtype
+
+
+def _autocast_cast(tensors, dtype: Optional[torch.dtype]):
+    # What autocast casts: floating tensors of the 32/16-bit kinds (float64 is left alone).
+    if dtype is None:
+        return tensors
+    return [t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in _GPU_DTYPES else t
+            for t in tensors]
+
+
+def reference_reason(backend: str, x: torch.Tensor, conv_like: bool = True) -> str:
+    """Why `backend` serves `x` with the reference path instead of a fused kernel."""
+    if backend == "reference":
+        return "backend='reference' requested"
+    if x.device.type == "cpu" and not _extension.LOADED:
+        return "the compiled library is not loaded"
+    dtype = compute_dtype(x) if conv_like else x.dtype
+    return f"no fused kernel for {str(dtype).replace('torch.', '')} on {x.device.type}"
+
+
+def resolve_backend(backend: str, x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> str:
+    """The concrete backend that serves `x` (computed in `dtype`, default x's) for the requested
+    `backend`; raises if it cannot."""
+    dtype = x.dtype if dtype is None else dtype
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         if x.device.type == "cuda":
-            if x.dtype in _GPU_DTYPES and _cuda_usable():
+            if dtype in _GPU_DTYPES and _cuda_usable():
                 return "cuda"
-            if x.dtype in _GPU_DTYPES and _triton.AVAILABLE:
+            if dtype in _GPU_DTYPES and _triton.AVAILABLE:
                 return "triton"
-        elif x.device.type == "cpu" and x.dtype in _CPU_DTYPES and _extension.LOADED:
+        elif x.device.type == "cpu" and dtype in _CPU_DTYPES and _extension.LOADED:
             return "cpu"
         return "reference"
     if backend == "reference":
@@ -98,9 +140,9 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     dtypes = _CPU_DTYPES if backend == "cpu" else _GPU_DTYPES
     if backend == "triton" and _triton_interpret():
         dtypes = _GPU_DTYPES
-    if x.dtype not in dtypes:
+    if dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-        raise TypeError(f"backend {backend!r} supports x of dtype {names}; got {str(x.dtype).replace('torch.', '')}")
+        raise TypeError(f"backend {backend!r} supports x of dtype {names}; got {str(dtype).replace('torch.', '')}")
     return backend
 
 
@@ -120,14 +162,16 @@ def _op(name: str, backend: str):
 _RESOLVED: dict = {}
 
 
-def _resolve_cached(backend: str, x: torch.Tensor) -> str:
+def _resolve_cached(backend: str, x: torch.Tensor, conv_like: bool = True) -> str:
+    """resolve_backend, cached; conv-like ops resolve by their autocast compute dtype."""
+    dtype = compute_dtype(x) if conv_like and torch._C._is_any_autocast_enabled() else x.dtype
     if torch.compiler.is_compiling():
-        return resolve_backend(backend, x)
+        return resolve_backend(backend, x, dtype)
     # resolve_backend looks at the device only as CPU / CUDA / other; x.device costs ~0.3 us.
-    key = (backend, x.is_cpu, x.is_cuda, x.dtype)
+    key = (backend, x.is_cpu, x.is_cuda, dtype)
     chosen = _RESOLVED.get(key)
     if chosen is None:
-        chosen = _RESOLVED[key] = resolve_backend(backend, x)
+        chosen = _RESOLVED[key] = resolve_backend(backend, x, dtype)
     return chosen
 
 
@@ -296,31 +340,51 @@ def dwconv_bn_act(
 
     weight is (C, 1, kh, kw); stride/padding/dilation take an int or a pair as F.conv2d does;
     activation is "none", "relu" or "hardswish". The output keeps x's memory format.
+    Under autocast it computes in the autocast dtype (CUDA) or float32 (CPU); see above.
     """
+    if isinstance(x, torch.Tensor):
+        x, weight, bias = _autocast_cast((x, weight, bias), _autocast_dtype(x.device.type))
     stride, padding, dilation = _check_dwconv(x, weight, bias, stride, padding, dilation, activation)
-    chosen = resolve_backend(backend, x)
+    return _dwconv_bn_act_on(resolve_backend(backend, x), x, weight, bias, stride, padding, dilation,
+                             activation)
+
+
+def _dwconv_bn_act_on(chosen, x, weight, bias, stride, padding, dilation, activation):
+    """dwconv_bn_act on a resolved backend, for arguments valid by construction (the fused
+    modules: only x is left to check, which the operators do themselves)."""
     if chosen == "reference":
-        return reference.dwconv_bn_act(x, weight, bias, stride, padding, dilation, activation)
+        with _reference_autocast(x) as cast:
+            return reference.dwconv_bn_act(*cast((x, weight, bias)), stride, padding, dilation, activation)
     return _op("dwconv_bn_act", chosen)(x, weight, bias, stride, padding, dilation, activation)
 
 
-def _dwconv_bn_act_trusted(x, weight, bias, stride, padding, dilation, activation, backend):
-    """dwconv_bn_act for the fused modules, whose weight, bias, geometry (lists) and activation
-    are valid by construction: only x is left to check, which the operators do themselves."""
-    chosen = _resolve_cached(backend, x)
-    if chosen == "reference":
-        return reference.dwconv_bn_act(x, weight, bias, stride, padding, dilation, activation)
-    return _op("dwconv_bn_act", chosen)(x, weight, bias, stride, padding, dilation, activation)
-
-
-def _squeeze_excite_trusted(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, backend):
-    """squeeze_excite for the fused modules (1x1-conv or 2-D fc weights, valid by construction)."""
+def _squeeze_excite_on(chosen, x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
+    """squeeze_excite on a resolved backend (1x1-conv or 2-D fc weights, valid by construction)."""
     w1 = fc1_weight.flatten(1) if fc1_weight.dim() == 4 else fc1_weight
     w2 = fc2_weight.flatten(1) if fc2_weight.dim() == 4 else fc2_weight
-    chosen = _resolve_cached(backend, x)
     if chosen == "reference":
-        return reference.squeeze_excite(x, w1, fc1_bias, w2, fc2_bias)
+        with _reference_autocast(x) as cast:
+            return reference.squeeze_excite(*cast((x, w1, fc1_bias, w2, fc2_bias)))
     return _op("squeeze_excite", chosen)(x, w1, fc1_bias, w2, fc2_bias)
+
+
+class _reference_autocast:
+    """The reference path of a conv-like op under autocast: the same casts as the Autocast
+    kernels, then plain PyTorch ops with autocast off (else F.conv2d would cast again)."""
+
+    def __init__(self, x: torch.Tensor):
+        self.dtype = _autocast_dtype(x.device.type)
+        self.guard = torch.autocast(x.device.type, enabled=False) if self.dtype is not None else None
+
+    def __enter__(self):
+        if self.guard is not None:
+            self.guard.__enter__()
+        return lambda tensors: _autocast_cast(tensors, self.dtype)
+
+    def __exit__(self, *exc):
+        if self.guard is not None:
+            self.guard.__exit__(*exc)
+        return False
 
 
 def squeeze_excite(
@@ -331,12 +395,13 @@ def squeeze_excite(
     fc2_bias: torch.Tensor,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """x * hardsigmoid(fc2(relu(fc1(mean_hw(x))))); fc weights as (out, in) or (out, in, 1, 1)."""
+    """x * hardsigmoid(fc2(relu(fc1(mean_hw(x))))); fc weights as (out, in) or (out, in, 1, 1).
+    Under autocast it computes in the autocast dtype (CUDA) or float32 (CPU); see above."""
+    if isinstance(x, torch.Tensor):
+        x, fc1_weight, fc1_bias, fc2_weight, fc2_bias = _autocast_cast(
+            (x, fc1_weight, fc1_bias, fc2_weight, fc2_bias), _autocast_dtype(x.device.type))
     w1, w2 = _check_se(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
-    chosen = resolve_backend(backend, x)
-    if chosen == "reference":
-        return reference.squeeze_excite(x, w1, fc1_bias, w2, fc2_bias)
-    return _op("squeeze_excite", chosen)(x, w1, fc1_bias, w2, fc2_bias)
+    return _squeeze_excite_on(resolve_backend(backend, x), x, w1, fc1_bias, w2, fc2_bias)
 
 
 def pointwise_conv_bn_act(
@@ -429,7 +494,7 @@ def hardswish(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Single-pass piecewise h-swish: 0 for x <= -3, x for x >= 3, x(x+3)/6 between."""
     _check_tensor(x, "x")
     _check_floating(x)
-    chosen = _resolve_cached(backend, x)
+    chosen = _resolve_cached(backend, x, conv_like=False)
     if chosen == "reference":
         return reference.hardswish(x)
     return _op("hardswish", chosen)(x)
@@ -439,7 +504,7 @@ def hardsigmoid(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Single-pass piecewise h-sigmoid: relu6(x + 3) / 6."""
     _check_tensor(x, "x")
     _check_floating(x)
-    chosen = _resolve_cached(backend, x)
+    chosen = _resolve_cached(backend, x, conv_like=False)
     if chosen == "reference":
         return reference.hardsigmoid(x)
     return _op("hardsigmoid", chosen)(x)
@@ -453,7 +518,7 @@ def _in_place(op: str, x: torch.Tensor, backend: str) -> torch.Tensor:
         raise RuntimeError(
             f"{op}: x requires grad; the in-place op records no autograd history. Use "
             f"{op[:-1]}(x), or call it under torch.no_grad()")
-    chosen = _resolve_cached(backend, x)
+    chosen = _resolve_cached(backend, x, conv_like=False)
     if chosen == "reference":
         return getattr(reference, op)(x)
     _op(op, chosen)(x)
@@ -632,6 +697,35 @@ _FAKES = {
 }
 
 
+# ----------------------------------------------------------------------------------------------
+# Autocast kernels of the conv-like ops (the rule is in the module docstring)
+# ----------------------------------------------------------------------------------------------
+_AUTOCAST_OPS = ("dwconv_bn_act", "squeeze_excite")
+_LIBRARIES: dict = {}  # namespace -> torch.library.Library; the registrations live as long as it
+
+
+def _register_autocast(qualname: str, device_type: str) -> None:
+    """An Autocast<device> kernel for `qualname`: cast as autocast casts conv ops, then run the
+    op with autocast excluded. torch.library.register_autocast takes one fixed dtype; the CUDA
+    rule needs the autocast dtype of the moment, so this mirrors it with that one change."""
+    namespace, name = qualname.split("::")
+    op = getattr(getattr(torch.ops, namespace), name).default
+    key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
+    key = getattr(torch._C.DispatchKey, key_name)
+
+    def run(*args):
+        args = _autocast_cast(args, _autocast_dtype(device_type))  # before the guard turns it off
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+            return op(*args)
+
+    # The Python dispatcher (torch.compile's tracing) looks here; eager calls at the Library's.
+    if op.has_kernel_for_dispatch_key(key):
+        op.py_kernels.pop(key, None)
+    op.py_impl(key)(run)
+    library = _LIBRARIES.setdefault(namespace, torch.library.Library(namespace, "IMPL"))
+    library.impl(name, lambda _keys, *args: run(*args), key_name, with_keyset=True)
+
+
 if _extension.LOADED:
     # The C++ operators carry their autograd in C++ (csrc/autograd.cpp); they need fake kernels.
     for _name, _fake in _FAKES.items():
@@ -640,3 +734,7 @@ if _triton.AVAILABLE:
     # triton_op derives its fake kernel by running the Python wrapper on fake tensors.
     for _name, (_backward, _setup_context) in _AUTOGRAD.items():
         torch.library.register_autograd(f"mnv3_triton::{_name}", _backward, setup_context=_setup_context)
+for _namespace, _present in (("mnv3", _extension.LOADED), ("mnv3_triton", _triton.AVAILABLE)):
+    for _name in _AUTOCAST_OPS if _present else ():
+        for _device_type in ("cpu", "cuda"):
+            _register_autocast(f"{_namespace}::{_name}", _device_type)

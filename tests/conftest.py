@@ -41,14 +41,36 @@ def _seed(request):
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
 
 
-def random_bn_(bn: torch.nn.modules.batchnorm._BatchNorm) -> torch.nn.Module:
-    """Give a BatchNorm non-trivial affine parameters and running statistics."""
+def random_bn_(bn: torch.nn.modules.batchnorm._BatchNorm, in_network: bool = False) -> torch.nn.Module:
+    """Give a BatchNorm non-trivial affine parameters and running statistics, with the states
+    trained networks have: negative scales, dead channels (running variance near zero, so the
+    fold multiplies by up to 1/sqrt(eps)) and large running means.
+
+    in_network: for every BN of a whole network. A trained network's dead channels see a
+    constant input (x - mean ~ 0); random inputs do not, and 1/sqrt(eps) per layer would grow
+    without bound over the depth, so there the dead channels' scales are small too."""
+    n = bn.num_features
     with torch.no_grad():
         if bn.weight is not None:
-            bn.weight.uniform_(0.5, 1.5)
+            sign = torch.where(torch.rand(n) < 0.25, -1.0, 1.0)
+            bn.weight.copy_(sign * torch.empty(n).uniform_(0.5, 1.5))
             bn.bias.uniform_(-0.5, 0.5)
-        bn.running_mean.uniform_(-0.5, 0.5)
-        bn.running_var.uniform_(0.5, 2.0)
+        mean = torch.empty(n).uniform_(-0.5, 0.5)
+        large = torch.rand(n) < 0.125
+        mean[large] = torch.empty(int(large.sum())).uniform_(5.0, 20.0) * torch.sign(torch.randn(int(large.sum())))
+        var = torch.empty(n).uniform_(0.5, 2.0)
+        dead = torch.rand(n) < 0.125
+        var[dead] = torch.empty(int(dead.sum())).uniform_(0.0, 1e-4)
+        # Every kind present whatever the draw (channel 0 negative scale, 1 dead, 2 large mean).
+        if bn.weight is not None and n >= 3:
+            bn.weight[0] = -bn.weight[0].abs()
+        if n >= 3:
+            var[1], mean[2] = 1e-5, 12.0
+            dead[1] = True
+        if in_network and bn.weight is not None:
+            bn.weight[dead] *= 1e-3
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
         bn.num_batches_tracked.fill_(7)
     return bn
 
@@ -56,7 +78,7 @@ def random_bn_(bn: torch.nn.modules.batchnorm._BatchNorm) -> torch.nn.Module:
 def randomize_model_bn_(model: torch.nn.Module) -> torch.nn.Module:
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            random_bn_(m)
+            random_bn_(m, in_network=True)
     return model
 
 

@@ -224,9 +224,40 @@ def test_torch_compile_fullgraph_converted_model():
     compiled = torch.compile(model, fullgraph=True, backend=capture)
     x = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
-        assert_close(compiled(x), ref(x))
+        assert_close(compiled(x), ref.double()(x.double()))  # the original network in float64
     targets = {str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"}
     assert any("mnv3" in t for t in targets), targets
+
+
+@pytest.mark.parametrize("name,aa", [("mobilenetv3_small_050", "avg"), ("mobilenetv3_large_100", "blurpc")])
+def test_timm_anti_aliased_blocks_are_fused(name, aa):
+    # timm runs conv_dw -> bn -> aa: the blur comes after the fused part.
+    torch.manual_seed(0)
+    model = randomize_model_bn_(timm.create_model(name, pretrained=False, num_classes=10, aa_layer=aa)).eval()
+    blocks = [m for m in model.modules() if not isinstance(getattr(m, "aa", nn.Identity()), nn.Identity)]
+    assert blocks  # the model really has anti-aliased blocks
+    ref = copy.deepcopy(model)
+    report = mnv3_kernels.convert(model).mnv3_report
+    assert report.skipped("dwconv") == []
+    assert all(isinstance(b.conv_dw, M.DepthwiseConvBNActHead) for b in blocks)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert_close(model(x), ref.double()(x.double()))
+
+
+def test_converted_model_under_autocast_runs_fused():
+    model = make("tv_small")
+    ref = copy.deepcopy(model)
+    mnv3_kernels.convert(model)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    mnv3_kernels.path_stats(reset=True)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model(x)
+        want = ref(x)
+    paths = {path for _, path, _ in mnv3_kernels.path_stats(reset=True)}
+    assert paths == ({"fused"} if "cpu" in ops.backends() else {"reference"})
+    assert got.dtype == want.dtype == torch.bfloat16  # the classifier's Linear runs in bfloat16
+    assert rel_err(got.float(), want.float()) <= 0.1  # both bfloat16 networks
 
 
 def test_deepcopy_and_pickle_converted_model():

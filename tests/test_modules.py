@@ -447,9 +447,9 @@ def test_deepcopy_and_pickle():
     x = torch.randn(2, 16, 12, 12)
     with torch.no_grad():
         want = model(x)  # fills the caches
-        assert "_fold_cache" in model.dw.__dict__
+        assert "_mnv3_cache" in model.dw.__dict__
         for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
-            assert "_fold_cache" not in copied.dw.__dict__
+            assert "_mnv3_cache" not in copied.dw.__dict__
             assert copied.block.conv_dw.tail is copied.block.bn
             assert torch.equal(copied(x), want)
         buf = io.BytesIO()
@@ -459,14 +459,142 @@ def test_deepcopy_and_pickle():
         assert torch.equal(loaded(x), want)
 
 
+def float64_reference(model, x):
+    """The model's math in float64 through mnv3_kernels.reference (no fused kernel)."""
+    ref = copy.deepcopy(model).double()
+    for m in ref.modules():
+        if isinstance(m, M.FusedModule):
+            m.backend = "reference"
+    with torch.no_grad():
+        return ref(x.double())
+
+
 def test_torch_compile_fullgraph():
     model = Tiny().eval()
     x = torch.randn(2, 16, 12, 12).to(memory_format=torch.channels_last)
     with torch.no_grad():
-        want = model(x)
         compiled = torch.compile(model, fullgraph=True)
-        assert rel_err(compiled(x), want) <= 1e-4
+        assert rel_err(compiled(x), float64_reference(model, x)) <= 1e-4
         # Buffers updated in place are seen by the compiled model (the fold is in the graph).
         model.dw[1].running_var.mul_(2.0)
         model.block.bn.running_var.mul_(2.0)
-        assert rel_err(compiled(x), model(x)) <= 1e-4
+        assert rel_err(compiled(x), float64_reference(model, x)) <= 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# Cached folds: which writes are seen, and refresh() for the ones that are not
+# ----------------------------------------------------------------------------------------------
+def _fused_dw_and_unfused(c=16):
+    conv, bn, act = make_dw(c=c, act="hardswish")
+    fused = M.FusedDepthwiseConvBNAct(conv, bn, act).eval()
+    return fused, lambda x: nn.Sequential.forward(fused, x)  # the original modules, unfused
+
+
+def test_writes_through_data_need_refresh():
+    import mnv3_kernels
+
+    fused, unfused = _fused_dw_and_unfused()
+    block = fuse_block(SiblingBlock(c=16)).eval()
+    x = torch.randn(2, 16, 9, 9)
+    with torch.no_grad():
+        before, block_before = fused(x), block(x)  # fills the caches
+        fused[1].weight.data.mul_(2.0)
+        fused[0].weight.data.copy_(torch.randn_like(fused[0].weight))
+        block.bn.running_var.data.mul_(4.0)
+        # Not seen: the cached fold is stale (this is what refresh() is for).
+        assert torch.equal(fused(x), before)
+        assert torch.equal(block(x), block_before)
+        assert mnv3_kernels.refresh(fused) is fused
+        assert mnv3_kernels.refresh(block) is block
+        assert rel_err(fused(x), unfused(x)) <= 1e-4
+        block.bn.eval()
+        want = block.pw(block.bn.apply_unfused(block.conv_dw._conv_forward(x, block.conv_dw.weight, None)))
+        assert rel_err(block(x), want) <= 1e-4
+
+
+def test_writes_the_cache_sees():
+    fused, unfused = _fused_dw_and_unfused()
+    conv, bn = fused[0], fused[1]
+    x = torch.randn(2, 16, 9, 9)
+
+    def check():
+        with torch.no_grad():
+            assert rel_err(fused(x), unfused(x)) <= 1e-4
+
+    check()
+    with torch.no_grad():  # in-place ops
+        bn.weight.mul_(-1.5)
+        bn.running_var.mul_(3.0)
+    check()
+    state = {k: v.clone() for k, v in fused.state_dict().items()}
+    state["1.running_mean"].add_(2.0)
+    fused.load_state_dict(state)  # load_state_dict
+    check()
+    opt = torch.optim.SGD(fused.parameters(), lr=0.5)  # optimizer step
+    for p in fused.parameters():
+        p.grad = torch.randn_like(p)
+    opt.step()
+    check()
+    bn.bias = nn.Parameter(torch.randn(16))  # replacing a parameter
+    check()
+    fused.double().float()  # .to(): new tensors
+    check()
+
+
+# ----------------------------------------------------------------------------------------------
+# Which path ran
+# ----------------------------------------------------------------------------------------------
+def test_path_stats_say_which_path_ran():
+    import mnv3_kernels
+
+    fused, _ = _fused_dw_and_unfused()
+    fc1, fc2, act, gate = make_se(c=16, r=8)
+    se = M.FusedSqueezeExcite(fc1, fc2, act, gate).eval()
+    x = torch.randn(2, 16, 9, 9)
+    mnv3_kernels.path_stats(reset=True)
+    with torch.no_grad():
+        fused(x)
+        se(x)
+        fused.backend = "reference"
+        fused(x)
+        fused.train()
+        fused(x)
+        se.train()
+        se(x)
+    stats = mnv3_kernels.path_stats(reset=True)
+    name = "FusedDepthwiseConvBNAct"
+    want = {
+        (name, "reference", "backend='reference' requested"): 1,
+        (name, "unfused", "BatchNorm in training mode"): 1,
+        ("FusedSqueezeExcite", "unfused", "training mode"): 1,
+    }
+    if "cpu" in ops.backends():
+        want[(name, "fused", "cpu")] = want[("FusedSqueezeExcite", "fused", "cpu")] = 1
+    else:
+        want[(name, "reference", "the compiled library is not loaded")] = 1
+        want[("FusedSqueezeExcite", "reference", "the compiled library is not loaded")] = 1
+    assert stats == want
+    assert mnv3_kernels.path_stats() == {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Autocast: the fused path still runs, with the documented dtypes
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.skipif("cpu" not in ops.backends(), reason="compiled CPU library not loaded")
+def test_autocast_cpu_runs_the_fused_kernels_in_float32():
+    import mnv3_kernels
+
+    tiny = Tiny().eval()
+    # Fused modules only (a plain conv would compute in bfloat16 under autocast).
+    model = nn.Sequential(tiny.dw, tiny.block.conv_dw, tiny.block.bn, tiny.se)
+    x = torch.randn(2, 16, 12, 12).to(torch.bfloat16)  # as an autocast conv before it returns
+    with torch.no_grad():
+        want = model(x.float())  # same kernels, same float32 inputs
+        mnv3_kernels.path_stats(reset=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(x)
+    stats = mnv3_kernels.path_stats(reset=True)
+    assert stats == {("FusedDepthwiseConvBNAct", "fused", "cpu"): 1, ("DepthwiseConvBNActHead", "fused", "cpu"): 1,
+                     ("FusedSqueezeExcite", "fused", "cpu"): 1}
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want)

@@ -509,9 +509,14 @@ def test_compile_fullgraph_matches():
         y = ops.squeeze_excite(y, *se)
         return ops.hardswish(y) + ops.hardsigmoid(y)
 
+    def block64(x):
+        y = reference.dwconv_bn_act(x, weight.double(), bias.double(), (2, 2), (1, 1), (1, 1), "hardswish")
+        y = reference.squeeze_excite(y, *(t.double() for t in se))
+        return reference.hardswish(y) + reference.hardsigmoid(y)
+
     x = torch.randn(2, 16, 15, 15).contiguous(memory_format=torch.channels_last)
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
-    _assert_close(compiled(x), block(x))
+    _assert_close(compiled(x).double(), block64(x.double()))
 
 
 @needs_cpu
@@ -527,3 +532,54 @@ def test_export_sees_the_operators():
     targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
     assert "mnv3.dwconv_bn_act.default" in targets
     _assert_close(exported.module()(x), Block()(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Autocast: conv-like ops compute in float32 on CPU, in the autocast dtype on CUDA
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", CPU_BACKENDS + ["reference"])
+def test_autocast_cpu_computes_conv_like_ops_in_float32(backend):
+    weight, bias = folded_dw_params(16, 3)
+    w1, b1, w2, b2 = se_params(16, 8)
+    x = torch.randn(2, 16, 11, 11).to(torch.bfloat16)
+    want_dw = reference.dwconv_bn_act(x.double(), weight.double(), bias.double(), (1, 1), (1, 1), (1, 1), "relu")
+    want_se = reference.squeeze_excite(x.double(), w1.double(), b1.double(), w2.double(), b2.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dw = ops.dwconv_bn_act(x, weight, bias, 1, 1, 1, "relu", backend=backend)
+        se = ops.squeeze_excite(x, w1, b1, w2, b2, backend=backend)
+        act = ops.hardswish(x, backend="auto")
+    assert dw.dtype == se.dtype == torch.float32
+    assert act.dtype == torch.bfloat16  # element-wise ops keep x's dtype, as F.hardswish
+    _assert_close(dw.double(), want_dw)
+    _assert_close(se.double(), want_se)
+
+
+@needs_cpu
+def test_autocast_kernels_registered_on_the_operators():
+    weight, bias = folded_dw_params(8, 3)
+    w1, b1, w2, b2 = se_params(8, 4)
+    x = torch.randn(1, 8, 9, 9).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dw = torch.ops.mnv3.dwconv_bn_act(x, weight, bias, [1, 1], [1, 1], [1, 1], "hardswish")
+        se = torch.ops.mnv3.squeeze_excite(x, w1, b1, w2, b2)
+    assert torch.equal(dw, torch.ops.mnv3.dwconv_bn_act(x.float(), weight, bias, [1, 1], [1, 1], [1, 1], "hardswish"))
+    assert torch.equal(se, torch.ops.mnv3.squeeze_excite(x.float(), w1, b1, w2, b2))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_cuda_computes_conv_like_ops_in_the_autocast_dtype(dtype):
+    weight, bias = folded_dw_params(16, 3, device="cuda")
+    w1, b1, w2, b2 = se_params(16, 8, device="cuda")
+    x = torch.randn(2, 16, 11, 11, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        dw = ops.dwconv_bn_act(x, weight, bias, 1, 1, 1, "relu")
+        se = ops.squeeze_excite(x, w1, b1, w2, b2)
+        conv = F.conv2d(x, weight, bias, 1, 1, 1, 16)
+    assert dw.dtype == se.dtype == conv.dtype == dtype
+    low = [t.to(dtype).double() for t in (x, weight, bias, w1, b1, w2, b2)]
+    want_dw = reference.dwconv_bn_act(low[0], low[1], low[2], (1, 1), (1, 1), (1, 1), "relu")
+    want_se = reference.squeeze_excite(low[0], *low[3:])
+    tol = 1e-2 if dtype == torch.float16 else 5e-2
+    _assert_close(dw.double(), want_dw, rtol=tol, atol=tol)
+    _assert_close(se.double(), want_se, rtol=tol, atol=tol)

@@ -63,6 +63,47 @@ def test_package_imports_and_falls_back_without_compiled_library():
         print("fallback ok")
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "MNV3_REQUIRE_COMPILED"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "fallback ok" in out.stdout
+
+
+def test_require_compiled_makes_a_missing_library_fail_the_import():
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.modules["mnv3_kernels._C"] = None  # as if the library were missing
+        try:
+            import mnv3_kernels
+        except ImportError as e:
+            assert "MNV3_REQUIRE_COMPILED=1" in str(e), e
+            print("import refused")
+        """
+    )
+    env = dict(os.environ, MNV3_REQUIRE_COMPILED="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "import refused" in out.stdout
+
+
+@pytest.mark.skipif("cpu" not in ops.backends(), reason="compiled CPU library not loaded")
+def test_cpu_isa_typo_warns_and_uses_the_best():
+    code = textwrap.dedent(
+        """
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import mnv3_kernels
+        print([str(w.message) for w in caught if "MNV3_CPU_ISA" in str(w.message)])
+        info = mnv3_kernels.build_info()
+        print(info["cpu_isa"], info["cpu_isa_supported"])
+        """
+    )
+    env = dict(os.environ, MNV3_CPU_ISA="avx3")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    warned, isas = out.stdout.strip().splitlines()
+    assert "MNV3_CPU_ISA='avx3'" in warned
+    active, best = isas.split()
+    assert active == best

@@ -23,13 +23,17 @@ Isa best_supported_isa() {
 
 static Isa initial_isa() {
   const char* env = std::getenv("MNV3_CPU_ISA");
-  if (env != nullptr && *env != '\0') {
-    // A wish the CPU cannot grant falls back to the best it can do.
-    const Isa wanted = parse_isa(env);
-    const Isa best = best_supported_isa();
-    return static_cast<int>(wanted) <= static_cast<int>(best) ? wanted : best;
+  const Isa best = best_supported_isa();
+  if (env == nullptr || *env == '\0') return best;
+  // A name that is no ISA (mnv3_kernels/_extension.py warns about it) or a wish the CPU cannot
+  // grant falls back to the best it can do: an environment variable must not break the import.
+  Isa wanted;
+  try {
+    wanted = parse_isa(env);
+  } catch (const c10::ValueError&) {
+    return best;
   }
-  return best_supported_isa();
+  return static_cast<int>(wanted) <= static_cast<int>(best) ? wanted : best;
 }
 
 static std::atomic<int>& isa_slot() {
