@@ -248,7 +248,9 @@ def path_stats(reset: bool = False) -> dict:
 
     path is ``"fused"`` (one fused kernel; detail: the backend), ``"reference"`` (the module's
     folded math in plain PyTorch ops; detail: why no kernel served it) or ``"unfused"`` (the
-    original modules; detail: why). ``reset=True`` clears the counts after reading them.
+    original modules; detail: why); a ``FusedInvertedResidual`` counts ``"fused"`` (the whole
+    block as one fused sequence) or ``"layer by layer"`` (its layers each on their own path; detail:
+    why). ``reset=True`` clears the counts after reading them.
     Calls traced by ``torch.compile`` are not counted.
     """
     stats = dict(_PATHS)
@@ -687,31 +689,23 @@ def _untracked(*tensors) -> bool:
 
 class _PackCacheMixin(_FoldCacheMixin):
     """The folded weights of a Sequential(conv, bn[, act]) packed into the CPU GEMM kernels'
-    panels, cached with the fold (so refreshed on the same changes)."""
-
-    def clear_fold_cache(self) -> None:
-        super().clear_fold_cache()
-        self.__dict__.pop("_pack_cache", None)
-
-    def __getstate__(self):
-        state = super().__getstate__()
-        state.pop("_pack_cache", None)
-        return state
+    panels, cached with the fold (so refreshed on the same changes, and by refresh())."""
 
     def _packed(self):
         conv = self[0]
         weight, bias = self._folded(conv.weight, conv.bias, self[1])
-        cached = self.__dict__.get("_pack_cache")
+        cache = self._cache()
+        cached = cache.get("pack")
         if cached is not None and cached[0] is weight and cached[1] is bias:
             return cached[2]
         packed = ops.pack_pointwise_weight(weight.reshape(weight.shape[0], -1), bias)
-        fold = self.__dict__.get("_fold_cache")
+        fold = cache.get("fold")
         if fold is not None and fold[3] is weight:  # the fold is cached: so is its packing
-            self.__dict__["_pack_cache"] = (weight, bias, packed)
+            cache["pack"] = (weight, bias, packed)
         return packed
 
 
-class FusedPointwiseConvBNAct(_PackCacheMixin, _BackendMixin, nn.Sequential):
+class FusedPointwiseConvBNAct(_PackCacheMixin, nn.Sequential):
     """1x1 conv -> BatchNorm -> activation, fused in eval mode: a drop-in for
     ``nn.Sequential(conv, bn, act)`` / torchvision's ``Conv2dNormActivation`` with a 1x1,
     stride-1, ungrouped conv. Children "0", "1"[, "2"] are the original modules.
@@ -753,8 +747,8 @@ class FusedPointwiseConvBNAct(_PackCacheMixin, _BackendMixin, nn.Sequential):
                       input_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``act(conv_bn(x * input_scale)) + residual`` with the BN folded (call when ``fusable()``)."""
         conv = self[0]
-        if (x.is_cpu and not torch.compiler.is_compiling()
-                and ops._resolve_for("pointwise_conv_bn_act", self.backend, x) == "cpu"
+        chosen = ops._resolve_for("pointwise_conv_bn_act", self.backend, x)
+        if (chosen == "cpu" and not torch.compiler.is_compiling()
                 and _untracked(x, residual, input_scale, conv.weight, conv.bias, self[1].weight, self[1].bias)):
             return ops._pointwise_packed_trusted(x, self._packed(), self.out_channels, self.activation,
                                                  residual, input_scale)
@@ -763,8 +757,13 @@ class FusedPointwiseConvBNAct(_PackCacheMixin, _BackendMixin, nn.Sequential):
                                          backend=self.backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.fusable() or not _matches(x, self[0].weight):
+        why = "BatchNorm in training mode" if not self.fusable() else _unfused_reason(x, self[0].weight)
+        if why is not None:
+            self._count("unfused", why)
             return super().forward(x)
+        chosen = ops._resolve_for("pointwise_conv_bn_act", self.backend, x)
+        self._count("fused" if chosen != "reference" else "reference",
+                    chosen if chosen != "reference" else ops.reference_reason(self.backend, x))
         return self.fused_forward(x)
 
     def extra_repr(self) -> str:
@@ -802,7 +801,7 @@ def dense_unsupported_reason(conv, bn, act=None) -> Optional[str]:
     return None
 
 
-class FusedConvBNAct(_PackCacheMixin, _BackendMixin, nn.Sequential):
+class FusedConvBNAct(_PackCacheMixin, nn.Sequential):
     """Small dense conv (a stem: MobileNetV3's 3 -> 16, 3x3, stride 2) -> BatchNorm ->
     activation, fused in eval mode. Children "0", "1"[, "2"] are the original modules.
 
@@ -830,11 +829,15 @@ class FusedConvBNAct(_PackCacheMixin, _BackendMixin, nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self[0], self[1]
-        if not _bn_fusable(bn) or not _matches(x, conv.weight):
+        why = "BatchNorm in training mode" if not _bn_fusable(bn) else _unfused_reason(x, conv.weight)
+        if why is not None:
+            self._count("unfused", why)
             return super().forward(x)
         stride, padding, dilation = _conv_geometry(conv)
-        if (x.is_cpu and not torch.compiler.is_compiling()
-                and ops._resolve_for("dense_conv_bn_act", self.backend, x) == "cpu"
+        chosen = ops._resolve_for("dense_conv_bn_act", self.backend, x)
+        self._count("fused" if chosen != "reference" else "reference",
+                    chosen if chosen != "reference" else ops.reference_reason(self.backend, x))
+        if (chosen == "cpu" and not torch.compiler.is_compiling()
                 and _untracked(x, conv.weight, conv.bias, bn.weight, bn.bias)):
             return ops._dense_packed_trusted(x, self._packed(), self.out_channels, list(conv.kernel_size),
                                              stride, padding, dilation, self.activation)
@@ -855,7 +858,7 @@ def _gate_args(se: "FusedSqueezeExcite"):
     return fc1.weight.flatten(1), b1, fc2.weight.flatten(1), b2
 
 
-class FusedInvertedResidual(nn.Module):
+class FusedInvertedResidual(FusedModule, nn.Module):
     """A whole MobileNetV3 inverted-residual block -- [1x1 expand] -> depthwise -> [squeeze-excite]
     -> 1x1 project [+ input] -- as a few fused calls, for torchvision's ``InvertedResidual``.
 
@@ -901,27 +904,36 @@ class FusedInvertedResidual(nn.Module):
             if not key.startswith("_") and key not in ("training", "use_res_connect"):
                 setattr(self, key, value)
         self.__dict__["_parts"] = (expand, dw, se, project)
+        self.backend = "auto"  # the layers keep their own backends; this one is not used
         self.train(block.training)
 
-    def _fast(self, x: torch.Tensor) -> bool:
+    def _why_layer_by_layer(self, x: torch.Tensor) -> Optional[str]:
+        """None when the whole block can run as one fused sequence on x, else why not."""
         expand, dw, se, project = self.__dict__["_parts"]
-        if self.training or not (x.is_cpu and x.dim() == 4 and x.dtype == torch.float32):
-            return False
+        if self.training:
+            return "training mode"
+        if not (x.is_cpu and x.dim() == 4 and x.dtype == torch.float32):
+            return f"{x.dim()}-D {str(x.dtype).replace('torch.', '')} input on {x.device.type}"
         if torch.compiler.is_compiling():
-            return False
+            return "traced by torch.compile"
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
-            return False
+            return "autograd records the call"
         for m in (expand, dw, project):
             if m is not None and not _bn_fusable(m[1]):
-                return False
+                return "BatchNorm in training mode"
         if se is not None and se.training and not se.train_fused:
-            return False
-        return ops._resolve_for("pointwise_conv_bn_act", project.backend, x) == "cpu"
+            return "squeeze-excite in training mode"
+        if ops._resolve_for("pointwise_conv_bn_act", project.backend, x) != "cpu":
+            return "the projection does not run on the CPU kernels"
+        return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._fast(x):
+        why = self._why_layer_by_layer(x)
+        if why is not None:
+            self._count("layer by layer", why)
             out = self.block(x)
             return out + x if self.use_res_connect else out
+        self._count("fused", "cpu")
         expand, dw, se, project = self.__dict__["_parts"]
         if not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
@@ -929,7 +941,8 @@ class FusedInvertedResidual(nn.Module):
         conv = dw[0]
         weight, bias = dw._folded(conv.weight, conv.bias, dw[1])
         stride, padding, dilation = _conv_geometry(conv)
-        h = ops._dwconv_bn_act_trusted(h, weight, bias, stride, padding, dilation, dw.activation, dw.backend)
+        h = ops._dwconv_bn_act_on(ops._resolve_cached(dw.backend, h), h, weight, bias, stride, padding,
+                                  dilation, dw.activation)
         scale = torch.ops.mnv3.squeeze_excite_gate(h, *_gate_args(se)) if se is not None else None
         return project.fused_forward(h, residual=x if self.use_res_connect else None, input_scale=scale)
 

@@ -422,6 +422,9 @@ def pointwise_conv_bn_act(
     output's shape. The output keeps x's memory format. CPU kernels (GEMM on packed weights);
     other devices run the reference path.
     """
+    if isinstance(x, torch.Tensor):
+        x, weight, bias, residual, input_scale = _autocast_cast(
+            (x, weight, bias, residual, input_scale), _autocast_dtype(x.device.type))
     _check_pointwise(x, weight, bias, activation, residual, input_scale)
     chosen = _resolve_for("pointwise_conv_bn_act", backend, x)
     if chosen == "reference":
@@ -442,6 +445,8 @@ def dense_conv_bn_act(
     """Small dense conv (groups = 1; BN folded into `weight`/`bias`) + activation in one pass, for
     a model's stem (MobileNetV3: 3 -> 16, 3x3, stride 2). weight is (Cout, C, kh, kw). Reads NCHW
     or channels_last and always returns channels_last: the model's first layer reorders once."""
+    if isinstance(x, torch.Tensor):
+        x, weight, bias = _autocast_cast((x, weight, bias), _autocast_dtype(x.device.type))
     _check_tensor(x, "x")
     _check_tensor(weight, "weight")
     _check_floating(x)
@@ -701,6 +706,9 @@ _FAKES = {
 # Autocast kernels of the conv-like ops (the rule is in the module docstring)
 # ----------------------------------------------------------------------------------------------
 _AUTOCAST_OPS = ("dwconv_bn_act", "squeeze_excite")
+# CPU-only ops of the mnv3 namespace (no Triton twins).
+_AUTOCAST_CPP_OPS = ("pointwise_conv_bn_act", "pointwise_conv_bn_act_packed", "dense_conv_bn_act",
+                     "dense_conv_bn_act_packed", "squeeze_excite_gate")
 _LIBRARIES: dict = {}  # namespace -> torch.library.Library; the registrations live as long as it
 
 
@@ -735,6 +743,6 @@ if _triton.AVAILABLE:
     for _name, (_backward, _setup_context) in _AUTOGRAD.items():
         torch.library.register_autograd(f"mnv3_triton::{_name}", _backward, setup_context=_setup_context)
 for _namespace, _present in (("mnv3", _extension.LOADED), ("mnv3_triton", _triton.AVAILABLE)):
-    for _name in _AUTOCAST_OPS if _present else ():
+    for _name in (_AUTOCAST_OPS + (_AUTOCAST_CPP_OPS if _namespace == "mnv3" else ())) if _present else ():
         for _device_type in ("cpu", "cuda"):
             _register_autocast(f"{_namespace}::{_name}", _device_type)

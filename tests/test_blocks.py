@@ -43,13 +43,13 @@ def test_pointwise_module_packs_once_and_sees_parameter_updates():
     x = torch.randn(1, 16, 7, 7).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         fused(x)
-        packed = fused.__dict__["_pack_cache"][2]
+        packed = fused._cache()["pack"][2]
         fused(x)
-        assert fused.__dict__["_pack_cache"][2] is packed  # reused, not repacked
+        assert fused._cache()["pack"][2] is packed  # reused, not repacked
         fused[1].weight.mul_(-2.0)  # an in-place update bumps the version counter
         got = fused(x)
         want = nn.Sequential(*fused)(x)  # the children, unfused
-    assert fused.__dict__["_pack_cache"][2] is not packed
+    assert fused._cache()["pack"][2] is not packed
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -184,3 +184,28 @@ def test_gate_op_matches_reference():
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="no gradients"):
         torch.ops.mnv3.squeeze_excite_gate(x.requires_grad_(), w1, b1, w2, b2)
+
+
+def test_refresh_drops_packed_weights_and_path_stats_count_blocks(one_thread):
+    model = mnv3_kernels.convert(_tv("small"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        before = model(x)
+        pw = model.features[-1]
+        packed = pw._cache()["pack"][2]
+        # A write through .data bumps no version counter: refresh() is what makes it seen.
+        pw[1].weight.data.mul_(-1.0)
+        mnv3_kernels.refresh(model)
+        after = model(x)
+    assert pw._cache()["pack"][2] is not packed
+    assert not torch.allclose(before, after)
+    mnv3_kernels.path_stats(reset=True)
+    with torch.inference_mode():
+        model(x)
+    stats = mnv3_kernels.path_stats()
+    assert stats[("FusedInvertedResidual", "fused", "cpu")] == 11
+    assert stats[("FusedConvBNAct", "fused", "cpu")] == 1
+    model.train()
+    mnv3_kernels.path_stats(reset=True)
+    model(x)
+    assert mnv3_kernels.path_stats()[("FusedInvertedResidual", "layer by layer", "training mode")] == 11
