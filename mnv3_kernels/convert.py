@@ -13,6 +13,9 @@ Recognized structures (everything else is left untouched):
   -> head/tail pair (``fused_conv_bn_act_pair``).
 - torchvision ``SqueezeExcitation`` and timm ``SqueezeExcite`` -> ``FusedSqueezeExcite``.
 
+The depthwise conv's BatchNorm may also be torchvision's ``FrozenBatchNorm2d`` (detection
+backbones built for pretrained weights): it always folds.
+
 A candidate that cannot be served exactly (TF-'same' ``Conv2dSame``, padding modes other than
 zeros, grouped but not depthwise convs, BN without running statistics, activations other than
 ReLU/Hardswish/Identity, gates other than hard-sigmoid, ...) is left alone and listed in the
@@ -114,6 +117,14 @@ def _torchvision_se():
     return SqueezeExcitation
 
 
+def _torchvision_frozen_bn():
+    try:
+        from torchvision.ops.misc import FrozenBatchNorm2d
+    except Exception:  # noqa: BLE001
+        return None
+    return FrozenBatchNorm2d
+
+
 def _timm_classes():
     try:
         from timm.layers.norm_act import BatchNormAct2d
@@ -142,6 +153,7 @@ class _Converter:
         self.report = ConversionReport(backend=backend)
         self.seen = set()  # ids of depthwise convs already accounted for
         self.tv_se = _torchvision_se()
+        self.tv_frozen_bn = _torchvision_frozen_bn()
         self.timm = _timm_classes()
 
     def add(self, path, kind, status, shape, reason=""):
@@ -192,12 +204,16 @@ class _Converter:
             return
         conv, bn = children[0][1], children[1][1]
         act = children[2][1] if len(children) == 3 else None
-        if not (isinstance(conv, nn.Conv2d) and conv.groups > 1 and isinstance(bn, nn.modules.batchnorm._BatchNorm)):
+        frozen = self.tv_frozen_bn is not None and isinstance(bn, self.tv_frozen_bn)
+        if not (isinstance(conv, nn.Conv2d) and conv.groups > 1
+                and (frozen or isinstance(bn, nn.modules.batchnorm._BatchNorm))):
             return
         self.seen.add(id(conv))
         shape = _dw_shape(conv, M.activation_name(act) or type(act).__name__)
         reason = M.depthwise_unsupported_reason(conv, bn, act)
-        if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
+        if reason is None and frozen and type(bn).forward is not self.tv_frozen_bn.forward:
+            reason = f"{type(bn).__name__} overrides FrozenBatchNorm2d's forward"
+        elif reason is None and not frozen and type(bn).forward is not nn.BatchNorm2d.forward:
             reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
         if reason is None and not path:
             reason = "the root module cannot be replaced in place"

@@ -59,6 +59,7 @@ __all__ = [
     "check_backend",
     "activation_name",
     "depthwise_unsupported_reason",
+    "is_frozen_batch_norm",
     "squeeze_excite_unsupported_reason",
 ]
 
@@ -120,11 +121,27 @@ def _static_padding(conv: nn.Conv2d) -> Optional[Tuple[int, int]]:
     return (int(pad[0]), int(pad[1]))
 
 
+_FROZEN_BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+def is_frozen_batch_norm(bn) -> bool:
+    """A batch norm with fixed statistics and affine transform, held as buffers ``weight``,
+    ``bias``, ``running_mean``, ``running_var`` plus a float ``eps`` (torchvision's
+    ``FrozenBatchNorm2d``, which detection backbones use). It computes
+    ``(x - mean) / sqrt(var + eps) * weight + bias`` in every mode, so it always folds.
+    The caller vouches that the module computes exactly that (convert() checks the type)."""
+    return (isinstance(bn, nn.Module) and not isinstance(bn, _BatchNorm) and not bn._parameters
+            and all(isinstance(bn._buffers.get(n), torch.Tensor) and bn._buffers[n].dim() == 1
+                    for n in _FROZEN_BN_TENSORS)
+            and isinstance(getattr(bn, "eps", None), float))
+
+
 def depthwise_unsupported_reason(conv, bn, act=None) -> Optional[str]:
     """Why (conv -> bn -> act) cannot be served exactly by the fused depthwise op; None if it can.
 
-    `bn` must be an ``nn.BatchNorm2d`` (its normalization is taken to be standard BN);
-    `act` is None, ``nn.Identity``, ``nn.ReLU`` or ``nn.Hardswish``.
+    `bn` must be an ``nn.BatchNorm2d`` (its normalization is taken to be standard BN) or a frozen
+    batch norm (``is_frozen_batch_norm``); `act` is None, ``nn.Identity``, ``nn.ReLU`` or
+    ``nn.Hardswish``.
     """
     if not isinstance(conv, nn.Conv2d):
         return f"{type(conv).__name__} is not an nn.Conv2d"
@@ -137,11 +154,14 @@ def depthwise_unsupported_reason(conv, bn, act=None) -> Optional[str]:
     if not (conv.groups == conv.in_channels == conv.out_channels):
         return (f"not depthwise: groups={conv.groups}, in_channels={conv.in_channels}, "
                 f"out_channels={conv.out_channels}")
-    if not isinstance(bn, nn.BatchNorm2d):
+    if is_frozen_batch_norm(bn):
+        if any(bn._buffers[n].numel() != conv.out_channels for n in _FROZEN_BN_TENSORS):
+            return f"{type(bn).__name__} does not have {conv.out_channels} features (conv's channels)"
+    elif not isinstance(bn, nn.BatchNorm2d):
         return f"{type(bn).__name__} is not an nn.BatchNorm2d"
-    if bn.num_features != conv.out_channels:
+    elif bn.num_features != conv.out_channels:
         return f"BatchNorm has {bn.num_features} features, conv has {conv.out_channels} channels"
-    if bn.running_mean is None or bn.running_var is None:
+    elif bn.running_mean is None or bn.running_var is None:
         return "BatchNorm has no running statistics (track_running_stats=False)"
     if activation_name(act) is None:
         return f"activation {type(act).__name__} is not ReLU, Hardswish or Identity"
@@ -178,7 +198,10 @@ def squeeze_excite_unsupported_reason(fc1, fc2, act, gate) -> Optional[str]:
 
 
 def _bn_fusable(bn: _BatchNorm) -> bool:
-    """Eval-mode BN with running statistics: the only state in which it folds into the conv."""
+    """Eval-mode BN with running statistics: the only state in which it folds into the conv.
+    A frozen batch norm always folds (it has no training mode)."""
+    if not isinstance(bn, _BatchNorm):
+        return is_frozen_batch_norm(bn)
     return not bn.training and bn.running_mean is not None and bn.running_var is not None
 
 
@@ -278,7 +301,7 @@ class FusedDepthwiseConvBNAct(_FoldCacheMixin, _BackendMixin, nn.Sequential):
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None,
                  *, backend: str = "auto"):
         reason = depthwise_unsupported_reason(conv, bn, act)
-        if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
+        if reason is None and isinstance(bn, _BatchNorm) and type(bn).forward is not nn.BatchNorm2d.forward:
             reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
         if reason is not None:
             raise ValueError(f"cannot fuse this depthwise conv + BN + activation: {reason}")
@@ -336,6 +359,8 @@ class BatchNormActTail(nn.BatchNorm2d):
 
     def __init__(self, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None,
                  drop: Optional[nn.Module] = None):
+        if not isinstance(bn, nn.BatchNorm2d):
+            raise ValueError(f"bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
         super().__init__(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
                          track_running_stats=bn.track_running_stats, device="meta")
         # Adopt the original tensors (same objects, same order as nn.BatchNorm2d registers them).
