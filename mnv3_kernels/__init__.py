@@ -2,6 +2,7 @@
 
     import mnv3_kernels
     model = mnv3_kernels.convert(model)   # fused depthwise conv+BN+act and squeeze-excite
+    mnv3_kernels.revert(model)            # the original modules back
     mnv3_kernels.backends()               # backends usable here, best first
     mnv3_kernels.build_info()             # what the compiled library holds
 """
@@ -10,6 +11,7 @@ from . import ops
 from .ops import backends
 from . import modules
 from .convert import convert, conversion_report, ConversionEntry, ConversionReport
+from .revert import revert
 
 __version__ = "0.1.0"
 
@@ -29,4 +31,4 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["convert", "conversion_report", "ConversionEntry", "ConversionReport", "backends", "build_info", "ops", "modules"]
+__all__ = ["convert", "revert", "conversion_report", "ConversionEntry", "ConversionReport", "backends", "build_info", "ops", "modules"]

@@ -30,6 +30,7 @@ from typing import Dict, List, Optional
 import torch.nn as nn
 
 from . import modules as M
+from .revert import remember_original
 
 __all__ = ["convert", "conversion_report", "ConversionReport", "ConversionEntry"]
 
@@ -161,7 +162,9 @@ class _Converter:
 
     def replace(self, path: str, new: nn.Module) -> None:
         parent_path, _, name = path.rpartition(".")
-        setattr(self.model.get_submodule(parent_path), name, new)
+        parent = self.model.get_submodule(parent_path)
+        remember_original(new, getattr(parent, name))
+        setattr(parent, name, new)
 
     def run(self) -> ConversionReport:
         # Snapshot first: the walk must not see the modules it creates.
@@ -253,6 +256,8 @@ class _Converter:
             self.add(conv_path, "dwconv", "skipped", shape, reason)
             return
         head, tail = M.fused_conv_bn_act_pair(conv, bn, act=bn.act, drop=bn.drop, backend=self.backend)
+        remember_original(head, conv)
+        remember_original(tail, bn)
         block.conv_dw = head
         setattr(block, bn_name, tail)
         self.add(conv_path, "dwconv", "fused", shape)
