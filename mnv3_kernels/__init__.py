@@ -12,6 +12,14 @@ from .ops import backends
 from . import modules
 from .convert import convert, conversion_report, ConversionEntry, ConversionReport
 from .revert import revert
+from .onnx_export import onnx_translation_table
+
+try:  # torch.onnx.export(dynamo=False) of converted models: our operators as standard ONNX ops
+    from .onnx_export import register_onnx_symbolics as _register_onnx_symbolics
+    _register_onnx_symbolics()
+except Exception as _exc:  # noqa: BLE001  (a torch without the TorchScript exporter: nothing to serve)
+    import warnings
+    warnings.warn(f"mnv3_kernels: ONNX symbolics not registered ({type(_exc).__name__}: {_exc})")
 
 __version__ = "0.1.0"
 
@@ -31,4 +39,4 @@ def build_info() -> dict:
     return info
 
 
-__all__ = ["convert", "revert", "conversion_report", "ConversionEntry", "ConversionReport", "backends", "build_info", "ops", "modules"]
+__all__ = ["convert", "revert", "onnx_translation_table", "conversion_report", "ConversionEntry", "ConversionReport", "backends", "build_info", "ops", "modules"]
