@@ -85,3 +85,21 @@ def test_revert_leaves_hand_built_modules_and_plain_models():
     assert mnv3_kernels.revert(model)[0] is fused
     with pytest.raises(TypeError, match="revert"):
         mnv3_kernels.revert("model")
+
+
+def test_revert_a_copied_converted_model():
+    import copy
+    import pickle
+
+    model = make("mobilenetv3_small_050")
+    before = structure(model)
+    mnv3_kernels.convert(model)
+    for copied in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        mnv3_kernels.revert(copied)
+        assert structure(copied) == before
+        # the copy's own tensors, not the converted model's
+        params = dict(copied.named_parameters())
+        assert all(p is not params[n] for n, p in model.named_parameters())
+        x = torch.randn(1, 3, SIZE, SIZE)
+        with torch.no_grad():
+            torch.testing.assert_close(copied(x), model(x), rtol=1e-4, atol=1e-5)
