@@ -82,15 +82,19 @@ def test_onnx_export_runs_in_onnxruntime(name, dynamo, tmp_path):
     assert rel_err(got, want) <= 1e-4
 
 
+@needs_cpu
 def test_onnx_translation_table_covers_the_operators():
     pytest.importorskip("onnxscript")
     table = mnv3_kernels.onnx_translation_table()
-    for name in ("dwconv_bn_act", "squeeze_excite", "hardswish", "hardsigmoid"):
-        if "cpu" in ops.backends():
-            assert getattr(torch.ops.mnv3, name).default in table
+    namespaces = [torch.ops.mnv3] + ([torch.ops.mnv3_triton] if "triton" in ops.backends() else [])
+    for ns in namespaces:
+        for name in ("dwconv_bn_act", "squeeze_excite", "hardswish", "hardsigmoid"):
+            assert getattr(ns, name).default in table
+    assert len(table) == 4 * len(namespaces)
 
 
 @needs_cpu
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the argument checks, traced
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_onnx_export_of_the_operators(dynamo, tmp_path):
     """Each operator alone, with an awkward geometry (k=5, stride 2, dilation 2, no bias)."""
