@@ -7,11 +7,13 @@ Usage: cmake -S . -B build/cmake $(python cmake/torch_cmake_args.py)
 import glob
 import os
 import shlex
+import sys
 
 import torch
 import torch.utils
 
-args = [f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]
+# The Python that has torch: ctest runs it to produce the AOTInductor example's package.
+args = [f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}", f"-DPython3_EXECUTABLE={sys.executable}"]
 if torch.version.cuda:
     cuda_home = os.environ.get("CUDA_HOME") or next(
         (os.path.dirname(os.path.dirname(p)) for p in sorted(glob.glob("/usr/local/cuda*/bin/nvcc"), reverse=True)),

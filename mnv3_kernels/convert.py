@@ -18,6 +18,9 @@ Recognized structures (everything else is left untouched):
   does not stand in the way.
 - torchvision ``SqueezeExcitation`` and timm ``SqueezeExcite`` -> ``FusedSqueezeExcite``.
 
+The depthwise conv's BatchNorm may also be torchvision's ``FrozenBatchNorm2d`` (detection
+backbones built for pretrained weights): it always folds.
+
 A candidate that cannot be served exactly (TF-'same' ``Conv2dSame``, padding modes other than
 zeros, grouped but not depthwise convs, BN without running statistics, activations other than
 ReLU/Hardswish/Identity, gates other than hard-sigmoid, ...) is left alone and listed in the
@@ -33,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from . import modules as M
+from .revert import remember_original
 
 __all__ = ["convert", "conversion_report", "ConversionReport", "ConversionEntry"]
 
@@ -139,6 +143,14 @@ def _torchvision_inverted_residual():
     return InvertedResidual
 
 
+def _torchvision_frozen_bn():
+    try:
+        from torchvision.ops.misc import FrozenBatchNorm2d
+    except Exception:  # noqa: BLE001
+        return None
+    return FrozenBatchNorm2d
+
+
 def _timm_classes():
     try:
         from timm.layers.norm_act import BatchNormAct2d
@@ -169,6 +181,9 @@ class _Converter:
         self.done = set()  # ids of modules already visited (as part of a block)
         self.tv_se = _torchvision_se()
         self.tv_ir = _torchvision_inverted_residual()
+
+
+        self.tv_frozen_bn = _torchvision_frozen_bn()
         self.timm = _timm_classes()
 
     def add(self, path, kind, status, shape, reason=""):
@@ -176,7 +191,9 @@ class _Converter:
 
     def replace(self, path: str, new: nn.Module) -> None:
         parent_path, _, name = path.rpartition(".")
-        setattr(self.model.get_submodule(parent_path), name, new)
+        parent = self.model.get_submodule(parent_path)
+        remember_original(new, getattr(parent, name))
+        setattr(parent, name, new)
 
     def run(self) -> ConversionReport:
         # Snapshot first: the walk must not see the modules it creates.
@@ -230,6 +247,7 @@ class _Converter:
             return
         conv, bn = children[0][1], children[1][1]
         act = children[2][1] if len(children) == 3 else None
+        frozen = self.tv_frozen_bn is not None and isinstance(bn, self.tv_frozen_bn)
         if (isinstance(conv, nn.Conv2d) and conv.groups == 1 and tuple(conv.kernel_size) == (1, 1)
                 and isinstance(bn, nn.modules.batchnorm._BatchNorm)):
             self.visit_pointwise(path, seq, conv, bn, act)
@@ -238,12 +256,15 @@ class _Converter:
                 and conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] <= M.DENSE_MAX_PATCH):
             self.visit_dense(path, seq, conv, bn, act)
             return
-        if not (isinstance(conv, nn.Conv2d) and conv.groups > 1 and isinstance(bn, nn.modules.batchnorm._BatchNorm)):
+        if not (isinstance(conv, nn.Conv2d) and conv.groups > 1
+                and (frozen or isinstance(bn, nn.modules.batchnorm._BatchNorm))):
             return
         self.seen.add(id(conv))
         shape = _dw_shape(conv, M.activation_name(act) or type(act).__name__)
         reason = M.depthwise_unsupported_reason(conv, bn, act)
-        if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
+        if reason is None and frozen and type(bn).forward is not self.tv_frozen_bn.forward:
+            reason = f"{type(bn).__name__} overrides FrozenBatchNorm2d's forward"
+        elif reason is None and not frozen and type(bn).forward is not nn.BatchNorm2d.forward:
             reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
         if reason is None and not path:
             reason = "the root module cannot be replaced in place"
@@ -340,6 +361,8 @@ class _Converter:
             self.add(conv_path, "dwconv", "skipped", shape, reason)
             return
         head, tail = M.fused_conv_bn_act_pair(conv, bn, act=bn.act, drop=bn.drop, backend=self.backend)
+        remember_original(head, conv)
+        remember_original(tail, bn)
         block.conv_dw = head
         setattr(block, bn_name, tail)
         self.add(conv_path, "dwconv", "fused", shape)
@@ -403,6 +426,9 @@ def _layout_hook(model, args, output):
             and not x.is_contiguous(memory_format=torch.channels_last)):
         return _restore_layout(output, torch.contiguous_format)
     return output
+
+
+_layout_hook._mnv3_layout = True  # what revert() removes
 
 
 def convert(model: nn.Module, backend: str = "auto") -> nn.Module:

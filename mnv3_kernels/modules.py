@@ -84,6 +84,7 @@ __all__ = [
     "check_backend",
     "activation_name",
     "depthwise_unsupported_reason",
+    "is_frozen_batch_norm",
     "squeeze_excite_unsupported_reason",
     "pointwise_unsupported_reason",
 ]
@@ -146,11 +147,27 @@ def _static_padding(conv: nn.Conv2d) -> Optional[Tuple[int, int]]:
     return (int(pad[0]), int(pad[1]))
 
 
+_FROZEN_BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+def is_frozen_batch_norm(bn) -> bool:
+    """A batch norm with fixed statistics and affine transform, held as buffers ``weight``,
+    ``bias``, ``running_mean``, ``running_var`` plus a float ``eps`` (torchvision's
+    ``FrozenBatchNorm2d``, which detection backbones use). It computes
+    ``(x - mean) / sqrt(var + eps) * weight + bias`` in every mode, so it always folds.
+    The caller vouches that the module computes exactly that (convert() checks the type)."""
+    return (isinstance(bn, nn.Module) and not isinstance(bn, _BatchNorm) and not bn._parameters
+            and all(isinstance(bn._buffers.get(n), torch.Tensor) and bn._buffers[n].dim() == 1
+                    for n in _FROZEN_BN_TENSORS)
+            and isinstance(getattr(bn, "eps", None), float))
+
+
 def depthwise_unsupported_reason(conv, bn, act=None) -> Optional[str]:
     """Why (conv -> bn -> act) cannot be served exactly by the fused depthwise op; None if it can.
 
-    `bn` must be an ``nn.BatchNorm2d`` (its normalization is taken to be standard BN);
-    `act` is None, ``nn.Identity``, ``nn.ReLU`` or ``nn.Hardswish``.
+    `bn` must be an ``nn.BatchNorm2d`` (its normalization is taken to be standard BN) or a frozen
+    batch norm (``is_frozen_batch_norm``); `act` is None, ``nn.Identity``, ``nn.ReLU`` or
+    ``nn.Hardswish``.
     """
     if not isinstance(conv, nn.Conv2d):
         return f"{type(conv).__name__} is not an nn.Conv2d"
@@ -163,11 +180,14 @@ def depthwise_unsupported_reason(conv, bn, act=None) -> Optional[str]:
     if not (conv.groups == conv.in_channels == conv.out_channels):
         return (f"not depthwise: groups={conv.groups}, in_channels={conv.in_channels}, "
                 f"out_channels={conv.out_channels}")
-    if not isinstance(bn, nn.BatchNorm2d):
+    if is_frozen_batch_norm(bn):
+        if any(bn._buffers[n].numel() != conv.out_channels for n in _FROZEN_BN_TENSORS):
+            return f"{type(bn).__name__} does not have {conv.out_channels} features (conv's channels)"
+    elif not isinstance(bn, nn.BatchNorm2d):
         return f"{type(bn).__name__} is not an nn.BatchNorm2d"
-    if bn.num_features != conv.out_channels:
+    elif bn.num_features != conv.out_channels:
         return f"BatchNorm has {bn.num_features} features, conv has {conv.out_channels} channels"
-    if bn.running_mean is None or bn.running_var is None:
+    elif bn.running_mean is None or bn.running_var is None:
         return "BatchNorm has no running statistics (track_running_stats=False)"
     if activation_name(act) is None:
         return f"activation {type(act).__name__} is not ReLU, Hardswish or Identity"
@@ -228,7 +248,10 @@ def squeeze_excite_unsupported_reason(fc1, fc2, act, gate) -> Optional[str]:
 
 
 def _bn_fusable(bn: _BatchNorm) -> bool:
-    """Eval-mode BN with running statistics: the only state in which it folds into the conv."""
+    """Eval-mode BN with running statistics: the only state in which it folds into the conv.
+    A frozen batch norm always folds (it has no training mode)."""
+    if not isinstance(bn, _BatchNorm):
+        return is_frozen_batch_norm(bn)
     return not bn.training and bn.running_mean is not None and bn.running_var is not None
 
 
@@ -395,7 +418,7 @@ class FusedDepthwiseConvBNAct(_FoldCacheMixin, nn.Sequential):
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None,
                  *, backend: str = "auto"):
         reason = depthwise_unsupported_reason(conv, bn, act)
-        if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
+        if reason is None and isinstance(bn, _BatchNorm) and type(bn).forward is not nn.BatchNorm2d.forward:
             reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
         if reason is not None:
             raise ValueError(f"cannot fuse this depthwise conv + BN + activation: {reason}")
@@ -455,6 +478,8 @@ class BatchNormActTail(nn.BatchNorm2d):
 
     def __init__(self, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None,
                  drop: Optional[nn.Module] = None):
+        if not isinstance(bn, nn.BatchNorm2d):
+            raise ValueError(f"bn must be an nn.BatchNorm2d, got {type(bn).__name__}")
         super().__init__(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
                          track_running_stats=bn.track_running_stats, device="meta")
         # Adopt the original tensors (same objects, same order as nn.BatchNorm2d registers them).
@@ -748,7 +773,7 @@ class FusedPointwiseConvBNAct(_PackCacheMixin, nn.Sequential):
         """``act(conv_bn(x * input_scale)) + residual`` with the BN folded (call when ``fusable()``)."""
         conv = self[0]
         chosen = ops._resolve_for("pointwise_conv_bn_act", self.backend, x)
-        if (chosen == "cpu" and not torch.compiler.is_compiling()
+        if (chosen == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
                 and _untracked(x, residual, input_scale, conv.weight, conv.bias, self[1].weight, self[1].bias)):
             return ops._pointwise_packed_trusted(x, self._packed(), self.out_channels, self.activation,
                                                  residual, input_scale)
@@ -837,7 +862,7 @@ class FusedConvBNAct(_PackCacheMixin, nn.Sequential):
         chosen = ops._resolve_for("dense_conv_bn_act", self.backend, x)
         self._count("fused" if chosen != "reference" else "reference",
                     chosen if chosen != "reference" else ops.reference_reason(self.backend, x))
-        if (chosen == "cpu" and not torch.compiler.is_compiling()
+        if (chosen == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
                 and _untracked(x, conv.weight, conv.bias, bn.weight, bn.bias)):
             return ops._dense_packed_trusted(x, self._packed(), self.out_channels, list(conv.kernel_size),
                                              stride, padding, dilation, self.activation)
@@ -914,8 +939,8 @@ class FusedInvertedResidual(FusedModule, nn.Module):
             return "training mode"
         if not (x.is_cpu and x.dim() == 4 and x.dtype == torch.float32):
             return f"{x.dim()}-D {str(x.dtype).replace('torch.', '')} input on {x.device.type}"
-        if torch.compiler.is_compiling():
-            return "traced by torch.compile"
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return "traced (torch.compile, torch.export or ONNX export)"
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
             return "autograd records the call"
         for m in (expand, dw, project):

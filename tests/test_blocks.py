@@ -209,3 +209,13 @@ def test_refresh_drops_packed_weights_and_path_stats_count_blocks(one_thread):
     mnv3_kernels.path_stats(reset=True)
     model(x)
     assert mnv3_kernels.path_stats()[("FusedInvertedResidual", "layer by layer", "training mode")] == 11
+
+
+def test_revert_undoes_block_conversion(one_thread):
+    model = _tv("large")
+    before = [(n, type(m)) for n, m in model.named_modules()]
+    params = [id(p) for p in model.parameters()]
+    mnv3_kernels.revert(mnv3_kernels.convert(model))
+    assert [(n, type(m)) for n, m in model.named_modules()] == before
+    assert [id(p) for p in model.parameters()] == params
+    assert not model._forward_hooks
