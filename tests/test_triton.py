@@ -643,10 +643,12 @@ def test_launches_guarded_by_input_device(monkeypatch):
     assert launches == [x.device] * len(launches)
 
 
-def test_device_guard_targets_the_device():
+def test_device_guard_targets_the_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     g = mt._ops._device_guard(torch.device("cuda", 1))
     assert isinstance(g, torch.cuda.device) and g.idx == 1
-    assert not isinstance(mt._ops._device_guard(torch.device("cpu")), torch.cuda.device)
+    for current in (torch.device("cuda", 0), torch.device("cpu")):  # nothing to switch
+        assert not isinstance(mt._ops._device_guard(current), torch.cuda.device)
 
 
 @pytest.mark.gpu
@@ -668,3 +670,106 @@ def test_second_gpu():
     torch.testing.assert_close(y, reference.hardswish(x))
     torch.cuda.synchronize(dev)
     assert torch.cuda.current_device() == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# More than 2^31 elements (fp16, ~4 GiB per tensor) on every kernel: 64-bit offsets where needed
+# (IDX64 per sample, int64 sample bases). Checked on the first, middle and last samples (rows).
+# ----------------------------------------------------------------------------------------------
+BIG_ELEMS = 2**31 + 2**22
+GPU_ONLY = pytest.mark.skipif(TRITON_INTERPRET, reason="4 GiB tensors: GPU only")
+
+
+@pytest.fixture
+def _free_cuda_memory():
+    yield
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def _big(n, c, h, w, channels_last):
+    assert n * c * h * w > 2**31
+    if channels_last:
+        return torch.empty(n, h, w, c, device="cuda", dtype=F16).normal_().permute(0, 3, 1, 2)
+    return torch.empty(n, c, h, w, device="cuda", dtype=F16).normal_()
+
+
+def _samples(n):
+    return sorted({0, n // 2, n - 1})
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@GPU_ONLY
+@pytest.mark.usefixtures("_free_cuda_memory")
+@pytest.mark.parametrize("pool", [False, True], ids=["dwconv", "dwconv_pool"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_big_dwconv(channels_last, pool):
+    x = _big(2100, 64, 112, 144, channels_last)
+    w, b = folded_dw_params(64, 3, F16, "cuda")
+    if pool:
+        y, sums = mt.dwconv_bn_act_pool(x, w, b, 1, 1, 1, "hardswish")
+    else:
+        y = ops.dwconv_bn_act(x, w, b, 1, 1, 1, "hardswish", backend="triton")
+    for i in _samples(x.shape[0]):
+        want = _ref_dw(x[i:i + 1], w, b, 1, 1, 1, "hardswish")
+        torch.testing.assert_close(y[i:i + 1].float(), want, **TOL[F16], msg=f"sample {i}")
+        if pool:
+            torch.testing.assert_close(sums[i:i + 1], want.sum((2, 3)), rtol=1e-2, atol=1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@GPU_ONLY
+@pytest.mark.usefixtures("_free_cuda_memory")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_big_one_sample(channels_last):
+    # One sample over 2^31 elements: the kernels' IDX64 path (dwconv and SE).
+    x = _big(1, 16, 11600, 11600, channels_last)
+    w, b = folded_dw_params(16, 3, F16, "cuda")
+    y = ops.dwconv_bn_act(x, w, b, 1, 1, 1, "relu", backend="triton")
+    rows = 4  # the last rows, from the input rows that produce them plus one halo row
+    want = _ref_dw(x[:, :, -rows - 1:], w, b, 1, 1, 1, "relu")
+    torch.testing.assert_close(y[:, :, -rows:].float(), want[:, :, 1:], **TOL[F16])
+    del y
+    p = se_params(16, 8, F16, "cuda")
+    out = ops.squeeze_excite(x, *p, backend="triton")
+    gate = torch.nn.functional.hardsigmoid(torch.nn.functional.linear(
+        torch.relu(torch.nn.functional.linear(x.float().mean((2, 3)), p[0].float(), p[1].float())),
+        p[2].float(), p[3].float()))
+    torch.testing.assert_close(out[:, :, -rows:].float(), x[:, :, -rows:].float() * gate[:, :, None, None],
+                               **TOL[F16])
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@GPU_ONLY
+@pytest.mark.usefixtures("_free_cuda_memory")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_big_squeeze_excite(channels_last):
+    x = _big(45700, 960, 7, 7, channels_last)
+    p = se_params(960, 240, F16, "cuda")
+    y = ops.squeeze_excite(x, *p, backend="triton")
+    for i in _samples(x.shape[0]):
+        want = reference.squeeze_excite(x[i:i + 1].float(), *[t.float() for t in p])
+        torch.testing.assert_close(y[i:i + 1].float(), want, **TOL[F16], msg=f"sample {i}")
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@GPU_ONLY
+@pytest.mark.usefixtures("_free_cuda_memory")
+@pytest.mark.parametrize("name", ["hardswish", "hardsigmoid"])
+def test_big_elementwise(name):
+    x = torch.empty(BIG_ELEMS, device="cuda", dtype=F16).normal_().mul_(4)
+    checks = [slice(0, 4096), slice(2**31 - 2048, 2**31 + 2048), slice(BIG_ELEMS - 4096, BIG_ELEMS)]
+    want = [getattr(reference, name)(x[s].float()) for s in checks]
+    y = getattr(ops, name)(x, backend="triton")
+    for s, wv in zip(checks, want):
+        torch.testing.assert_close(y[s].float(), wv, **TOL[F16])
+    del y
+    getattr(ops, name + "_")(x, backend="triton")
+    for s, wv in zip(checks, want):
+        torch.testing.assert_close(x[s].float(), wv, **TOL[F16])
+

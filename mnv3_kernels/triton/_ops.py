@@ -161,9 +161,9 @@ def _pixel_strides(out: torch.Tensor) -> Tuple[int, int, int]:
 def _device_guard(device: torch.device):
     """Triton launches on the current CUDA device and its current stream: make that the tensors'
     device (the CUDA backend's CUDAGuard), so cuda:1 inputs work whatever device is current."""
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
         return torch.cuda.device(device)
-    return contextlib.nullcontext()
+    return contextlib.nullcontext()  # already current (the usual case): nothing to switch
 
 
 def _launch(device: torch.device, kernel, grid, *args, **kwargs) -> None:
