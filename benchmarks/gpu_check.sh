@@ -6,8 +6,8 @@
 #   GPU_CHECK_DRY=1 bash benchmarks/gpu_check.sh   # anywhere: every stage walked, GPU parts skipped (CI)
 #
 # Stages, each with its own time limit (T_TRITON 150, T_BUILD 330, T_CUDA 110, T_BENCH 60,
-# T_SLOW 90 seconds), all also cut to fit one overall deadline (T_TOTAL, default 570 s) while
-# keeping room for the stages after it. The build's critical path is one file
+# T_BIG 60, T_SLOW 90 seconds), all also cut to fit one overall deadline (T_TOTAL, default
+# 570 s) while keeping room for the stages after it. The build's critical path is one file
 # (csrc/cpu/kernels_avx512.cpp); the Triton stage runs while it compiles.
 #   0 environment   torch / CUDA / Triton / nvcc / ninja versions; stops here, clearly, when
 #                   torch's CUDA major version and nvcc's differ (the build could not work)
@@ -15,9 +15,10 @@
 #                   (MNV3_TRITON_AUTOTUNE=0); the sm_90 build runs in the background meanwhile
 #   2 build         waits for the build (FORCE_CUDA=1, TORCH_CUDA_ARCH_LIST=9.0, MAX_JOBS=nproc),
 #                   then .ci/check_cuda_build.py on the library
-#   3 cuda          GPU tests that are not marked slow (CUDA backend, converted-model checks)
+#   3 cuda          GPU tests not marked slow (CUDA kernels, NaN, errors, autograd, opcheck)
 #   4 bench         benchmarks/gpu_bench.py: table written row by row, large batches first
-#   5 slow          tests marked slow (> 2^31-element tensors, whole converted models), last
+#   5 big           tests marked slow with tensors over 2^31 elements (every kernel path)
+#   6 slow          the other slow tests (large batches, whole converted models, CUDA graphs)
 # Output: $OUT/gpu_check/ when $OUT is set (else benchmarks/results/gpu_<stamp>/): summary.md,
 # regenerated after every stage, and every stage's log, junit file and table, written there as
 # they are produced. The exit status is 0 only when every stage passed.
@@ -44,6 +45,7 @@ T_TRITON=${T_TRITON:-150}
 T_BUILD=${T_BUILD:-330}
 T_CUDA=${T_CUDA:-110}
 T_BENCH=${T_BENCH:-60}
+T_BIG=${T_BIG:-60}
 T_SLOW=${T_SLOW:-90}
 export MAX_JOBS=${GPU_CHECK_JOBS:-$(nproc)}  # the build's parallel compile jobs
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rfE --durations=5)
@@ -57,7 +59,7 @@ limit() {
 }
 stage() { echo; echo "=== $* (t+$(( $(date +%s) - T0 ))s) ==="; }
 declare -A RC NOTE
-ORDER=(environment triton build cuda bench slow)
+ORDER=(environment triton build cuda bench big slow)
 for s in "${ORDER[@]}"; do RC[$s]="not run"; NOTE[$s]=""; done
 
 # The last pytest summary line of a log ("3 failed, 120 passed in 80.1s").
@@ -67,7 +69,8 @@ pytest_line() { grep -E "(passed|failed|error|skipped|deselected|no tests ran)" 
 run_pytest() {  # name limit args...
   local name=$1 lim=$2; shift 2
   if [ "$DRY" = 1 ]; then
-    "${PYTEST[@]}" --collect-only "$@" > "$DEST/$name.log" 2>&1
+    # Under the interpreter the Triton test module loads without a GPU, so its tests are listed.
+    TRITON_INTERPRET=1 "${PYTEST[@]}" --collect-only "$@" > "$DEST/$name.log" 2>&1
     local rc=$? n
     n=$(grep -c "::" "$DEST/$name.log")
     NOTE[$name]="dry run: $n tests collected, none run"
@@ -101,7 +104,7 @@ publish() {
     echo '```'
     cat "$DEST/environment.log" 2>/dev/null
     echo '```'
-    for s in triton cuda slow; do
+    for s in triton cuda big slow; do
       local fails
       fails=$(grep -E "^(FAILED|ERROR) " "$DEST/$s.log" 2>/dev/null | head -40 | cut -c1-300)
       if [ -n "$fails" ]; then printf '\n## Failing tests: %s\n\n```\n%s\n```\n' "$s" "$fails"; fi
@@ -203,9 +206,7 @@ LIM=$(limit "$T_TRITON" 260)
 stage "triton (limit ${LIM}s)"
 if [ "$DRY" = 1 ] || [ "$HAVE_GPU" = 1 ]; then
   # The Triton tests need no compiled library (they run before the build is done).
-  # (The dry run collects them as CI runs them: under the interpreter.)
-  TRITON_INTERPRET=$([ "$DRY" = 1 ] && echo 1 || echo 0) MNV3_TRITON_AUTOTUNE=0 \
-    run_pytest triton "$LIM" -m "not slow" tests/test_triton.py
+  TRITON_INTERPRET=0 MNV3_TRITON_AUTOTUNE=0 run_pytest triton "$LIM" -m "not slow" tests/test_triton.py
 else
   RC[triton]="skipped"; NOTE[triton]="no CUDA device"
 fi
@@ -240,7 +241,7 @@ CUDA_OK=0
 publish
 
 # ---- 3. CUDA tests (not slow) ----------------------------------------------------------------
-LIM=$(limit "$T_CUDA" 160)
+LIM=$(limit "$T_CUDA" 170)
 stage "cuda tests (limit ${LIM}s)"
 if [ "$DRY" = 1 ] || [ "$CUDA_OK" = 1 ]; then
   MNV3_TRITON_AUTOTUNE=0 run_pytest cuda "$LIM" -m "gpu and not slow" tests --ignore=tests/test_triton.py
@@ -250,7 +251,7 @@ fi
 publish
 
 # ---- 4. benchmark ----------------------------------------------------------------------------
-LIM=$(limit "$T_BENCH" 100)
+LIM=$(limit "$T_BENCH" 110)
 stage "benchmark (limit ${LIM}s)"
 if [ "$DRY" = 1 ]; then
   "$PY" benchmarks/gpu_bench.py --dry-run --out "$DEST/bench.md" --json "$DEST/bench.json" > "$DEST/bench.log" 2>&1
@@ -269,15 +270,18 @@ else
 fi
 publish
 
-# ---- 5. slow tests ---------------------------------------------------------------------------
-LIM=$(limit "$T_SLOW" 10)
-stage "slow tests (limit ${LIM}s)"
-if [ "$DRY" = 1 ] || [ "$CUDA_OK" = 1 ]; then
-  MNV3_TRITON_AUTOTUNE=0 run_pytest slow "$LIM" -m "gpu and slow" tests
-elif [ "$HAVE_GPU" = 1 ]; then
-  MNV3_TRITON_AUTOTUNE=0 run_pytest slow "$LIM" -m "gpu and slow" tests/test_triton.py
-  NOTE[slow]="Triton only (no usable CUDA build); ${NOTE[slow]}"
-else
-  RC[slow]="skipped"; NOTE[slow]="the CUDA build is not usable here"
-fi
+# ---- 5. slow tests: tensors over 2^31 elements first, then the rest ---------------------------
+for part in big slow; do
+  if [ "$part" = big ]; then LIM=$(limit "$T_BIG" 40); SEL=(-k big); else LIM=$(limit "$T_SLOW" 10); SEL=(-k "not big"); fi
+  stage "$part tests (limit ${LIM}s)"
+  if [ "$DRY" = 1 ] || [ "$CUDA_OK" = 1 ]; then
+    MNV3_TRITON_AUTOTUNE=0 run_pytest "$part" "$LIM" -m "gpu and slow" "${SEL[@]}" tests
+  elif [ "$HAVE_GPU" = 1 ]; then
+    MNV3_TRITON_AUTOTUNE=0 run_pytest "$part" "$LIM" -m "gpu and slow" "${SEL[@]}" tests/test_triton.py
+    NOTE[$part]="Triton only (no usable CUDA build); ${NOTE[$part]}"
+  else
+    RC[$part]="skipped"; NOTE[$part]="the CUDA build is not usable here"
+  fi
+  publish
+done
 finish
