@@ -134,6 +134,15 @@ finish() {
   exit "$ok"
 }
 
+# Interrupted from outside (Ctrl-C, an outer timeout): stop the build, keep what was measured.
+BUILD_PID=""
+on_signal() {
+  [ -n "$BUILD_PID" ] && kill "$BUILD_PID" 2>/dev/null
+  for s in "${ORDER[@]}"; do [ "${RC[$s]}" = "not run" ] && RC[$s]="interrupted"; done
+  finish
+}
+trap on_signal INT TERM
+
 # ---- 0. environment --------------------------------------------------------------------------
 stage "environment"
 # torch's CUDA version decides which toolkit can build the extension: pick the nvcc that matches.
@@ -195,7 +204,6 @@ fi
 publish
 
 # ---- 1. Triton tests (the build runs in the background meanwhile) ----------------------------
-BUILD_PID=""
 if [ "$DRY" != 1 ] && [ "$CAN_BUILD" = 1 ]; then
   B0=$(date +%s)
   FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 \
