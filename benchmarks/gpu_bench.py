@@ -185,26 +185,35 @@ def main():
     print(header(copy_gbs), end="", flush=True)
 
     compile_deadline = t0 + args.budget * args.compile_share
+    run_plan(configs, lambda d, n, layer: measure(layer, n, d, args.layout, timer, fused,
+                                                   time.monotonic() < compile_deadline),
+             lambda row: _fmt_row(row, copy_gbs), writer, deadline)
+    rows = writer.rows
+    print(f"gpu_bench: {len(rows)} configurations in {time.monotonic() - t0:.0f}s, "
+          f"{len(configs) - len(rows)} not measured")
+    bad = [r for r in rows if r["check"] != "ok" and "compile" not in r["check"]]
+    return 1 if bad else 0
+
+
+def run_plan(configs, measure_one, fmt, writer, deadline):
+    """Measures configs in order until the deadline or an interrupt; each row is on disk before
+    the next measurement starts, so an interrupted run keeps every finished row."""
     done = 0
     try:
         for dname, n, layer in configs:
             if time.monotonic() > deadline:
                 break
-            row = measure(layer, n, dname, args.layout, timer, fused, time.monotonic() < compile_deadline)
-            line = _fmt_row(row, copy_gbs)
+            row = measure_one(dname, n, layer)
+            line = fmt(row)
             writer.add(row, line)
             print(line, flush=True)
             done += 1
     except KeyboardInterrupt as exc:
         writer.note(f"Interrupted ({exc or 'SIGINT'}) after {done} configurations.")
         print(f"gpu_bench: interrupted after {done} configurations", flush=True)
-    skipped = len(configs) - done
-    if skipped:
-        writer.note(f"{skipped} configurations not measured (time budget or interrupt).")
-    rows = writer.rows
-    print(f"gpu_bench: {len(rows)} configurations in {time.monotonic() - t0:.0f}s, {skipped} not measured")
-    bad = [r for r in rows if r["check"] != "ok" and "compile" not in r["check"]]
-    return 1 if bad else 0
+    if done < len(configs):
+        writer.note(f"{len(configs) - done} configurations not measured (time budget or interrupt).")
+    return done
 
 
 def measure(layer, n, dname, layout, timer, fused, may_compile):
