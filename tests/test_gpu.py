@@ -92,6 +92,7 @@ def test_dwconv_mobilenet_layers(layer, batch, layout, dtype):
 _BIG = [l for l in _DISTINCT if (l.channels, l.size) in {(16, 112), (64, 112), (120, 28), (960, 7), (672, 14)}]
 
 
+@pytest.mark.slow  # run last by the GPU check
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("batch", [64, 256])
@@ -279,6 +280,7 @@ def test_se_paths(case, layout, dtype):
     _check_se(x, se_params(c, r, dtype=dtype, device=DEV))
 
 
+@pytest.mark.slow  # run last by the GPU check
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_se_large_batch(layout):
     for n, c, s, r in [(64, 120, 28, 32), (256, 960, 7, 240), (256, 72, 28, 24)]:
@@ -377,8 +379,175 @@ def test_elementwise_gradients_and_opcheck(name):
 
 
 # ---------------------------------------------------------------------------------------------
+# NaN propagates as in PyTorch (relu/hardsigmoid/hardswish keep NaN)
+# ---------------------------------------------------------------------------------------------
+def _same_nans(got, want, dtype=torch.float32):
+    assert got.isnan().any(), "no NaN in the output: nothing was checked"
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(got.double(), want.double(), rtol=rtol, atol=atol, equal_nan=True)
+
+
+def _nan_input(shape, layout, dtype=torch.float32):
+    x = torch.randn(shape, device=DEV) * 3
+    flat = x.view(-1)
+    idx = torch.linspace(0, x.numel() - 1, 9, device=DEV).long()
+    flat[idx] = torch.tensor([float("nan"), float("inf"), float("nan"), -float("inf"), float("nan"), 1.0,
+                              float("nan"), 2.0, float("nan")], device=DEV)
+    return _layout(x, layout).to(dtype)
+
+
+# Each dwconv kernel path: NHWC vector (C % 8 == 0) and scalar, NCHW fast, generic (k7).
+NAN_DW = [(2, 32, 9, 9, 3, 1, 1), (2, 13, 9, 9, 5, 2, 2), (1, 16, 8, 8, 7, 1, 3)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", NAN_DW, ids=str)
+def test_nan_dwconv(case, layout, activation, dtype):
+    n, c, h, w, k, stride, pad = case
+    x = _nan_input((n, c, h, w), layout, dtype)
+    weight, bias = folded_dw_params(c, k, dtype=dtype, device=DEV)
+    bias[c // 2] = float("nan")  # a whole output channel NaN, whatever the activation
+    got = ops.dwconv_bn_act(x, weight, bias, stride, pad, 1, activation, backend="cuda")
+    want = reference.dwconv_bn_act(x.double(), weight.double(), bias.double(), [stride] * 2, [pad] * 2, [1, 1],
+                                   activation)
+    _same_nans(got, want, dtype)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [(3, 24, 5, 5, 8), (2, 16, 112, 112, 8)], ids=["single-kernel", "three-kernel"])
+def test_nan_squeeze_excite(case, layout):
+    n, c, h, w, r = case
+    x = _layout(torch.randn(n, c, h, w, device=DEV), layout)
+    x[1, 3, 2, 1] = float("nan")  # sample 1: every gate NaN
+    w1, b1, w2, b2 = se_params(c, r, device=DEV)
+    _same_nans(ops.squeeze_excite(x, w1, b1, w2, b2, backend="cuda"), reference.squeeze_excite(x, w1, b1, w2, b2))
+    x = _layout(torch.randn(n, c, h, w, device=DEV), layout)
+    nan_b1 = b1.clone()
+    nan_b1[2] = float("nan")  # the hidden ReLU keeps it: every gate NaN
+    _same_nans(ops.squeeze_excite(x, w1, nan_b1, w2, b2, backend="cuda"),
+               reference.squeeze_excite(x, w1, nan_b1, w2, b2))
+    nan_b2 = b2.clone()
+    nan_b2[7] = float("nan")  # the gate's hardsigmoid keeps it: channel 7 NaN
+    _same_nans(ops.squeeze_excite(x, w1, b1, w2, nan_b2, backend="cuda"),
+               reference.squeeze_excite(x, w1, b1, w2, nan_b2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("name,fn", ELEMENTWISE, ids=[e[0] for e in ELEMENTWISE])
+def test_nan_elementwise(name, fn, dtype):
+    x = _nan_input((3, 24, 9, 9), "nchw", dtype)
+    want = fn(x.double())
+    for view in (x, x.view(-1)[1:]):  # vector path, then scalar (misaligned) path
+        _same_nans(getattr(ops, name)(view, backend="cuda"), fn(view.double()), dtype)
+    y = x.clone()
+    getattr(ops, name + "_")(y, backend="cuda")
+    _same_nans(y, want, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# More than 2^31 elements (fp16, ~4 GiB per tensor): 64-bit offsets on every kernel path.
+# Outputs are checked on their first, middle and last samples (or rows) against the reference.
+# ---------------------------------------------------------------------------------------------
+BIG = 2**31 + 2**22
+
+
+@pytest.fixture
+def _free_memory():
+    yield
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+
+
+def _big_x(n, c, h, w, layout):
+    assert n * c * h * w > 2**31
+    if layout == "channels_last":
+        x = torch.empty(n, h, w, c, device=DEV, dtype=torch.float16).permute(0, 3, 1, 2)
+    else:
+        x = torch.empty(n, c, h, w, device=DEV, dtype=torch.float16)
+    return x.normal_()
+
+
+def _check_big_dw(x, k, stride, pad, activation="hardswish"):
+    c = x.shape[1]
+    w, b = folded_dw_params(c, k, dtype=torch.float16, device=DEV)
+    y = ops.dwconv_bn_act(x, w, b, stride, pad, 1, activation, backend="cuda")
+    assert y.is_contiguous(memory_format=ops.output_memory_format(x))
+    for i in sorted({0, x.shape[0] // 2, x.shape[0] - 1}):
+        want = reference.dwconv_bn_act(x[i:i + 1].float(), w.float(), b.float(), [stride] * 2, [pad] * 2, [1, 1],
+                                       activation)
+        torch.testing.assert_close(y[i:i + 1].float(), want, rtol=1e-2, atol=1e-2, msg=f"sample {i}")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("_free_memory")
+@pytest.mark.parametrize("path", ["nhwc-vector", "nhwc-scalar", "nchw", "generic"])
+def test_big_dwconv(path):
+    if path == "nhwc-vector":
+        _check_big_dw(_big_x(2100, 64, 112, 144, "channels_last"), 3, 1, 1)
+    elif path == "nhwc-scalar":
+        _check_big_dw(_big_x(2060, 13, 280, 288, "channels_last"), 5, 2, 2)
+    elif path == "nchw":
+        _check_big_dw(_big_x(2100, 64, 112, 144, "nchw"), 3, 2, 1)
+    else:
+        _check_big_dw(_big_x(2100, 64, 112, 144, "nchw"), 7, 1, 3, "relu")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("_free_memory")
+def test_big_dwconv_one_sample_over_2_31():
+    # A single sample larger than 2^31 elements (offsets inside one sample need 64 bits too).
+    x = _big_x(1, 16, 11600, 11600, "channels_last")
+    w, b = folded_dw_params(16, 3, dtype=torch.float16, device=DEV)
+    y = ops.dwconv_bn_act(x, w, b, 1, 1, 1, "relu", backend="cuda")
+    rows = 4  # the last rows, from the input rows that produce them (plus one halo row)
+    want = reference.dwconv_bn_act(x[:, :, -rows - 1:].float(), w.float(), b.float(), [1, 1], [1, 1], [1, 1],
+                                   "relu")
+    torch.testing.assert_close(y[:, :, -rows:].float(), want[:, :, 1:], rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("_free_memory")
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [(45700, 960, 7, 7, 240), (2, 16, 8200, 8200, 8)], ids=["single-kernel", "three-kernel"])
+def test_big_squeeze_excite(case, layout):
+    n, c, h, w, r = case
+    x = _big_x(n, c, h, w, layout)
+    p = se_params(c, r, dtype=torch.float16, device=DEV)
+    y = ops.squeeze_excite(x, *p, backend="cuda")
+    for i in sorted({0, n // 2, n - 1}):
+        want = reference.squeeze_excite(x[i:i + 1].float(), *[t.float() for t in p])
+        torch.testing.assert_close(y[i:i + 1].float(), want, rtol=1e-2, atol=1e-2, msg=f"sample {i}")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("_free_memory")
+@pytest.mark.parametrize("name,fn", ELEMENTWISE, ids=[e[0] for e in ELEMENTWISE])
+def test_big_elementwise(name, fn):
+    x = torch.empty(BIG, device=DEV, dtype=torch.float16).normal_().mul_(4)
+    checks = [slice(0, 4096), slice(2**31 - 2048, 2**31 + 2048), slice(BIG - 4096, BIG)]
+    want = [fn(x[s].float()) for s in checks]
+    y = getattr(ops, name)(x, backend="cuda")
+    for s, wv in zip(checks, want):
+        torch.testing.assert_close(y[s].float(), wv, rtol=1e-2, atol=1e-2)
+    del y
+    # 2 bytes off 16-byte alignment: the scalar path.
+    xs = x[1:]
+    y = getattr(ops, name)(xs, backend="cuda")
+    for s in checks:
+        part = slice(max(s.start - 1, 0), s.stop - 1)
+        torch.testing.assert_close(y[part].float(), fn(xs[part].float()), rtol=1e-2, atol=1e-2)
+    del y, xs
+    getattr(ops, name + "_")(x, backend="cuda")
+    for s, wv in zip(checks, want):
+        torch.testing.assert_close(x[s].float(), wv, rtol=1e-2, atol=1e-2)
+
+
+# ---------------------------------------------------------------------------------------------
 # torch.compile with CUDA graphs
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow  # run last by the GPU check
 def test_compile_reduce_overhead():
     x, w, b = _dw_inputs(2, 64, 14, 14, 3, torch.float32, "channels_last")
     p = se_params(64, 16, device=DEV)
@@ -450,20 +619,13 @@ def _backend_or_skip(backend):
         pytest.skip(f"backend {backend!r} not available: {ops._unavailable_reason(backend)}")
 
 
-def _convert_or_skip(model, backend):
-    try:
-        return mnv3_kernels.convert(model, backend=backend)
-    except NotImplementedError as exc:
-        pytest.skip(f"convert not implemented: {exc}")
-
-
 def _check_converted(model, backend, batch=2, layout="channels_last", dtype=torch.float32):
     randomize_model_bn_(model)
     model = model.eval().to(DEV)
     x = _layout(torch.randn(batch, 3, 224, 224, device=DEV), layout)
     with torch.no_grad():
         want = model(x)
-        converted = _convert_or_skip(copy.deepcopy(model), backend).eval()
+        converted = mnv3_kernels.convert(copy.deepcopy(model), backend=backend).eval()
         if layout == "channels_last":
             converted = converted.to(memory_format=torch.channels_last)
         if dtype != torch.float32:

@@ -100,8 +100,7 @@ __device__ void se_mlp(const float* sums, float inv_hw, float* hidden, float* ga
     for (int64_t c = lane; c < C; c += 32) s = fmaf(to_f(wr[c]), sums[c], s);
     s = warp_sum(s);
     if (lane == 0) {
-      const float h = fmaf(s, inv_hw, to_f(b1[r]));
-      hidden[r] = h > 0.f ? h : 0.f;
+      hidden[r] = apply_activation<Activation::ReLU>(fmaf(s, inv_hw, to_f(b1[r])));  // keeps NaN
     }
   }
   __syncthreads();

@@ -10,6 +10,7 @@ torch.library.custom_op (opaque to the compiler), with a fake kernel that skips 
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import List, Optional, Tuple
 
@@ -157,10 +158,19 @@ def _pixel_strides(out: torch.Tensor) -> Tuple[int, int, int]:
     return out.stride(0), out.stride(1), out.stride(3)
 
 
-def _launch(kernel, grid, *args, **kwargs) -> None:
+def _device_guard(device: torch.device):
+    """Triton launches on the current CUDA device and its current stream: make that the tensors'
+    device (the CUDA backend's CUDAGuard), so cuda:1 inputs work whatever device is current."""
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()  # already current (the usual case): nothing to switch
+
+
+def _launch(device: torch.device, kernel, grid, *args, **kwargs) -> None:
     if _SKIP_LAUNCH:
         return
-    wrap_triton(kernel)[grid](*args, **kwargs)
+    with _device_guard(device):
+        wrap_triton(kernel)[grid](*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,9 +206,9 @@ def _dwconv(x, weight, bias, stride, padding, dilation, activation, pool: bool, 
 
     b = bias if bias is not None else weight  # never read when HAS_BIAS is False
     _launch(
-        kernel, grid,
+        x.device, kernel, grid,
         x, weight, b, out, sums if pool else out,
-        C, H, W, OW, OHW, rows,
+        C, H, W, OW, OHW, rows, K.tune_bucket(N), K.tune_bucket(OHW),
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         weight.stride(0), weight.stride(2), weight.stride(3), b.stride(0),
         son, soc, sop,
@@ -230,7 +240,7 @@ def _se_gate(x, sums, fc1_weight, fc1_bias, fc2_weight, fc2_bias, op):
         block_k = max(16, min(128, 4096 // block_r))
         block_co = 64
     _launch(
-        K.se_gate, (N, triton.cdiv(C, block_co)),
+        x.device, K.se_gate, (N, triton.cdiv(C, block_co)),
         sums, fc1_weight, fc1_bias, fc2_weight, fc2_bias, gate,
         C, R, split, 1.0 / (H * W),
         s1r, s1c, fc1_bias.stride(0), s2c, s2r, fc2_bias.stride(0),
@@ -254,8 +264,8 @@ def _se_scale(x, gate):
         return (N * triton.cdiv(HW, meta["BLOCK_P"]), triton.cdiv(C, meta["BLOCK_C"]))
 
     _launch(
-        kernel, grid,
-        x, gate, out, C, HW, W,
+        x.device, kernel, grid,
+        x, gate, out, C, HW, W, K.tune_bucket(N), K.tune_bucket(HW),
         x.stride(0), x.stride(1), x.stride(2), x.stride(3), son, soc, sop,
         X_FLAT=x_flat, CHANNELS_LAST=channels_last,
         IDX64=bool(K.FORCE_IDX64 or max(_span(x), _span(out)) > _INT32_LIMIT),
@@ -290,7 +300,7 @@ def _squeeze_excite(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias):
         block_p, block_c, warps = 256, 4, 4
     parts = torch.empty((N, split, C), dtype=torch.float32, device=x.device)
     _launch(
-        K.se_sum, (N * split, triton.cdiv(C, block_c)),
+        x.device, K.se_sum, (N * split, triton.cdiv(C, block_c)),
         x, parts, C, HW, W, chunk, split,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         X_FLAT=bool(x.stride(2) == W * x.stride(3) or H == 1), CHANNELS_LAST=channels_last,
@@ -330,7 +340,8 @@ def _elementwise(x, act: int, op: str):
         src = torch.empty_like(x)
         src.copy_(x)
     n = x.numel()
-    _launch(K.elementwise, lambda meta: (triton.cdiv(n, meta["BLOCK"]),), src, out, n, ACT=act)
+    _launch(x.device, K.elementwise, lambda meta: (triton.cdiv(n, meta["BLOCK"]),), src, out, n, K.tune_bucket(n),
+            ACT=act)
     return out
 
 
@@ -339,9 +350,12 @@ def _elementwise_inplace(x, act: int, op: str) -> None:
     if x.numel() == 0:
         return
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
-        # One flat buffer, read and written by the same program at the same offsets.
+        # One flat buffer, read and written by the same program at the same offsets; a kernel
+        # that is not autotuned (see kernels.elementwise_inplace).
         n = x.numel()
-        _launch(K.elementwise, lambda meta: (triton.cdiv(n, meta["BLOCK"]),), x, x, n, ACT=act)
+        meta = K.ELEMENTWISE_INPLACE_META
+        _launch(x.device, K.elementwise_inplace, (triton.cdiv(n, meta["BLOCK"]),), x, x, n, K.tune_bucket(n),
+                ACT=act, **meta)
     elif not _SKIP_LAUNCH:
         # Any other view: computed packed, then written back (copy_ refuses overlapping views).
         x.copy_(_elementwise(x, act, op))

@@ -8,6 +8,13 @@ for NHWC, pixels for NCHW) as the fast, coalesced axis of the tile.
 All arithmetic is done in fp32 whatever the storage dtype. Offsets inside one sample are int32
 unless IDX64 says a sample spans 2^31 elements or more; the per-sample base is always int64,
 because N*C*H*W exceeds 2^31 at large batch.
+
+Autotuning: on a GPU each autotuned kernel benchmarks its configs once per key. Keys hold size
+buckets (tune_bucket: next power of two) rather than exact sizes, plus what moves the best tile
+(channels, batch bucket, kernel shape, layout), so a new batch size neither retunes nor reuses a
+batch-1 tile at batch 256. MNV3_TRITON_AUTOTUNE=0 (read at import) keeps one config per kernel:
+no benchmarking, for tests. Kernels that write their own input (in-place activations) are never
+autotuned: the autotuner runs every config on the live buffer.
 """
 from __future__ import annotations
 
@@ -21,32 +28,64 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # indices skip that check and make interpreted tests several times faster. Tests may turn it
 # off to run the int32 path under the overflow checker.
 FORCE_IDX64 = INTERPRET
+# "0": one config per autotuned kernel (its default), no benchmarking.
+AUTOTUNE = os.environ.get("MNV3_TRITON_AUTOTUNE", "1") != "0"
 
 # Activation codes (constexpr): the epilogue is specialized per activation.
 ACT_NONE, ACT_RELU, ACT_HARDSWISH, ACT_HARDSIGMOID = 0, 1, 2, 3
 ACT_CODES = {"none": ACT_NONE, "relu": ACT_RELU, "hardswish": ACT_HARDSWISH}
 
 
-def _configs(entries, interpret_entry):
-    """Autotune configs; under the interpreter a single large tile: no benchmarking, and few
-    programs (the interpreter's cost is per program and per op, hardly per element)."""
+def _config(entry):
+    kw, warps = entry
+    return triton.Config(dict(kw), num_warps=warps, num_stages=1)
+
+
+def tune_bucket(size) -> int:
+    """A size as it enters autotune keys: the next power of two (1, 2, 4, ...), so sizes within
+    2x share one tuning while batch 1 and batch 256 do not."""
+    return triton.next_power_of_2(max(int(size), 1))
+
+
+def _autotuned(fn, key, entries, default, interpret_entry):
+    """fn autotuned over entries on a GPU; one config (default, or a single large tile under the
+    interpreter, which pays per program and per op, hardly per element) otherwise.
+
+    The full GPU list stays reachable as .gpu_configs, so tests can make the autotuner
+    benchmark every config under the interpreter."""
     if INTERPRET:
-        entries = [interpret_entry]
-    return [triton.Config(dict(kw), num_warps=w, num_stages=1) for kw, w in entries]
+        chosen = [interpret_entry]
+    elif not AUTOTUNE:
+        chosen = [default]
+    else:
+        chosen = entries
+    kernel = triton.autotune(configs=[_config(e) for e in chosen], key=key)(fn)
+    kernel.gpu_configs = [_config(e) for e in entries]
+    return kernel
 
 
 # ----------------------------------------------------------------------------------------------
 # Shared device helpers
 # ----------------------------------------------------------------------------------------------
+# NaN in, NaN out, as PyTorch: clamps are selects that replace a value only when a comparison
+# holds (never for NaN). tl.maximum/tl.minimum would not do: they return the other operand for
+# NaN (maxnum semantics; the interpreter too: tl.maximum(nan, 0) == 0).
+@triton.jit
+def _hardsigmoid(y):
+    # clamp(y/6 + 1/2, 0, 1), without a divide.
+    t = y * (1.0 / 6.0) + 0.5
+    t = tl.where(t < 0.0, 0.0, t)
+    return tl.where(t > 1.0, 1.0, t)
+
+
 @triton.jit
 def _activate(y, ACT: tl.constexpr):
-    # Piecewise forms without a divide: hardswish = y * clamp(y/6 + 1/2, 0, 1).
     if ACT == 1:
-        y = tl.maximum(y, 0.0)
+        y = tl.where(y < 0.0, 0.0, y)
     elif ACT == 2:
-        y = y * tl.minimum(tl.maximum(y * (1.0 / 6.0) + 0.5, 0.0), 1.0)
+        y = y * _hardsigmoid(y)
     elif ACT == 3:
-        y = tl.minimum(tl.maximum(y * (1.0 / 6.0) + 0.5, 0.0), 1.0)
+        y = _hardsigmoid(y)
     return y
 
 
@@ -123,13 +162,15 @@ _DW_POOL_NCHW = [
     ({"BLOCK_C": 2, "BLOCK_P": POOL_BLOCK_P_NCHW}, 4),
     ({"BLOCK_C": 4, "BLOCK_P": POOL_BLOCK_P_NCHW}, 4),
 ]
-_DW_KEY = ["C", "OHW", "OW", "KH", "KW", "SH", "SW", "STATIC", "CHANNELS_LAST", "IDX64"]
+# tune_n / tune_p: tune_bucket of the batch and of the output plane (key only, unused by the
+# kernel, never specialized on).
+_DW_KEY = ["C", "tune_n", "tune_p", "KH", "KW", "SH", "SW", "STATIC", "CHANNELS_LAST", "IDX64"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["tune_n", "tune_p"])
 def _dwconv_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, sums_ptr,
-    C, H, W, OW, OHW, sums_rows,
+    C, H, W, OW, OHW, sums_rows, tune_n, tune_p,
     sxn, sxc, sxh, sxw,
     swc, swh, sww, sb,
     son, soc, sop,
@@ -202,12 +243,11 @@ def _dwconv_kernel(
         tl.store(sums_ptr + row * C + cv, part, mask=cv < C)
 
 
-dwconv_nhwc = triton.autotune(configs=_configs(_DW_NHWC, ({"BLOCK_P": 128, "BLOCK_C": 128}, 4)), key=_DW_KEY)(_dwconv_kernel)
-dwconv_nchw = triton.autotune(configs=_configs(_DW_NCHW, ({"BLOCK_C": 64, "BLOCK_P": 256}, 4)), key=_DW_KEY)(_dwconv_kernel)
-dwconv_pool_nhwc = triton.autotune(
-    configs=_configs(_DW_POOL_NHWC, _DW_POOL_NHWC[2]), key=_DW_KEY)(_dwconv_kernel)
-dwconv_pool_nchw = triton.autotune(
-    configs=_configs(_DW_POOL_NCHW, ({"BLOCK_C": 64, "BLOCK_P": POOL_BLOCK_P_NCHW}, 4)), key=_DW_KEY)(_dwconv_kernel)
+dwconv_nhwc = _autotuned(_dwconv_kernel, _DW_KEY, _DW_NHWC, _DW_NHWC[4], ({"BLOCK_P": 128, "BLOCK_C": 128}, 4))
+dwconv_nchw = _autotuned(_dwconv_kernel, _DW_KEY, _DW_NCHW, _DW_NCHW[2], ({"BLOCK_C": 64, "BLOCK_P": 256}, 4))
+dwconv_pool_nhwc = _autotuned(_dwconv_kernel, _DW_KEY, _DW_POOL_NHWC, _DW_POOL_NHWC[1], _DW_POOL_NHWC[2])
+dwconv_pool_nchw = _autotuned(_dwconv_kernel, _DW_KEY, _DW_POOL_NCHW, _DW_POOL_NCHW[2],
+                              ({"BLOCK_C": 64, "BLOCK_P": POOL_BLOCK_P_NCHW}, 4))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,13 +318,15 @@ def _se_gate_kernel(
             w1 = tl.load(w1_ptr + r[:, None] * s1r + k[None, :] * s1c,
                          mask=rmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
             h += tl.sum(w1 * pooled[None, :], axis=1)
-        h = tl.maximum(h + tl.load(b1_ptr + r * sb1, mask=rmask, other=0.0).to(tl.float32), 0.0)
+        h = _activate(h + tl.load(b1_ptr + r * sb1, mask=rmask, other=0.0).to(tl.float32), 1)
+        # Rows past R must add exactly 0 (their sum is 0 * pooled, NaN when pooled is inf).
+        h = tl.where(rmask, h, 0.0)
         w2 = tl.load(w2_ptr + co[:, None] * s2c + r[None, :] * s2r,
                      mask=comask[:, None] & rmask[None, :], other=0.0).to(tl.float32)
         out += tl.sum(w2 * h[None, :], axis=1)
     out += tl.load(b2_ptr + co * sb2, mask=comask, other=0.0).to(tl.float32)
     gate = _activate(out, 3)
-    tl.store(gate_ptr + n * C + co, gate, mask=comask)
+    tl.store(gate_ptr + n.to(tl.int64) * C + co, gate, mask=comask)
 
 
 _SCALE_NHWC = [
@@ -300,13 +342,13 @@ _SCALE_NCHW = [
     ({"BLOCK_C": 4, "BLOCK_P": 256}, 4),
     ({"BLOCK_C": 8, "BLOCK_P": 128}, 4),
 ]
-_SCALE_KEY = ["C", "HW", "CHANNELS_LAST", "X_FLAT", "IDX64"]
+_SCALE_KEY = ["C", "tune_n", "tune_p", "CHANNELS_LAST", "X_FLAT", "IDX64"]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["tune_n", "tune_p"])
 def _se_scale_kernel(
     x_ptr, gate_ptr, out_ptr,
-    C, HW, W,
+    C, HW, W, tune_n, tune_p,
     sxn, sxc, sxh, sxw, son, soc, sop,
     X_FLAT: tl.constexpr, CHANNELS_LAST: tl.constexpr, IDX64: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -323,13 +365,13 @@ def _se_scale_kernel(
         off = (p // W) * sxh + (p % W) * sxw
     mask = pmask & cmask
     xv = tl.load(x_ptr + n.to(tl.int64) * sxn + c * sxc + off, mask=mask, other=0.0)
-    g = tl.load(gate_ptr + n * C + c, mask=cmask, other=0.0)
+    g = tl.load(gate_ptr + n.to(tl.int64) * C + c, mask=cmask, other=0.0)
     y = xv.to(tl.float32) * g
     tl.store(out_ptr + n.to(tl.int64) * son + c * soc + p * sop, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-se_scale_nhwc = triton.autotune(configs=_configs(_SCALE_NHWC, ({"BLOCK_P": 128, "BLOCK_C": 128}, 4)), key=_SCALE_KEY)(_se_scale_kernel)
-se_scale_nchw = triton.autotune(configs=_configs(_SCALE_NCHW, ({"BLOCK_C": 64, "BLOCK_P": 256}, 4)), key=_SCALE_KEY)(_se_scale_kernel)
+se_scale_nhwc = _autotuned(_se_scale_kernel, _SCALE_KEY, _SCALE_NHWC, _SCALE_NHWC[2], ({"BLOCK_P": 128, "BLOCK_C": 128}, 4))
+se_scale_nchw = _autotuned(_se_scale_kernel, _SCALE_KEY, _SCALE_NCHW, _SCALE_NCHW[0], ({"BLOCK_C": 64, "BLOCK_P": 256}, 4))
 se_sum = _se_sum_kernel
 se_gate = _se_gate_kernel
 
@@ -345,13 +387,17 @@ _ELEMENTWISE = [
 ]
 
 
-@triton.jit
-def _elementwise_kernel(x_ptr, out_ptr, numel, ACT: tl.constexpr, BLOCK: tl.constexpr):
+@triton.jit(do_not_specialize=["tune_numel"])
+def _elementwise_kernel(x_ptr, out_ptr, numel, tune_numel, ACT: tl.constexpr, BLOCK: tl.constexpr):
+    # x_ptr may equal out_ptr (in place): each element is read before the same lane writes it.
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offs, _activate(x, ACT).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-elementwise = triton.autotune(configs=_configs(_ELEMENTWISE, _ELEMENTWISE[3]), key=["numel", "ACT"])(
-    _elementwise_kernel)
+elementwise = _autotuned(_elementwise_kernel, ["tune_numel", "ACT"], _ELEMENTWISE, _ELEMENTWISE[2], _ELEMENTWISE[3])
+# In place: one fixed config, never autotuned (benchmarking N configs on the live buffer would
+# apply the activation N times over).
+elementwise_inplace = _elementwise_kernel
+ELEMENTWISE_INPLACE_META = dict(BLOCK=8192 if INTERPRET else 4096, num_warps=8)
