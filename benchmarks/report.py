@@ -22,11 +22,13 @@ PAPER_LABEL = {"all-relu": "ReLU", "hswish-fused": "h-swish @ optimized", "hswis
 
 _ORDER = ["matmul", "copy", "eager-unfused", "eager", "eager-cl", "eager-folded", "compile",
           "compile-freezing", "all-relu", "relu", "swish", "hswish-naive", "hswish-F", "hswish-where",
-          "hswish-fused", "fused-blocks-relu", "fused-blocks", "fused", "converted"]
+          "hswish-fused", "fused-blocks-relu", "fused-blocks", "fused", "onnxruntime", "openvino",
+          "converted"]
 _KIND_TITLE = OrderedDict([
     ("ceiling", "Machine ceilings"),
     ("dw-il", "Depthwise conv + BN + activation, interleaved"),
     ("dw", "Depthwise conv + BN + activation, each provider on its own"),
+    ("pw-il", "Pointwise (1x1) conv + BN + activation, interleaved"),
     ("se-il", "Squeeze-excite, interleaved"), ("se", "Squeeze-excite, each provider on its own"),
     ("act-il", "Activations, interleaved"), ("act", "Activations, each provider on its own"),
     ("grad-il", "Converted vs original by autograd mode, interleaved"),
@@ -239,7 +241,7 @@ def geomean_rows(groups, kind: str, refs: List[str], split=None, exclude=()) -> 
 
 def _case_label(row: Row) -> str:
     parts = [str(row.ei.get("layer") or row.group), f"b{row.ei.get('batch')}"]
-    if row.ei.get("layout") and row.kind.split("-")[0] in ("dw", "se"):
+    if row.ei.get("layout") and row.kind.split("-")[0] in ("dw", "pw", "se"):
         parts.append(str(row.ei.get("layout")))
     return " ".join(parts)
 
@@ -274,6 +276,9 @@ def headline_lines(groups) -> List[str]:
             ("eager-folded", "eager with BN folded beforehand, conv2d(+bias) → act"),
             ("compile", "torch.compile of the unfused block"),
             ("compile-freezing", "torch.compile with freezing")]),
+        ("pw", "pointwise (1x1) conv+BN+act", "fused-", [
+            ("eager-unfused", "eager conv2d → batch_norm → act"),
+            ("eager-folded", "eager with BN folded beforehand, conv2d(+bias) → act")]),
         ("se", "squeeze-excite", "fused-", [("eager", "eager torchvision module"),
                                             ("compile", "torch.compile of it")]),
         ("act", "h-swish", "hswish-fused-", [("hswish-F", "F.hardswish"),
@@ -296,6 +301,8 @@ def headline_lines(groups) -> List[str]:
                 if v:
                     lines.append(f"- mobilenet_v3_{r0.ei.get('model')} b{r0.ei.get('batch')} {r0.device}, {p} "
                                  f"vs {base} ({how}, no_grad): **{v:.2f}×**")
+        peer_lines = _peer_lines(g, how)
+        lines += peer_lines
     for g in _of_kind(groups, "grad-il"):
         r0 = next(iter(g.values()))
         cells = []
@@ -307,6 +314,28 @@ def headline_lines(groups) -> List[str]:
             lines.append(f"- converted vs original mobilenet_v3_{r0.ei.get('model')} b{r0.ei.get('batch')} "
                          f"{r0.device} by autograd mode (interleaved): " + ", ".join(cells))
     return lines
+
+
+def _peer_lines(g, how) -> List[str]:
+    """The converted model (NCHW input) against the faster of ONNX Runtime and OpenVINO, and
+    against torch.compile with freezing: what a CPU user would deploy instead."""
+    r0 = next(iter(g.values()))
+    peers = [p for p in ("onnxruntime", "openvino") if p in g]
+    out = []
+    for p in sorted(g, key=provider_key):
+        if not (p.startswith("converted-") and "+" not in p and not p.endswith("-cl")):
+            continue
+        parts = []
+        if peers:
+            best = min(peers, key=lambda q: g[q].median)
+            parts.append(f"time {fmt_time(g[p].median)} vs {best} {fmt_time(g[best].median)}: "
+                         f"**{g[p].median / g[best].median:.2f}×** the time of the faster peer")
+        if "compile-freezing" in g:
+            parts.append(f"{speedup(g, p, 'compile-freezing'):.2f}× faster than torch.compile+freezing")
+        if parts:
+            out.append(f"- mobilenet_v3_{r0.ei.get('model')} b{r0.ei.get('batch')} {r0.device}, {p} "
+                       f"({how}): " + "; ".join(parts))
+    return out
 
 
 def grad_mode_table(groups, kind: str = "grad-il") -> str:
@@ -369,6 +398,28 @@ def wide_dw_tables(groups, ceil, kind: str = "dw") -> str:
             rows.append(row)
         text.append(f"#### {dev}, batch {batch}, {layout} (medians)\n\n" + md_table(header, rows))
     return "\n".join(text)
+
+
+def pointwise_efficiency(groups, ceil, kind: str) -> str:
+    """GFLOP/s of the fused pointwise kernel per layer, against the measured matmul peak, for the
+    layers of at least 20 MFLOP (the bar of a GEMM kernel)."""
+    rows, effs = [], []
+    for g in _of_kind(groups, kind):
+        r = g.get("fused-cpu")
+        if r is None or not r.flops or r.flops < 20e6:
+            continue
+        peak = (ceil.get(r.device) or {}).get("gflops")
+        gf = r.flops / r.median / 1e9
+        effs.append(gf / peak if peak else None)
+        rows.append([r.ei.get("layer", ""), f"b{r.ei.get('batch')}", r.ei.get("layout", ""), fmt_num(gf),
+                     fmt_pct(gf / peak) if peak else "?"])
+    if not rows:
+        return ""
+    known = [e for e in effs if e is not None]
+    head = (f"Fused kernel on the layers of ≥ 20 MFLOP: {len(rows)} cases, "
+            f"{fmt_pct(min(known)) if known else '?'} to {fmt_pct(max(known)) if known else '?'} of the measured "
+            "matmul peak.\n\n")
+    return head + md_table(["layer", "batch", "layout", "GFLOP/s", "of matmul peak"], rows)
 
 
 def model_table(groups, kind: str) -> str:
@@ -662,7 +713,7 @@ def render(rows: List[Row], meta: List[dict], out_dir: str, extra_md: List[str] 
                   "*and* eager with BN folded beforehand -- with the slowest case:\n")
         md.append("\n".join(lines) + "\n")
     # The interleaved measurements when the run has them: they are the ones to compare.
-    layer_kind = {k: (f"{k}-il" if f"{k}-il" in kinds else k) for k in ("dw", "se", "act")}
+    layer_kind = {k: (f"{k}-il" if f"{k}-il" in kinds else k) for k in ("dw", "pw", "se", "act")}
     how = {k: (", interleaved" if v.endswith("-il") else "") for k, v in layer_kind.items()}
     if layer_kind["dw"] in kinds:
         md.append(f"### Depthwise conv + BN + activation: geomean speedup (min–max over layers){how['dw']}\n")
@@ -671,6 +722,14 @@ def render(rows: List[Row], meta: List[dict], out_dir: str, extra_md: List[str] 
         tab = geomean_rows(groups, layer_kind["dw"], refs, split=split, exclude=("eager-unfused",))
         md.append(md_table(["cases", "provider"] + [f"vs {r}" for r in refs], tab))
         md.append("\nSplit by batch and layout; *all* pools every depthwise group.\n")
+    if layer_kind["pw"] in kinds:
+        md.append(f"### Pointwise (1x1) conv + BN + activation, MobileNetV3-Large's 1x1 layers: geomean "
+                  f"speedup (min–max over layers){how['pw']}\n")
+        refs = ["eager-unfused", "eager-folded"]
+        split = lambda r: f"{r.device} b{r.ei.get('batch')} {r.ei.get('layout')}"  # noqa: E731
+        tab = geomean_rows(groups, layer_kind["pw"], refs, split=split, exclude=("eager-unfused",))
+        md.append(md_table(["cases", "provider"] + [f"vs {r}" for r in refs], tab))
+        md.append("\n" + pointwise_efficiency(groups, ceil, layer_kind["pw"]) + "\n")
     if layer_kind["se"] in kinds:
         md.append(f"### Squeeze-excite: geomean speedup{how['se']}\n")
         refs = ["eager", "compile"]

@@ -6,6 +6,8 @@ model groups, providers:
     compile, compile-freezing           torch.compile (freezing: CPU only)
     converted-<b>, converted-<b>-cl     mnv3_kernels.convert(model, backend=b)
     converted-<b>+compile               the converted model under torch.compile
+    onnxruntime, openvino               the original model exported to ONNX, run by ONNX Runtime /
+                                        OpenVINO with torch's thread count (CPU; benchmarks/peers.py)
 table5 groups (the same network, activation swapped; relative to all-relu like the paper):
     all-relu          every nn.Hardswish replaced by nn.ReLU
     hswish-naive      nn.Hardswish replaced by the op chain x * relu6(x + 3) / 6
@@ -28,7 +30,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from benchmarks import common
+from benchmarks import common, peers
 from mnv3_kernels import modules
 
 _REFS = {}
@@ -64,6 +66,8 @@ def _model_cases():
                 providers += [f"converted-{b}", f"converted-{b}-cl"]
                 if with_compile:
                     providers.append(f"converted-{b}+compile")
+            if dev == "cpu":
+                providers += list(peers.PEERS)
             cases += [pytest.param(name, n, p, id=f"{name}-b{n}-{p}") for p in providers]
     return cases
 
@@ -75,7 +79,12 @@ def _model_provider(name, n, provider, dev):
     x = common.model_input(n, layout, dev)
     ref = _reference(name, "eager", n, dev, common.build_model(name).to(dev))
     key = ("model", name, n, layout, dev)
-    if provider.startswith("converted-"):
+    if provider in peers.PEERS:
+        reason = peers.unavailable_reason(provider)
+        if reason is not None:
+            pytest.skip(reason)
+        fn = peers.runner(provider, base, x)
+    elif provider.startswith("converted-"):
         backend = provider[len("converted-"):].split("-")[0].split("+")[0]
         model = common.to_layout(_converted(base, backend), layout)
         fn = common.compiled(key + (provider,), model) if provider.endswith("+compile") else model
@@ -226,6 +235,8 @@ def test_interleaved(benchmark, dev, kind, name, n, providers):
         backend = _fused_backend(provider)
         if backend is not None and common.fused_skip_reason(backend, dev):
             continue  # the per-provider case says why
+        if provider in peers.PEERS and peers.unavailable_reason(provider):
+            continue
         fn, x, ref = build(name, n, provider, dev)
         built[provider] = (fn, (x,), ref)
     common.run_interleaved(

@@ -15,8 +15,7 @@
 constexpr int64_t kSlice = static_cast<int64_t>(NV) * VL;  // output channels per register tile
 static_assert(kPanel % kSlice == 0, "a panel must hold whole register-tile slices");
 
-// Floats of the x block that a tile row range keeps cache-resident while the panels pass over it.
-constexpr int64_t kChunkFloats = 8192;
+constexpr int64_t kChunkFloats = kGemmChunkFloats;
 
 inline int64_t gmin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t gmax(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -111,16 +110,26 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
   const float* res = a.residual != nullptr ? a.residual + base * Cout : nullptr;
   // Rows per chunk: the chunk's x rows stay in L1/L2 while every panel of the call passes.
   const int64_t mc = gmax(MR, kChunkFloats / gmax(K, 1) / MR * MR);
-  int64_t scaled = -1;  // the panel now in scratch
   for (int64_t c0 = r0; c0 < r1; c0 += mc) {
     const int64_t c1 = gmin(r1, c0 + mc);
+    // The squeeze-excite gate scales the chunk's x rows once, in cache, for all the panels
+    // (measured: scaling each panel's weights instead cost up to +130% on 7x7 and 14x14 layers,
+    // where a chunk is a single tile and the panels were rescaled for every one).
+    const float* xc = x;  // row m of the chunk at xc + m * K
+    if (a.scale != nullptr) {
+      const float* s = a.scale + n * K;
+      for (int64_t m = c0; m < c1; ++m) {
+        const float* src = x + m * K;
+        float* dst = scratch + (m - c0) * K;
+        int64_t k = 0;
+        for (; k + VL <= K; k += VL) vstore(dst + k, vmul(vload(src + k), vload(s + k)));
+        if (k < K) vstore_n(dst + k, vmul(vload_n(src + k, static_cast<int>(K - k)),
+                                          vload_n(s + k, static_cast<int>(K - k))), static_cast<int>(K - k));
+      }
+      xc = scratch - c0 * K;
+    }
     for (int64_t p = p0; p < p1; ++p) {
       const float* panel = a.packed + p * pf;
-      if (a.scale != nullptr) {
-        if (scaled != p) scale_panel(panel, a.scale + n * K, K, scratch);
-        scaled = p;
-        panel = scratch;
-      }
       const int64_t cols = gmin(kPanel, Cout - p * kPanel);
       for (int64_t s0 = 0; s0 < cols; s0 += kSlice) {
         const int nc = static_cast<int>(gmin(kSlice, cols - s0));
@@ -128,7 +137,7 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
         const int64_t yoff = p * kPanel + s0;
         for (int64_t m = c0; m < c1; m += MR) {
           const int rows = static_cast<int>(gmin(MR, c1 - m));
-          const float* xa = x + m * K;
+          const float* xa = xc + m * K;
           float* yo = y + m * Cout + yoff;
           const float* ro = res != nullptr ? res + m * Cout + yoff : nullptr;
           if (nc > (NV - 1) * VL) {
@@ -257,21 +266,28 @@ static_assert(MR <= kMaxTileRows, "scratch is sized for kMaxTileRows rows");
 inline void gather_patches(const DenseConvArgs& a, int64_t n, int64_t oh, int64_t ow0, int rows,
                            float* dst) {
   const int64_t K = a.C * a.KH * a.KW;
-  for (int r = 0; r < rows; ++r) {
-    float* d = dst + r * K;
-    const int64_t iw0 = (ow0 + r) * a.SW - a.PW;
-    for (int64_t c = 0; c < a.C; ++c) {
-      for (int64_t i = 0; i < a.KH; ++i) {
-        const int64_t ih = oh * a.SH - a.PH + i * a.DH;
-        const bool row_in = ih >= 0 && ih < a.H;
-        for (int64_t j = 0; j < a.KW; ++j) {
-          const int64_t iw = iw0 + j * a.DW;
-          float v = 0.0f;
-          if (row_in && iw >= 0 && iw < a.W) {
-            v = a.x_nhwc ? a.x[((n * a.H + ih) * a.W + iw) * a.C + c]
-                         : a.x[((n * a.C + c) * a.H + ih) * a.W + iw];
+  // Element (c, ih, iw) is at row(c, ih)[iw * cs]: NCHW rows are contiguous, NHWC rows step C.
+  const int64_t cs = a.x_nhwc ? a.C : 1;
+  const int64_t span = (rows - 1) * a.SW;  // first to last input column of a tap over the rows
+  int64_t k = 0;
+  for (int64_t c = 0; c < a.C; ++c) {
+    for (int64_t i = 0; i < a.KH; ++i) {
+      const int64_t ih = oh * a.SH - a.PH + i * a.DH;
+      const float* xr = nullptr;
+      if (ih >= 0 && ih < a.H) {
+        xr = a.x_nhwc ? a.x + (n * a.H + ih) * a.W * a.C + c : a.x + ((n * a.C + c) * a.H + ih) * a.W;
+      }
+      for (int64_t j = 0; j < a.KW; ++j, ++k) {
+        const int64_t iw0 = ow0 * a.SW - a.PW + j * a.DW;
+        float* d = dst + k;
+        if (xr != nullptr && iw0 >= 0 && iw0 + span < a.W) {  // interior: no bounds per pixel
+          const float* s = xr + iw0 * cs;
+          for (int r = 0; r < rows; ++r) d[r * K] = s[r * a.SW * cs];
+        } else {
+          for (int r = 0; r < rows; ++r) {
+            const int64_t iw = iw0 + r * a.SW;
+            d[r * K] = (xr != nullptr && iw >= 0 && iw < a.W) ? xr[iw * cs] : 0.0f;
           }
-          *d++ = v;
         }
       }
     }

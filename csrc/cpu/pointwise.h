@@ -48,7 +48,7 @@ struct PointwiseKernels {
   int mr;  // output rows (NHWC pixels, NCHW channels) per register tile
   // NHWC: output rows [r0, r1) of sample n (rows n*HW + r), panels [p0, p1). Without a scale,
   // a caller may pass n = 0 and rows of the whole batch (r1 <= N*HW). scratch: at least
-  // pointwise_panel_floats(K) floats, 64-byte aligned (the scaled panel).
+  // pointwise_scratch_floats(K) floats, 64-byte aligned (the scaled x chunk).
   void (*nhwc)(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int64_t p1,
                float* scratch);
   // NCHW: pixels [q0, q1) of sample n, panels [p0, p1); scratch as above.
@@ -59,6 +59,14 @@ struct PointwiseKernels {
   void (*dense)(const DenseConvArgs& a, int64_t r0, int64_t r1, float* scratch);
 };
 constexpr int64_t kMaxTileRows = 8;
+// Floats of the x block that a row range keeps cache-resident while the panels pass over it.
+constexpr int64_t kGemmChunkFloats = 8192;
+// Scratch a kernel call needs (pointwise: a scaled panel or a scaled x chunk; dense: patches).
+inline int64_t pointwise_scratch_floats(int64_t k) {
+  const int64_t panel = pointwise_panel_floats(k), rows = kMaxTileRows * k;
+  const int64_t chunk = rows > kGemmChunkFloats ? rows : kGemmChunkFloats;
+  return panel > chunk ? panel : chunk;
+}
 
 // The kernels of the active ISA (isa.h), and a per-thread 64-byte-aligned scratch buffer of at
 // least `floats` floats, reused across calls (pointwise_conv_bn_act.cpp).

@@ -86,9 +86,9 @@ void run_parts(int64_t units, int64_t parts, const F& f) {
 }
 
 void run_nhwc(const PointwiseKernels& k, const PwArgs& a, int64_t parts) {
-  const int64_t P = pointwise_panels(a.Cout), pf = pointwise_panel_floats(a.K);
+  const int64_t P = pointwise_panels(a.Cout);
   // Without a per-sample scale the batch is one run of N*HW rows; with one, each sample is a
-  // run of its own (its rows see their own scaled weights).
+  // run of its own (its rows see their own scale).
   const bool per_sample = a.scale != nullptr;
   const int64_t segs = per_sample ? a.N : 1;
   const int64_t rows = per_sample ? a.HW : a.N * a.HW;
@@ -98,7 +98,7 @@ void run_nhwc(const PointwiseKernels& k, const PwArgs& a, int64_t parts) {
   // over the rows, so every thread reads a part of x.
   const bool by_panel = parts > 1 && a.N * a.HW < a.Cout && P > 1;
   run_parts(segs * (by_panel ? P : 1) * tiles, parts, [&](int64_t u0, int64_t u1) {
-    float* scratch = per_sample ? gemm_thread_scratch(pf) : nullptr;
+    float* scratch = per_sample ? gemm_thread_scratch(pointwise_scratch_floats(a.K)) : nullptr;
     const int64_t span = tiles * (by_panel ? P : 1);  // units per segment
     while (u0 < u1) {
       const int64_t seg = u0 / span, in_seg = u0 % span;
