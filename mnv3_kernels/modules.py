@@ -57,6 +57,8 @@ New fused modules derive from ``FusedModule``: it holds the backend, the derived
 """
 from __future__ import annotations
 
+import operator
+
 from collections import Counter
 from typing import Optional, Tuple
 
@@ -883,6 +885,24 @@ def _gate_args(se: "FusedSqueezeExcite"):
     return fc1.weight.flatten(1), b1, fc2.weight.flatten(1), b2
 
 
+_VERSION = operator.attrgetter("_version")
+
+
+class _LazyOps(dict):
+    """The CPU operators a fused block calls, looked up once (an attribute walk through
+    torch.ops costs about as much as a small kernel)."""
+
+    _NAMES = {"pointwise_packed": "pointwise_conv_bn_act_packed", "dwconv": "dwconv_bn_act",
+              "gate": "squeeze_excite_gate"}
+
+    def __missing__(self, key):
+        op = self[key] = getattr(torch.ops.mnv3, self._NAMES[key]).default
+        return op
+
+
+_OPS = _LazyOps()
+
+
 class FusedInvertedResidual(FusedModule, nn.Module):
     """A whole MobileNetV3 inverted-residual block -- [1x1 expand] -> depthwise -> [squeeze-excite]
     -> 1x1 project [+ input] -- as a few fused calls, for torchvision's ``InvertedResidual``.
@@ -929,6 +949,7 @@ class FusedInvertedResidual(FusedModule, nn.Module):
             if not key.startswith("_") and key not in ("training", "use_res_connect"):
                 setattr(self, key, value)
         self.__dict__["_parts"] = (expand, dw, se, project)
+        self.__dict__["_children"] = tuple(seq._modules.values())
         self.backend = "auto"  # the layers keep their own backends; this one is not used
         self.train(block.training)
 
@@ -943,14 +964,64 @@ class FusedInvertedResidual(FusedModule, nn.Module):
             return "traced (torch.compile, torch.export or ONNX export)"
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
             return "autograd records the call"
+        children = tuple(self.block._modules.values())
+        if len(children) != len(self.__dict__["_children"]) or any(
+                a is not b for a, b in zip(children, self.__dict__["_children"])):
+            return "the block's layers were replaced after conversion"
         for m in (expand, dw, project):
-            if m is not None and not _bn_fusable(m[1]):
+            if m is not None and not _bn_fusable(m._modules["1"]):
                 return "BatchNorm in training mode"
         if se is not None and se.training and not se.train_fused:
             return "squeeze-excite in training mode"
-        if ops._resolve_for("pointwise_conv_bn_act", project.backend, x) != "cpu":
-            return "the projection does not run on the CPU kernels"
+        if any(m is not None and ops._resolve_for("pointwise_conv_bn_act", m.backend, x) != "cpu"
+               for m in (expand, project)) or ops._resolve_cached(dw.backend, x) != "cpu":
+            return "a layer's backend is not the CPU kernels"
         return None
+
+    def _sources(self) -> tuple:
+        """Every tensor the block's folded and packed weights derive from, read straight from the
+        modules' dicts (cheaper than attribute access, which walks nn.Module.__getattr__)."""
+        expand, dw, se, project = self.__dict__["_parts"]
+        out = []
+        for m in (expand, dw, project):
+            if m is not None:
+                conv, bn = m._modules["0"], m._modules["1"]
+                out += [conv._parameters["weight"], conv._parameters.get("bias"), bn._parameters.get("weight"),
+                        bn._parameters.get("bias"), bn._buffers["running_mean"], bn._buffers["running_var"]]
+        if se is not None:
+            for role in ("fc1", "fc2"):
+                fc = se._modules[se._roles[role]]
+                out += [fc._parameters["weight"], fc._parameters.get("bias")]
+        return tuple(t for t in out if t is not None)
+
+    def _plan(self):
+        """The block's fused calls with their folded/packed weights, rebuilt when any source
+        tensor changed (same rule as the layers' own caches: version counter and storage address
+        of every source, the objects themselves, and the BN eps)."""
+        expand, dw, se, project = self.__dict__["_parts"]
+        sources = self._sources()
+        try:
+            stamp = (tuple(map(_VERSION, sources)), tuple(map(torch.Tensor.data_ptr, sources)),
+                     tuple(m._modules["1"].eps for m in (expand, dw, project) if m is not None),
+                     torch.is_inference_mode_enabled())
+        except RuntimeError:  # an inference tensor (no version counter): nothing is cached
+            stamp = None
+        cache = self._cache()
+        cached = cache.get("plan")
+        if (cached is not None and stamp is not None and cached[1] == stamp
+                and len(cached[0]) == len(sources) and all(a is b for a, b in zip(cached[0], sources))):
+            return cached[2]
+        conv = dw._modules["0"]
+        dw_weight, dw_bias = dw._folded(conv.weight, conv.bias, dw._modules["1"])
+        plan = (
+            None if expand is None else (expand._packed(), expand.out_channels, expand.activation),
+            (dw_weight, dw_bias, *_conv_geometry(conv), dw.activation),
+            None if se is None else _gate_args(se),
+            (project._packed(), project.out_channels),
+        )
+        if stamp is not None:
+            cache["plan"] = (sources, stamp, plan)
+        return plan
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         why = self._why_layer_by_layer(x)
@@ -959,17 +1030,14 @@ class FusedInvertedResidual(FusedModule, nn.Module):
             out = self.block(x)
             return out + x if self.use_res_connect else out
         self._count("fused", "cpu")
-        expand, dw, se, project = self.__dict__["_parts"]
+        expand, dw, gate, project = self._plan()
         if not x.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
-        h = expand.fused_forward(x) if expand is not None else x
-        conv = dw[0]
-        weight, bias = dw._folded(conv.weight, conv.bias, dw[1])
-        stride, padding, dilation = _conv_geometry(conv)
-        h = ops._dwconv_bn_act_on(ops._resolve_cached(dw.backend, h), h, weight, bias, stride, padding,
-                                  dilation, dw.activation)
-        scale = torch.ops.mnv3.squeeze_excite_gate(h, *_gate_args(se)) if se is not None else None
-        return project.fused_forward(h, residual=x if self.use_res_connect else None, input_scale=scale)
+        packed_op = _OPS["pointwise_packed"]
+        h = x if expand is None else packed_op(x, expand[0], expand[1], expand[2], None, None)
+        h = _OPS["dwconv"](h, *dw)
+        scale = None if gate is None else _OPS["gate"](h, *gate)
+        return packed_op(h, project[0], project[1], "none", x if self.use_res_connect else None, scale)
 
     def extra_repr(self) -> str:
         expand, dw, se, project = self.__dict__["_parts"]

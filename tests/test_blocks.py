@@ -123,19 +123,26 @@ def test_converted_blocks_match_float64_original(one_thread, fmt, shape):
 
 def test_the_block_fast_path_runs(monkeypatch, one_thread):
     model = mnv3_kernels.convert(_tv("small"))
-    calls = {"packed": 0, "gate": 0}
-    real_packed = ops._pointwise_packed_trusted
+    calls = {"packed": 0, "gate": 0, "scaled": 0}
+    real_packed, real_gate = M._OPS["pointwise_packed"], M._OPS["gate"]
 
-    def counting(*args, **kwargs):
+    def packed(*args):
         calls["packed"] += 1
-        calls["gate"] += args[5] is not None  # input_scale: the SE gate folded into the projection
-        return real_packed(*args, **kwargs)
+        calls["scaled"] += args[5] is not None  # input_scale: the SE gate folded into the projection
+        return real_packed(*args)
 
-    monkeypatch.setattr(ops, "_pointwise_packed_trusted", counting)
+    def gate(*args):
+        calls["gate"] += 1
+        return real_gate(*args)
+
+    monkeypatch.setitem(M._OPS, "pointwise_packed", packed)
+    monkeypatch.setitem(M._OPS, "gate", gate)
     with torch.inference_mode():
         model(torch.randn(1, 3, 96, 96))
-    assert calls["packed"] == 22  # every 1x1 conv of Small, packed kernels
-    assert calls["gate"] == 9     # every SE block: the gate went into the projection
+    # Every 1x1 conv of Small's 11 blocks (the last conv is a module of its own) on the packed
+    # kernels, and every SE block's gate folded into its projection.
+    assert calls["packed"] == 21
+    assert calls["gate"] == calls["scaled"] == 9
 
 
 def test_block_gradients_and_train_mode_are_the_original(one_thread):
@@ -219,3 +226,26 @@ def test_revert_undoes_block_conversion(one_thread):
     assert [(n, type(m)) for n, m in model.named_modules()] == before
     assert [id(p) for p in model.parameters()] == params
     assert not model._forward_hooks
+
+
+def test_block_plan_sees_parameter_changes_and_replaced_layers(one_thread):
+    model = _tv("small")
+    ref = copy.deepcopy(model)
+    mnv3_kernels.convert(model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        model(x)
+    with torch.no_grad():  # in-place updates (version counters) in a block's layers, both models
+        for m in (model, ref):
+            m.features[4].block[1][1].running_var.mul_(3.0)   # depthwise BN
+            m.features[4].block[3][1].weight.mul_(-0.5)       # projection BN (after SE)
+            m.features[4].block[2].fc1.bias.add_(0.25)        # squeeze-excite
+    with torch.inference_mode():
+        assert rel_err(model(x), ref(x)) < 1e-4
+    # A layer swapped out after conversion: the block runs its layers one by one, as they are now.
+    model.features[4].block[0] = copy.deepcopy(ref.features[4].block[0])
+    mnv3_kernels.path_stats(reset=True)
+    with torch.inference_mode():
+        assert rel_err(model(x), ref(x)) < 1e-4
+    assert mnv3_kernels.path_stats()[("FusedInvertedResidual", "layer by layer",
+                                      "the block's layers were replaced after conversion")] == 1
