@@ -37,12 +37,14 @@ struct AlignedScratch {
   AlignedScratch& operator=(const AlignedScratch&) = delete;
 };
 
+// vmax/vmin return their second operand when either is NaN (as maxps/minps do), so every clamp
+// takes the bound first and the value second: NaN in, NaN out, as PyTorch's relu/hardsigmoid.
 inline vf act_v(vf v, int act) {
-  if (act == kActRelu) return vmax(v, vzero());
+  if (act == kActRelu) return vmax(vzero(), v);
   if (act == kActHardSwish) {
     // x * clamp(x/6 + 1/2, 0, 1): one FMA, two clamps, one multiply, no divide.
     vf t = vfma(v, vset1(1.0f / 6.0f), vset1(0.5f));
-    t = vmin(vmax(t, vzero()), vset1(1.0f));
+    t = vmin(vset1(1.0f), vmax(vzero(), t));
     return vmul(v, t);
   }
   return v;
@@ -870,13 +872,13 @@ void hard_act(const float* x, float* y, int64_t n, bool swish) {
   int64_t i = 0;
   for (; i + VL <= n; i += VL) {
     const vf v = vload(x + i);
-    const vf t = vmin(vmax(vfma(v, sixth, half), zero), one);
+    const vf t = vmin(one, vmax(zero, vfma(v, sixth, half)));
     vstore(y + i, swish ? vmul(v, t) : t);
   }
   if (i < n) {
     const int nl = static_cast<int>(n - i);
     const vf v = vload_n(x + i, nl);
-    const vf t = vmin(vmax(vfma(v, sixth, half), zero), one);
+    const vf t = vmin(one, vmax(zero, vfma(v, sixth, half)));
     vstore_n(y + i, swish ? vmul(v, t) : t, nl);
   }
 }
@@ -975,7 +977,7 @@ void se_fc1(const float* sums, float scale, const float* w1, const float* b1, fl
   for (int64_t r = r0; r < r1; ++r) {
     for (int64_t n = 0; n < N; ++n) {
       const float h = b1[r] + scale * dot_n(sums + n * C, w1 + r * C, C);
-      hidden[n * R + r] = h > 0.0f ? h : 0.0f;
+      hidden[n * R + r] = h < 0.0f ? 0.0f : h;  // relu(NaN) = NaN
     }
   }
 }
@@ -985,7 +987,7 @@ void se_fc2(const float* hidden, const float* w2, const float* b2, float* gate, 
   for (int64_t c = c0; c < c1; ++c) {
     for (int64_t n = 0; n < N; ++n) {
       float g = (b2[c] + dot_n(hidden + n * R, w2 + c * R, R)) * (1.0f / 6.0f) + 0.5f;
-      gate[n * C + c] = g < 0.0f ? 0.0f : (g > 1.0f ? 1.0f : g);
+      gate[n * C + c] = g < 0.0f ? 0.0f : (g > 1.0f ? 1.0f : g);  // NaN stays NaN
     }
   }
 }

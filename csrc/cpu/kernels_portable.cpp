@@ -47,6 +47,7 @@ inline vf vmul(vf a, vf b) {
   for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] * b.v[i];
   return r;
 }
+// Like maxps/minps: b when either is NaN (kernels_impl.h orders the clamps on this).
 inline vf vmax(vf a, vf b) {
   vf r;
   for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
