@@ -57,6 +57,7 @@ def extensions():
         _sources("csrc/*.cpp")
         + _sources("csrc/common/*.cpp")
         + _sources("csrc/cpu/*.cpp")
+        + _sources("csrc/cpu/kernels/*.cpp")
         + _sources("csrc/python/*.cpp")
     )
     define_macros = [("MNV3_VERSION", f'"{VERSION}"')]

@@ -221,3 +221,82 @@ def test_hard_activations(isa, fn):
         torch.testing.assert_close(got, ref(inp), rtol=RTOL, atol=ATOL)
         if ops._non_overlapping_and_dense(inp):
             assert got.stride() == inp.stride()
+
+
+# NaN and infinities: PyTorch keeps NaN through relu, hardsigmoid and hardswish (relu(NaN) = NaN),
+# so a diverged model stays visibly diverged. Every epilogue and clamp must do the same.
+_SPECIALS = (float("nan"), float("inf"), float("-inf"))
+
+
+def _poison(x, count=6):
+    """x with `count` random elements replaced by NaN, +inf and -inf in turn (in place)."""
+    flat = x.view(-1) if x.is_contiguous() else x.permute(0, 2, 3, 1).reshape(-1)
+    idx = torch.randperm(flat.numel())[:count]
+    for j, i in enumerate(idx.tolist()):
+        flat[i] = _SPECIALS[j % 3]
+    if not x.is_contiguous():
+        x.copy_(flat.view(x.shape[0], x.shape[2], x.shape[3], x.shape[1]).permute(0, 3, 1, 2))
+    return x
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("act", ["none", "relu", "hardswish"])
+@pytest.mark.parametrize(
+    "C,H,W,k,s,d",
+    [
+        (24, 20, 20, 3, 1, 1),   # wide: NHWC rows in place, NCHW planes (compile-time shape)
+        (40, 19, 23, 5, 2, 1),
+        (16, 18, 18, 3, 1, 2),   # dilation 2
+        (11, 17, 15, 7, 1, 1),   # run-time shape, wide
+        (40, 7, 7, 3, 1, 1),     # narrow: NHWC window, NCHW channel tiles
+        (19, 14, 14, 5, 2, 1),
+        (17, 9, 6, 7, 2, 1),     # run-time shape, narrow
+        (3, 9, 9, 3, 1, 1),      # too few channels for NCHW tiles: narrow planes
+    ],
+)
+def test_dw_nan_inf(isa, layout, act, C, H, W, k, s, d):
+    pad = d * (k - 1) // 2
+    x = _poison(_layout(torch.randn(2, C, H, W), layout), count=max(3, C * H * W // 40))
+    w, b = folded_dw_params(C, k)
+    got = ops.dwconv_bn_act(x, w, b, s, pad, d, act, backend="cpu")
+    want = reference.dwconv_bn_act(x, w, b, [s, s], [pad, pad], [d, d], act)
+    assert want.isnan().any()  # the case must reach the NaN handling
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=1e-4, equal_nan=True)
+    # NaN in the bias (a diverged BN): the whole channel is NaN after every activation.
+    x = _layout(torch.randn(2, C, H, W), layout)
+    b[C // 2] = float("nan")
+    got = ops.dwconv_bn_act(x, w, b, s, pad, d, act, backend="cpu")
+    assert got[:, C // 2].isnan().all()
+    want = reference.dwconv_bn_act(x, w, b, [s, s], [pad, pad], [d, d], act)
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("where", ["x", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"])
+def test_squeeze_excite_nan(isa, layout, where):
+    C, R = 40, 16
+    x = _layout(torch.randn(3, C, 7, 9), layout)
+    params = dict(zip(["fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"], se_params(C, R)))
+    if where == "x":
+        x[1, 5, 2, 3] = float("nan")
+        x[2, 7, 0, 0] = float("inf")
+    else:
+        params[where].view(-1)[3] = float("nan")
+    got = ops.squeeze_excite(x, backend="cpu", **params)
+    want = reference.squeeze_excite(x, **params)
+    assert want.isnan().any()
+    torch.testing.assert_close(got, want, rtol=RTOL, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.parametrize("fn", ["hardswish", "hardsigmoid"])
+@pytest.mark.parametrize("n", [5, 8, 16, 37, 70001])
+def test_hard_activations_nan(isa, fn, n):
+    x = torch.randn(n) * 4
+    x[torch.randperm(n)[:max(3, n // 50)]] = float("nan")
+    x[0], x[-1], x[n // 2] = float("nan"), float("inf"), float("-inf")
+    want = getattr(reference, fn)(x)
+    torch.testing.assert_close(getattr(ops, fn)(x, backend="cpu"), want, rtol=1e-6, atol=1e-7,
+                               equal_nan=True)
+    y = x.clone()
+    assert getattr(ops, fn + "_")(y, backend="cpu") is y
+    torch.testing.assert_close(y, want, rtol=1e-6, atol=1e-7, equal_nan=True)

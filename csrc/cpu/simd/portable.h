@@ -1,18 +1,19 @@
-// Portable build of the CPU kernels: 8-float vectors as plain arrays that the compiler
-// vectorizes for whatever baseline ISA the library is built for.
-#include <cstddef>
-#include <cstdint>
-
-#include "kernels.h"
-
-namespace mnv3 {
-namespace cpu {
-namespace {
-
+// Portable vector primitives: 8-float vectors as plain arrays that the compiler vectorizes for
+// whatever baseline ISA the library is built for. Not a normal header: a translation unit
+// (kernels/*_portable.cpp) includes it inside `namespace mnv3::cpu::portable { namespace {`,
+// then the kernel headers that use it.
+//
+// Every ISA's header provides the same names: the vector type `vf` of VL floats, kVecRegs
+// (vector registers of the ISA), kShapeKernels (whether to instantiate the compile-time-shape
+// depthwise kernels, kernels/dwconv_shapes.h, or only the run-time-shape ones) and vload, vstore,
+// vload_n, vload_span, vstore_n, vkeep, vset1, vzero, vfma, vadd, vmul, vmax, vmin, vhsum,
+// vdeinterleave2, vtranspose. The kernel headers must not instantiate any std:: template (those
+// are shared between translation units and could be emitted with a wider ISA).
 struct vf {
   float v[8];
 };
 constexpr int VL = 8;
+static_assert(VL == kLanes, "kernels.h and simd/portable.h disagree on the vector width");
 constexpr int kVecRegs = 16;
 // The fallback only needs to be correct and reasonable: run-time shapes keep its build short.
 constexpr bool kShapeKernels = false;
@@ -47,6 +48,7 @@ inline vf vmul(vf a, vf b) {
   for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] * b.v[i];
   return r;
 }
+// Like maxps/minps: b when either is NaN (kernels/f32_activation.h orders the clamps on this).
 inline vf vmax(vf a, vf b) {
   vf r;
   for (int i = 0; i < 8; ++i) r.v[i] = a.v[i] > b.v[i] ? a.v[i] : b.v[i];
@@ -93,11 +95,3 @@ inline void vtranspose(vf* v) {
   }
 }
 
-#include "kernels_impl.h"
-
-}  // namespace
-
-const KernelTable& portable_kernels() { return kTable; }
-
-}  // namespace cpu
-}  // namespace mnv3

@@ -1,28 +1,11 @@
-// AVX-512F build of the CPU kernels: 16-float vectors, 32 vector registers (larger register
-// blocks), mask registers for channel tails. Same structure as kernels_avx2.cpp: every header is
-// included before the target pragma, and callers reach this code through avx512_kernels() after
-// checking the CPU (see isa.cpp).
-#include <cstddef>
-#include <cstdint>
-
-#include "kernels.h"
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
-// GCC 12's AVX-512 intrinsics pass an undefined vector as the unused merge source, which
-// -Wmaybe-uninitialized reports at every inlined use.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
-namespace mnv3 {
-namespace cpu {
-namespace {
-
+// AVX-512F vector primitives: 16-float vectors, 32 vector registers (larger register blocks),
+// mask registers for channel tails. Not a normal header: a translation unit compiled for
+// AVX-512 (kernels/*_avx512.cpp, after `#pragma GCC target`) includes it inside
+// `namespace mnv3::cpu::avx512 { namespace {`, then the kernel headers that use it. Everything
+// is internal to that unit; see simd/portable.h for the list of primitives every ISA provides.
 using vf = __m512;
 constexpr int VL = 16;
+static_assert(VL == kLanes, "kernels.h and simd/avx512.h disagree on the vector width");
 constexpr int kVecRegs = 32;
 constexpr bool kShapeKernels = true;
 
@@ -33,6 +16,7 @@ inline vf vzero() { return _mm512_setzero_ps(); }
 inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
 inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+// b when either operand is NaN (kernels/f32_activation.h orders the clamps on this).
 inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
 inline vf vmin(vf a, vf b) { return _mm512_min_ps(a, b); }
 // Pins a loaded value to a register: without it GCC folds the load back into every FMA that
@@ -94,24 +78,3 @@ __attribute__((always_inline)) inline void vtranspose(vf* v) {
   }
 }
 
-#include "kernels_impl.h"
-
-}  // namespace
-
-const KernelTable& avx512_kernels() { return kTable; }
-
-}  // namespace cpu
-}  // namespace mnv3
-
-#pragma GCC diagnostic pop
-#pragma GCC pop_options
-
-#else  // not x86: isa.cpp never selects AVX-512 here
-
-namespace mnv3 {
-namespace cpu {
-const KernelTable& avx512_kernels() { return portable_kernels(); }
-}  // namespace cpu
-}  // namespace mnv3
-
-#endif

@@ -1,16 +1,17 @@
-// Pointwise (1x1) conv kernel bodies (see pointwise.h), shared by the f32_gemm_*.cpp translation
-// units. Not a normal header: the including file opens an anonymous namespace, defines the vector
-// type `vf` of VL floats, MR (rows per register tile), NV (vectors per tile row) and the vector
-// operations (vload, vload_n, vstore, vstore_n, vset1, vzero, vfma, vadd, vmul, vmax, vmin), then
-// includes this file inside that namespace, so everything here is compiled once per ISA.
+// Pointwise (1x1) conv and small dense conv kernel bodies (see ../pointwise.h), shared by the
+// f32_gemm_<tile>_<isa>.cpp translation units. Not a normal header: the including file opens an
+// anonymous namespace, includes its ISA's vector primitives (../simd/<isa>.h), defines MR (rows
+// per register tile) and NV (vectors per tile row), then includes this file inside that
+// namespace, so everything here is compiled once per ISA.
 //
 // A register tile is MR output rows x NV vectors (the accumulators never leave registers); the
 // bias initializes them; the activation and the residual are applied before the single store.
 // A panel is kPanel output channels; when NV * VL < kPanel (AVX2, portable), a panel is walked in
 // slices of NV * VL channels. Indices are int64_t: large NHWC tensors overflow 32-bit offsets.
 //
-// Activations keep NaN (as PyTorch's relu/hardswish): vmax/vmin return their second operand when
-// either is NaN, so the clamp constant goes first.
+// The activation is f32_activation.h's act_v (NaN in, NaN out, as PyTorch).
+
+#include "f32_activation.h"
 
 constexpr int64_t kSlice = static_cast<int64_t>(NV) * VL;  // output channels per register tile
 static_assert(kPanel % kSlice == 0, "a panel must hold whole register-tile slices");
@@ -19,17 +20,6 @@ constexpr int64_t kChunkFloats = kGemmChunkFloats;
 
 inline int64_t gmin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t gmax(int64_t a, int64_t b) { return a > b ? a : b; }
-
-__attribute__((always_inline)) inline vf act_apply(vf v, int act) {
-  if (act == 1) return vmax(vzero(), v);
-  if (act == 2) {
-    // x * clamp(x/6 + 1/2, 0, 1): one FMA, two clamps, one multiply, no divide.
-    vf t = vfma(v, vset1(1.0f / 6.0f), vset1(0.5f));
-    t = vmin(vset1(1.0f), vmax(vzero(), t));
-    return vmul(v, t);
-  }
-  return v;
-}
 
 // dst = src with rows 1..K (the weights of input channel k = row - 1) times s[k]; the bias row is
 // copied. This is the squeeze-excite gate folded into the weights: W * diag(s), per sample.
@@ -86,7 +76,7 @@ inline void nhwc_tile(int64_t K, const float* a, int64_t lda, const float* pb, f
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) {
-      store_out(act_apply(acc[r][v], act), y + r * ldy + v * VL,
+      store_out(act_v(acc[r][v], act), y + r * ldy + v * VL,
                 res != nullptr ? res + r * ldy + v * VL : nullptr, ncols - v * VL);
     }
   }
@@ -192,7 +182,7 @@ inline void nchw_tile(int64_t K, const float* pa, const float* bias, const float
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) {
-      store_out(act_apply(acc[r][v], act), y + r * hw + v * VL,
+      store_out(act_v(acc[r][v], act), y + r * hw + v * VL,
                 res != nullptr ? res + r * hw + v * VL : nullptr, TAIL ? nq - v * VL : VL);
     }
   }

@@ -1,23 +1,10 @@
-// AVX2+FMA build of the CPU kernels. Every header is included before the target pragma, so only
-// the code of this file (all of it internal) is compiled for AVX2; callers reach it through
-// avx2_kernels() after checking the CPU (see isa.cpp).
-#include <cstddef>
-#include <cstdint>
-
-#include "kernels.h"
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-
-namespace mnv3 {
-namespace cpu {
-namespace {
-
+// AVX2+FMA vector primitives: 8-float vectors, 16 vector registers. Not a normal header: a
+// translation unit compiled for AVX2 (kernels/*_avx2.cpp, after `#pragma GCC target`) includes
+// it inside `namespace mnv3::cpu::avx2 { namespace {`, then the kernel headers that use it.
+// See simd/portable.h for the list of primitives every ISA provides.
 using vf = __m256;
 constexpr int VL = 8;
+static_assert(VL == kLanes, "kernels.h and simd/avx2.h disagree on the vector width");
 constexpr int kVecRegs = 16;
 constexpr bool kShapeKernels = true;
 
@@ -28,6 +15,7 @@ inline vf vzero() { return _mm256_setzero_ps(); }
 inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
 inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+// b when either operand is NaN (kernels/f32_activation.h orders the clamps on this).
 inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
 inline vf vmin(vf a, vf b) { return _mm256_min_ps(a, b); }
 // Pins a loaded value to a register: without it GCC folds the load back into every FMA that
@@ -106,23 +94,3 @@ __attribute__((always_inline)) inline void vtranspose(vf* v) {
   }
 }
 
-#include "kernels_impl.h"
-
-}  // namespace
-
-const KernelTable& avx2_kernels() { return kTable; }
-
-}  // namespace cpu
-}  // namespace mnv3
-
-#pragma GCC pop_options
-
-#else  // not x86: isa.cpp never selects AVX2 here
-
-namespace mnv3 {
-namespace cpu {
-const KernelTable& avx2_kernels() { return portable_kernels(); }
-}  // namespace cpu
-}  // namespace mnv3
-
-#endif

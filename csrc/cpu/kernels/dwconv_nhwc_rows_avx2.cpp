@@ -1,0 +1,37 @@
+// AVX2+FMA build of the kernels on the NHWC row kernels (f32_dwconv_nhwc_rows.h): the NHWC
+// depthwise paths (f32_dwconv_nhwc.h) and the NCHW channel tiles (f32_dwconv_nchw_tiles.h), in
+// one unit so the row kernels are compiled once. Headers outside the namespaces come before the
+// target pragma: only this file's code uses AVX2+FMA, reached through kernels() once isa.cpp has
+// checked the CPU.
+#include <cstdint>
+
+#include "../kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace mnv3 {
+namespace cpu {
+namespace avx2 {
+namespace {
+
+#include "../simd/avx2.h"
+#include "f32_dwconv_nhwc.h"
+#include "f32_dwconv_nchw_tiles.h"
+
+}  // namespace
+
+void dw_nhwc(const DwArgs& a, int64_t begin, int64_t end) { dwconv_nhwc(a, begin, end); }
+void dw_nchw_tiles(const DwArgs& a, int64_t begin, int64_t end) {
+  dwconv_nchw_tiles(a, begin, end);
+}
+
+}  // namespace avx2
+}  // namespace cpu
+}  // namespace mnv3
+
+#pragma GCC pop_options
+#endif

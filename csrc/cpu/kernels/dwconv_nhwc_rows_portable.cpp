@@ -1,0 +1,26 @@
+// Portable build of the kernels on the NHWC row kernels (f32_dwconv_nhwc_rows.h): the NHWC
+// depthwise paths (f32_dwconv_nhwc.h) and the NCHW channel tiles (f32_dwconv_nchw_tiles.h), in
+// one unit so the row kernels are compiled once. Plain C++ for the baseline ISA.
+#include <cstdint>
+
+#include "../kernels.h"
+
+namespace mnv3 {
+namespace cpu {
+namespace portable {
+namespace {
+
+#include "../simd/portable.h"
+#include "f32_dwconv_nhwc.h"
+#include "f32_dwconv_nchw_tiles.h"
+
+}  // namespace
+
+void dw_nhwc(const DwArgs& a, int64_t begin, int64_t end) { dwconv_nhwc(a, begin, end); }
+void dw_nchw_tiles(const DwArgs& a, int64_t begin, int64_t end) {
+  dwconv_nchw_tiles(a, begin, end);
+}
+
+}  // namespace portable
+}  // namespace cpu
+}  // namespace mnv3

@@ -1,0 +1,18 @@
+// The vector activations: the depthwise epilogue (act_v) and h-sigmoid, shared by the
+// element-wise kernels. vmax/vmin return their second operand when either is NaN (as
+// maxps/minps do), so every clamp takes the bound first and the value second: NaN in, NaN out,
+// as PyTorch's relu/hardsigmoid/hardswish.
+#pragma once
+
+constexpr int kActNone = 0, kActRelu = 1, kActHardSwish = 2;  // Activation (common/activation.h)
+
+// clamp(x/6 + 1/2, 0, 1): one FMA and two clamps, no divide.
+inline vf hardsigmoid_v(vf v) {
+  return vmin(vset1(1.0f), vmax(vzero(), vfma(v, vset1(1.0f / 6.0f), vset1(0.5f))));
+}
+
+inline vf act_v(vf v, int act) {
+  if (act == kActRelu) return vmax(vzero(), v);
+  if (act == kActHardSwish) return vmul(v, hardsigmoid_v(v));
+  return v;
+}

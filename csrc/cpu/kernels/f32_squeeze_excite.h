@@ -1,0 +1,115 @@
+// Squeeze-excite: x * hardsigmoid(fc2(relu(fc1(mean_hw(x))))), in four phases that
+// squeeze_excite.cpp spreads over threads: pool (plane or pixel sums), fc1 + relu, fc2 +
+// hardsigmoid, scale.
+#pragma once
+
+#include "index_math.h"
+
+inline float sum_n(const float* x, int64_t n) {
+  vf a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
+  int64_t i = 0;
+  for (; i + 4 * VL <= n; i += 4 * VL) {
+    a0 = vadd(a0, vload(x + i));
+    a1 = vadd(a1, vload(x + i + VL));
+    a2 = vadd(a2, vload(x + i + 2 * VL));
+    a3 = vadd(a3, vload(x + i + 3 * VL));
+  }
+  for (; i + VL <= n; i += VL) a0 = vadd(a0, vload(x + i));
+  if (i < n) a1 = vadd(a1, vload_n(x + i, static_cast<int>(n - i)));
+  return vhsum(vadd(vadd(a0, a1), vadd(a2, a3)));
+}
+
+inline float dot_n(const float* x, const float* w, int64_t n) {
+  vf a0 = vzero(), a1 = vzero();
+  int64_t i = 0;
+  for (; i + 2 * VL <= n; i += 2 * VL) {
+    a0 = vfma(vload(x + i), vload(w + i), a0);
+    a1 = vfma(vload(x + i + VL), vload(w + i + VL), a1);
+  }
+  for (; i + VL <= n; i += VL) a0 = vfma(vload(x + i), vload(w + i), a0);
+  if (i < n) {
+    const int nl = static_cast<int>(n - i);
+    a1 = vfma(vload_n(x + i, nl), vload_n(w + i, nl), a1);
+  }
+  return vhsum(vadd(a0, a1));
+}
+
+void plane_sums(const float* x, float* sums, int64_t hw, int64_t begin, int64_t end) {
+  for (int64_t pl = begin; pl < end; ++pl) sums[pl] = sum_n(x + pl * hw, hw);
+}
+
+void pixel_sums(const float* x, float* sums, int64_t C, int64_t hw, int64_t c0, int64_t c1) {
+  // Blocks of up to 8 vectors of channels, held in 8 accumulators across all pixels.
+  for (int64_t cb = c0; cb < c1; cb += 8 * VL) {
+    const int64_t nc = imin(8 * VL, c1 - cb);
+    const int nv = static_cast<int>(div_up(nc, VL));
+    vf acc[8];
+    for (int v = 0; v < 8; ++v) acc[v] = vzero();
+    for (int64_t pix = 0; pix < hw; ++pix) {
+      const float* xp = x + pix * C + cb;
+      for (int v = 0; v < nv; ++v) {
+        const int64_t nl = imin(VL, nc - v * VL);
+        acc[v] = vadd(acc[v], nl == VL ? vload(xp + v * VL) : vload_n(xp + v * VL, int(nl)));
+      }
+    }
+    for (int v = 0; v < nv; ++v) {
+      const int64_t nl = imin(VL, nc - v * VL);
+      if (nl == VL) {
+        vstore(sums + cb + v * VL, acc[v]);
+      } else {
+        vstore_n(sums + cb + v * VL, acc[v], int(nl));
+      }
+    }
+  }
+}
+
+void scale_planes(const float* x, float* y, const float* s, int64_t hw, int64_t begin,
+                  int64_t end) {
+  for (int64_t pl = begin; pl < end; ++pl) {
+    const vf sv = vset1(s[pl]);
+    const float* xp = x + pl * hw;
+    float* yp = y + pl * hw;
+    int64_t i = 0;
+    for (; i + VL <= hw; i += VL) vstore(yp + i, vmul(vload(xp + i), sv));
+    if (i < hw) {
+      const int nl = static_cast<int>(hw - i);
+      vstore_n(yp + i, vmul(vload_n(xp + i, nl), sv), nl);
+    }
+  }
+}
+
+void scale_pixels(const float* x, float* y, const float* s, int64_t C, int64_t begin,
+                  int64_t end) {
+  const int64_t cf = C / VL * VL;
+  for (int64_t pix = begin; pix < end; ++pix) {
+    const float* xp = x + pix * C;
+    float* yp = y + pix * C;
+    int64_t c = 0;
+    for (; c < cf; c += VL) vstore(yp + c, vmul(vload(xp + c), vload(s + c)));
+    if (c < C) {
+      const int nl = static_cast<int>(C - c);
+      vstore_n(yp + c, vmul(vload_n(xp + c, nl), vload_n(s + c, nl)), nl);
+    }
+  }
+}
+
+void fc1_relu(const float* sums, float scale, const float* w1, const float* b1, float* hidden,
+            int64_t N, int64_t C, int64_t R, int64_t r0, int64_t r1) {
+  // Weight rows outer, samples inner: each weight row is read once for the whole batch.
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t n = 0; n < N; ++n) {
+      const float h = b1[r] + scale * dot_n(sums + n * C, w1 + r * C, C);
+      hidden[n * R + r] = h < 0.0f ? 0.0f : h;  // relu(NaN) = NaN
+    }
+  }
+}
+
+void fc2_hardsigmoid(const float* hidden, const float* w2, const float* b2, float* gate, int64_t N,
+            int64_t C, int64_t R, int64_t c0, int64_t c1) {
+  for (int64_t c = c0; c < c1; ++c) {
+    for (int64_t n = 0; n < N; ++n) {
+      float g = (b2[c] + dot_n(hidden + n * R, w2 + c * R, R)) * (1.0f / 6.0f) + 0.5f;
+      gate[n * C + c] = g < 0.0f ? 0.0f : (g > 1.0f ? 1.0f : g);  // NaN stays NaN
+    }
+  }
+}

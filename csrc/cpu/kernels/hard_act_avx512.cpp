@@ -1,0 +1,38 @@
+// AVX-512F build of the hardswish / hardsigmoid kernel (f32_hard_act.h). Headers outside the
+// namespaces come before the target pragma: only this file's code uses AVX-512F, reached through
+// kernels() once isa.cpp has checked the CPU.
+#include <cstdint>
+
+#include "../kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+// GCC 12's AVX-512 intrinsics pass an undefined vector as the unused merge source, which
+// -Wmaybe-uninitialized reports at every inlined use.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace mnv3 {
+namespace cpu {
+namespace avx512 {
+namespace {
+
+#include "../simd/avx512.h"
+#include "f32_hard_act.h"
+
+}  // namespace
+
+void hard_act(const float* x, float* y, int64_t n, bool swish) {
+  hard_activation(x, y, n, swish);
+}
+
+}  // namespace avx512
+}  // namespace cpu
+}  // namespace mnv3
+
+#pragma GCC diagnostic pop
+#pragma GCC pop_options
+#endif

@@ -1,0 +1,52 @@
+// AVX2+FMA build of the squeeze-excite kernels (f32_squeeze_excite.h). Headers outside the
+// namespaces come before the target pragma: only this file's code uses AVX2+FMA, reached through
+// kernels() once isa.cpp has checked the CPU.
+#include <cstdint>
+
+#include "../kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace mnv3 {
+namespace cpu {
+namespace avx2 {
+namespace {
+
+#include "../simd/avx2.h"
+#include "f32_squeeze_excite.h"
+
+}  // namespace
+
+void se_plane_sums(const float* x, float* sums, int64_t hw, int64_t begin, int64_t end) {
+  plane_sums(x, sums, hw, begin, end);
+}
+void se_pixel_sums(const float* x, float* sums, int64_t C, int64_t hw, int64_t c0, int64_t c1) {
+  pixel_sums(x, sums, C, hw, c0, c1);
+}
+void se_fc1(const float* sums, float scale, const float* w1, const float* b1, float* hidden,
+            int64_t N, int64_t C, int64_t R, int64_t r0, int64_t r1) {
+  fc1_relu(sums, scale, w1, b1, hidden, N, C, R, r0, r1);
+}
+void se_fc2(const float* hidden, const float* w2, const float* b2, float* gate, int64_t N,
+            int64_t C, int64_t R, int64_t c0, int64_t c1) {
+  fc2_hardsigmoid(hidden, w2, b2, gate, N, C, R, c0, c1);
+}
+void se_scale_planes(const float* x, float* y, const float* s, int64_t hw, int64_t begin,
+                     int64_t end) {
+  scale_planes(x, y, s, hw, begin, end);
+}
+void se_scale_pixels(const float* x, float* y, const float* s, int64_t C, int64_t begin,
+                     int64_t end) {
+  scale_pixels(x, y, s, C, begin, end);
+}
+
+}  // namespace avx2
+}  // namespace cpu
+}  // namespace mnv3
+
+#pragma GCC pop_options
+#endif
