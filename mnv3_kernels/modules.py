@@ -182,7 +182,14 @@ def depthwise_unsupported_reason(conv, bn, act=None) -> Optional[str]:
     if not (conv.groups == conv.in_channels == conv.out_channels):
         return (f"not depthwise: groups={conv.groups}, in_channels={conv.in_channels}, "
                 f"out_channels={conv.out_channels}")
+    return _norm_act_reason(conv, bn, act, frozen_ok=True)
+
+
+def _norm_act_reason(conv, bn, act, frozen_ok: bool) -> Optional[str]:
+    """The BN and activation rules every fused conv shares."""
     if is_frozen_batch_norm(bn):
+        if not frozen_ok:
+            return f"{type(bn).__name__} is folded into depthwise convs only"
         if any(bn._buffers[n].numel() != conv.out_channels for n in _FROZEN_BN_TENSORS):
             return f"{type(bn).__name__} does not have {conv.out_channels} features (conv's channels)"
     elif not isinstance(bn, nn.BatchNorm2d):
@@ -209,15 +216,7 @@ def pointwise_unsupported_reason(conv, bn, act=None) -> Optional[str]:
         return f"stride {tuple(conv.stride)} (only stride 1 is fused)"
     if _static_padding(conv) != (0, 0):
         return f"padding={conv.padding!r} (only no padding is fused)"
-    if not isinstance(bn, nn.BatchNorm2d):
-        return f"{type(bn).__name__} is not an nn.BatchNorm2d"
-    if bn.num_features != conv.out_channels:
-        return f"BatchNorm has {bn.num_features} features, conv has {conv.out_channels} channels"
-    if bn.running_mean is None or bn.running_var is None:
-        return "BatchNorm has no running statistics (track_running_stats=False)"
-    if activation_name(act) is None:
-        return f"activation {type(act).__name__} is not ReLU, Hardswish or Identity"
-    return None
+    return _norm_act_reason(conv, bn, act, frozen_ok=False)
 
 
 def _plain_fc(fc, name: str) -> Optional[str]:
@@ -817,15 +816,9 @@ def dense_unsupported_reason(conv, bn, act=None) -> Optional[str]:
     patch = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
     if patch > DENSE_MAX_PATCH:
         return f"patch of {patch} inputs per output (the dense op serves stems, up to {DENSE_MAX_PATCH})"
-    if not isinstance(bn, nn.BatchNorm2d) or type(bn).forward is not nn.BatchNorm2d.forward:
-        return f"{type(bn).__name__} is not an nn.BatchNorm2d"
-    if bn.num_features != conv.out_channels:
-        return f"BatchNorm has {bn.num_features} features, conv has {conv.out_channels} channels"
-    if bn.running_mean is None or bn.running_var is None:
-        return "BatchNorm has no running statistics (track_running_stats=False)"
-    if activation_name(act) is None:
-        return f"activation {type(act).__name__} is not ReLU, Hardswish or Identity"
-    return None
+    if isinstance(bn, nn.BatchNorm2d) and type(bn).forward is not nn.BatchNorm2d.forward:
+        return f"{type(bn).__name__} overrides BatchNorm2d's forward"
+    return _norm_act_reason(conv, bn, act, frozen_ok=False)
 
 
 class FusedConvBNAct(_PackCacheMixin, nn.Sequential):

@@ -232,6 +232,11 @@ def _check_dwconv(x, weight, bias, stride, padding, dilation, activation):
     stride = _pair(stride, "stride", 1)
     padding = _pair(padding, "padding", 0)
     dilation = _pair(dilation, "dilation", 1)
+    _check_kernel_fits(x, weight, padding, dilation)
+    return stride, padding, dilation
+
+
+def _check_kernel_fits(x, weight, padding, dilation) -> None:
     for i, dim in enumerate(("height", "width")):
         span = dilation[i] * (weight.shape[2 + i] - 1) + 1
         if x.shape[2 + i] + 2 * padding[i] < span:
@@ -239,7 +244,6 @@ def _check_dwconv(x, weight, bias, stride, padding, dilation, activation):
                 f"padded input {dim} ({x.shape[2 + i] + 2 * padding[i]}) is smaller than the "
                 f"dilated kernel {dim} ({span})"
             )
-    return stride, padding, dilation
 
 
 def _fc_2d(w: torch.Tensor, name: str) -> torch.Tensor:
@@ -464,11 +468,7 @@ def dense_conv_bn_act(
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     stride, padding, dilation = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
-    for i, dim in enumerate(("height", "width")):
-        span = dilation[i] * (weight.shape[2 + i] - 1) + 1
-        if x.shape[2 + i] + 2 * padding[i] < span:
-            raise ValueError(f"padded input {dim} ({x.shape[2 + i] + 2 * padding[i]}) is smaller than "
-                             f"the dilated kernel {dim} ({span})")
+    _check_kernel_fits(x, weight, padding, dilation)
     chosen = _resolve_for("dense_conv_bn_act", backend, x)
     if chosen == "reference":
         return reference.dense_conv_bn_act(x, weight, bias, stride, padding, dilation, activation)

@@ -99,3 +99,41 @@ def se_params(channels: int, squeeze: int, dtype=torch.float32, device="cpu"):
 
 
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# Every CPU ISA this machine supports (each implies the ones after it), for the kernel tests.
+_ALL_ISAS = ["avx512", "avx2", "portable"]
+
+
+def cpu_isas() -> list:
+    from mnv3_kernels import _extension
+
+    best = _extension.BUILD_INFO.get("cpu_isa_supported", "portable") if _extension.LOADED else "portable"
+    return _ALL_ISAS[_ALL_ISAS.index(best):]
+
+
+@pytest.fixture(params=cpu_isas())
+def isa(request):
+    """Runs the test once per supported CPU ISA, with the kernels switched to it."""
+    from mnv3_kernels import _extension
+
+    before = _extension._C.build_info()["cpu_isa"]
+    _extension._C._set_cpu_isa(request.param)
+    assert _extension._C.build_info()["cpu_isa"] == request.param
+    yield request.param
+    _extension._C._set_cpu_isa(before)
+
+
+def with_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """x as NCHW ("nchw"), channels_last ("nhwc"), or a view dense in neither ("sliced")."""
+    if layout == "nchw":
+        return x.contiguous()
+    if layout == "nhwc":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "sliced":
+        big = torch.randn(x.shape[0], x.shape[1] + 3, x.shape[2] + 2, x.shape[3] * 2)
+        view = big[:, 1:1 + x.shape[1], 2:, ::2]
+        view.copy_(x)
+        return view
+    raise ValueError(layout)
+

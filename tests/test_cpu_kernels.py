@@ -6,38 +6,11 @@ import torch
 from mnv3_kernels import _extension, ops, reference
 from mnv3_kernels.layers import DW_LAYERS
 
-from conftest import folded_dw_params, se_params
+from conftest import folded_dw_params, se_params, with_layout
 
 pytestmark = pytest.mark.skipif(not _extension.LOADED, reason="compiled library not loaded")
 
-# Every ISA this CPU supports (each implies the ones after it).
-_ALL_ISAS = ["avx512", "avx2", "portable"]
-_BEST = _extension.BUILD_INFO.get("cpu_isa_supported", "portable") if _extension.LOADED else "portable"
-ISAS = _ALL_ISAS[_ALL_ISAS.index(_BEST):]
-
 RTOL, ATOL = 1e-4, 1e-5
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    before = _extension._C.build_info()["cpu_isa"]
-    _extension._C._set_cpu_isa(request.param)
-    assert _extension._C.build_info()["cpu_isa"] == request.param
-    yield request.param
-    _extension._C._set_cpu_isa(before)
-
-
-def _layout(x, layout):
-    if layout == "nchw":
-        return x.contiguous()
-    if layout == "nhwc":
-        return x.contiguous(memory_format=torch.channels_last)
-    if layout == "sliced":  # neither NCHW- nor NHWC-dense
-        big = torch.randn(x.shape[0], x.shape[1] + 3, x.shape[2] + 2, x.shape[3] * 2)
-        view = big[:, 1:1 + x.shape[1], 2:, ::2]
-        view.copy_(x)
-        return view
-    raise ValueError(layout)
 
 
 def _expected_format(x):
@@ -64,7 +37,7 @@ def test_dw_channel_residues(isa, layout, C):
     # remainder of its register blocks (8 or 4 pixels, 16 or 8 for single tiles), and heights
     # hitting every row remainder of the NCHW blocks of 8 rows.
     for H, W in ((5, 1), (13, 7), (7, 12), (3, 19), (2, 46)):
-        x = _layout(torch.randn(2, C, H, W), layout)
+        x = with_layout(torch.randn(2, C, H, W), layout)
         check_dw(x, C, 3, stride=1, padding=1, act="relu")
         check_dw(x, C, 5, stride=2, padding=2, act="hardswish")
 
@@ -80,7 +53,7 @@ def test_dw_fast_shapes(isa, layout, k, s, d, act):
     for H, W in ((1, 1), (9, 1), (13, 11), (16, 23), (14, 30)):
         if H + 2 * pad < d * (k - 1) + 1 or W + 2 * pad < d * (k - 1) + 1:
             continue
-        x = _layout(torch.randn(2, 27, H, W), layout)
+        x = with_layout(torch.randn(2, 27, H, W), layout)
         check_dw(x, 27, k, stride=s, padding=pad, dilation=d, act=act)
 
 
@@ -102,7 +75,7 @@ def test_dw_fast_shapes(isa, layout, k, s, d, act):
 )
 def test_dw_generic(isa, layout, kh, kw, stride, padding, dilation):
     for C, H, W in ((11, 17, 15), (24, 6, 31), (3, 9, 9)):
-        x = _layout(torch.randn(2, C, H, W), layout)
+        x = with_layout(torch.randn(2, C, H, W), layout)
         check_dw(x, C, kh, kw, stride, padding, dilation, act="hardswish")
         check_dw(x, C, kh, kw, stride, padding, dilation, act="none", bias=False)
 
@@ -115,7 +88,7 @@ def test_dw_mobilenet_layers(isa, layout):
         if key in seen:
             continue
         seen.add(key)
-        x = _layout(torch.randn(1, layer.channels, layer.size, layer.size), layout)
+        x = with_layout(torch.randn(1, layer.channels, layer.size, layer.size), layout)
         check_dw(x, layer.channels, layer.kernel, stride=layer.stride, padding=layer.padding,
                  act=layer.activation, atol=1e-4)
 
@@ -123,7 +96,7 @@ def test_dw_mobilenet_layers(isa, layout):
 def test_dw_threaded_and_large(isa):
     # Enough work to cross the threading threshold, odd sizes with stride 2, both layouts.
     for layout in ("nchw", "nhwc"):
-        x = _layout(torch.randn(3, 37, 61, 45), layout)
+        x = with_layout(torch.randn(3, 37, 61, 45), layout)
         check_dw(x, 37, 3, stride=2, padding=1, atol=1e-4)
         check_dw(x, 37, 5, stride=1, padding=2, atol=1e-4)
     # Few planes, tall image: NCHW splits rows into blocks.
@@ -186,7 +159,7 @@ def test_dw_non_float_rejected():
                                      (72, 24, 28, 28), (67, 16, 9, 4), (960, 240, 7, 7),
                                      (130, 0, 2, 2)])
 def test_squeeze_excite(isa, layout, C, R, H, W):
-    x = _layout(torch.randn(3, C, H, W), layout)
+    x = with_layout(torch.randn(3, C, H, W), layout)
     w1, b1, w2, b2 = se_params(C, R)
     got = ops.squeeze_excite(x, w1, b1, w2, b2, backend="cpu")
     want = reference.squeeze_excite(x, w1, b1, w2, b2)
@@ -256,14 +229,14 @@ def _poison(x, count=6):
 )
 def test_dw_nan_inf(isa, layout, act, C, H, W, k, s, d):
     pad = d * (k - 1) // 2
-    x = _poison(_layout(torch.randn(2, C, H, W), layout), count=max(3, C * H * W // 40))
+    x = _poison(with_layout(torch.randn(2, C, H, W), layout), count=max(3, C * H * W // 40))
     w, b = folded_dw_params(C, k)
     got = ops.dwconv_bn_act(x, w, b, s, pad, d, act, backend="cpu")
     want = reference.dwconv_bn_act(x, w, b, [s, s], [pad, pad], [d, d], act)
     assert want.isnan().any()  # the case must reach the NaN handling
     torch.testing.assert_close(got, want, rtol=RTOL, atol=1e-4, equal_nan=True)
     # NaN in the bias (a diverged BN): the whole channel is NaN after every activation.
-    x = _layout(torch.randn(2, C, H, W), layout)
+    x = with_layout(torch.randn(2, C, H, W), layout)
     b[C // 2] = float("nan")
     got = ops.dwconv_bn_act(x, w, b, s, pad, d, act, backend="cpu")
     assert got[:, C // 2].isnan().all()
@@ -275,7 +248,7 @@ def test_dw_nan_inf(isa, layout, act, C, H, W, k, s, d):
 @pytest.mark.parametrize("where", ["x", "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"])
 def test_squeeze_excite_nan(isa, layout, where):
     C, R = 40, 16
-    x = _layout(torch.randn(3, C, 7, 9), layout)
+    x = with_layout(torch.randn(3, C, 7, 9), layout)
     params = dict(zip(["fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias"], se_params(C, R)))
     if where == "x":
         x[1, 5, 2, 3] = float("nan")

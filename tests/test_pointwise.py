@@ -6,33 +6,11 @@ import torch
 from mnv3_kernels import _extension, ops, reference
 from mnv3_kernels.layers import PW_LAYERS
 
+from conftest import with_layout
+
 pytestmark = pytest.mark.skipif(not _extension.LOADED, reason="compiled library not loaded")
 
-_ALL_ISAS = ["avx512", "avx2", "portable"]
-_BEST = _extension.BUILD_INFO.get("cpu_isa_supported", "portable") if _extension.LOADED else "portable"
-ISAS = _ALL_ISAS[_ALL_ISAS.index(_BEST):]
 ACTS = ["none", "relu", "hardswish"]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    before = _extension._C.build_info()["cpu_isa"]
-    _extension._C._set_cpu_isa(request.param)
-    yield request.param
-    _extension._C._set_cpu_isa(before)
-
-
-def _layout(x, layout):
-    if layout == "nchw":
-        return x.contiguous()
-    if layout == "nhwc":
-        return x.contiguous(memory_format=torch.channels_last)
-    if layout == "sliced":  # neither NCHW- nor NHWC-dense
-        big = torch.randn(x.shape[0], x.shape[1] + 3, x.shape[2] + 2, x.shape[3] * 2)
-        view = big[:, 1:1 + x.shape[1], 2:, ::2]
-        view.copy_(x)
-        return view
-    raise ValueError(layout)
 
 
 def _params(cin, cout, bias=True):
@@ -49,7 +27,7 @@ def _want(x, w, b, act, res, scale):
 def check(x, cout, act="hardswish", bias=True, residual=False, scale=False, packed=False):
     N, cin, H, W = x.shape
     w, b = _params(cin, cout, bias)
-    res = _layout(torch.randn(N, cout, H, W), "nhwc" if ops.output_memory_format(x) == torch.channels_last else "nchw") if residual else None
+    res = with_layout(torch.randn(N, cout, H, W), "nhwc" if ops.output_memory_format(x) == torch.channels_last else "nchw") if residual else None
     s = torch.rand(N, cin) if scale else None
     if packed:
         pk = ops.pack_pointwise_weight(w, b)
@@ -69,20 +47,20 @@ def check(x, cout, act="hardswish", bias=True, residual=False, scale=False, pack
 @pytest.mark.parametrize("act", ACTS)
 def test_channel_residues(isa, layout, cin, cout, act):
     # Every row tail (H*W not a multiple of the tile), panel tail (Cout % 32) and slice tail.
-    check(_layout(torch.randn(2, cin, 5, 7), layout), cout, act)
+    check(with_layout(torch.randn(2, cin, 5, 7), layout), cout, act)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("residual,scale", [(True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("act", ACTS)
 def test_residual_and_input_scale(isa, layout, residual, scale, act):
-    check(_layout(torch.randn(3, 20, 6, 9), layout), 44, act, residual=residual, scale=scale)
+    check(with_layout(torch.randn(3, 20, 6, 9), layout), 44, act, residual=residual, scale=scale)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "sliced"])
 @pytest.mark.parametrize("shape", [(1, 16, 1, 1), (1, 24, 1, 9), (2, 40, 13, 1), (0, 8, 4, 4), (2, 1, 3, 3), (1, 5, 97, 3)])
 def test_awkward_shapes(isa, layout, shape):
-    check(_layout(torch.randn(*shape), layout), 19, residual=True, scale=shape[1] > 0)
+    check(with_layout(torch.randn(*shape), layout), 19, residual=True, scale=shape[1] > 0)
 
 
 def test_no_bias(isa):
@@ -94,7 +72,7 @@ def test_no_bias(isa):
 def test_mobilenet_layers(isa, layout, batch):
     # Every 1x1 shape of MobileNetV3-Large and -Small (threaded, both work splits).
     for cin, cout, hw in PW_LAYERS:
-        x = _layout(torch.randn(batch, cin, hw, hw), layout)
+        x = with_layout(torch.randn(batch, cin, hw, hw), layout)
         check(x, cout, "hardswish", residual=cin == cout, scale=cin > cout, packed=True)
 
 
@@ -123,7 +101,7 @@ def test_nan_and_inf_propagate(isa, layout, act):
     x[0, 1, 1, 2] = float("nan")
     x[0, 2, 0, 0] = float("inf")
     x[0, 3, 2, 4] = -float("inf")
-    x = _layout(x, layout)
+    x = with_layout(x, layout)
     w = torch.zeros(6, 4)
     w[:, 1] = 1.0  # every output pixel (1, 2) is NaN, whatever the activation
     w[0, 2] = 1.0
@@ -226,7 +204,7 @@ def test_other_backends_refuse_and_auto_falls_back():
 ])
 @pytest.mark.parametrize("act", ACTS)
 def test_dense_conv(isa, layout, shape, cout, k, stride, padding, dilation, act):
-    x = _layout(torch.randn(*shape), layout)
+    x = with_layout(torch.randn(*shape), layout)
     kh, kw = (k, k) if isinstance(k, int) else k
     w = torch.randn(cout, shape[1], kh, kw) / (shape[1] * kh * kw) ** 0.5
     b = torch.randn(cout)
