@@ -199,6 +199,7 @@ def test_other_backends_refuse_and_auto_falls_back():
     ((1, 3, 224, 224), 16, 3, 2, 1, 1),   # MobileNetV3's stem
     ((2, 3, 97, 131), 16, 3, 2, 1, 1),    # odd sizes, stride 2
     ((1, 5, 9, 1), 7, 3, 1, 1, 1),        # W = 1
+    ((2, 4, 9, 45), 20, 3, 1, 1, 1),      # stride 1 with room for vector loads of the rows
     ((3, 2, 11, 10), 33, (3, 5), (1, 2), (2, 1), (2, 1)),
     ((0, 3, 8, 8), 16, 3, 2, 1, 1),
 ])

@@ -49,7 +49,8 @@ __attribute__((always_inline)) inline void store_out(vf o, float* y, const float
 // floats); pb: the panel slice (bias row first, then kPanel floats per k); y/res: the tile's first
 // output element (rows of ldy floats); ncols: real output channels of the slice.
 // ---------------------------------------------------------------------------------------------
-template <int R, int V>
+// KMAJOR: a holds gathered patches k-major, MR floats per k (a[k * MR + r]); lda is unused.
+template <int R, int V, bool KMAJOR = false>
 inline void nhwc_tile(int64_t K, const float* a, int64_t lda, const float* pb, float* y,
                       int64_t ldy, const float* res, int ncols, int act) {
   vf acc[R][V];
@@ -67,7 +68,7 @@ inline void nhwc_tile(int64_t K, const float* a, int64_t lda, const float* pb, f
     for (int v = 0; v < V; ++v) w[v] = vload(bk + k * kPanel + v * VL);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      const vf xr = vset1(a[r * lda + k]);
+      const vf xr = vset1(KMAJOR ? a[k * MR + r] : a[r * lda + k]);
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) acc[r][v] = vfma(xr, w[v], acc[r][v]);
     }
@@ -82,12 +83,12 @@ inline void nhwc_tile(int64_t K, const float* a, int64_t lda, const float* pb, f
   }
 }
 
-template <int R, int V>
+template <int R, int V, bool KMAJOR = false>
 inline void nhwc_tile_rows(int rows, int64_t K, const float* a, int64_t lda, const float* pb,
                            float* y, int64_t ldy, const float* res, int ncols, int act) {
   if constexpr (R > 0) {
-    if (rows == R) return nhwc_tile<R, V>(K, a, lda, pb, y, ldy, res, ncols, act);
-    nhwc_tile_rows<R - 1, V>(rows, K, a, lda, pb, y, ldy, res, ncols, act);
+    if (rows == R) return nhwc_tile<R, V, KMAJOR>(K, a, lda, pb, y, ldy, res, ncols, act);
+    nhwc_tile_rows<R - 1, V, KMAJOR>(rows, K, a, lda, pb, y, ldy, res, ncols, act);
   }
 }
 
@@ -249,13 +250,14 @@ void pw_nchw(const PwArgs& a, int64_t n, int64_t q0, int64_t q1, int64_t p0, int
 
 // ---------------------------------------------------------------------------------------------
 // Dense conv: MR output pixels of a row at a time, their K = C*KH*KW input values gathered into
-// scratch (rows of K floats, padding as zeros), then the NHWC tiles with scratch as x.
+// scratch (k-major, MR floats per k, padding as zeros), then the NHWC tiles reading it k-major.
 // ---------------------------------------------------------------------------------------------
 static_assert(MR <= kMaxTileRows, "scratch is sized for kMaxTileRows rows");
+static_assert(MR <= VL, "a tap's rows are stored with one vector store");
 
 inline void gather_patches(const DenseConvArgs& a, int64_t n, int64_t oh, int64_t ow0, int rows,
                            float* dst) {
-  const int64_t K = a.C * a.KH * a.KW;
+  // k-major: the rows' values of tap k are dst[k * MR .. k * MR + rows), a contiguous store.
   // Element (c, ih, iw) is at row(c, ih)[iw * cs]: NCHW rows are contiguous, NHWC rows step C.
   const int64_t cs = a.x_nhwc ? a.C : 1;
   const int64_t span = (rows - 1) * a.SW;  // first to last input column of a tap over the rows
@@ -269,14 +271,24 @@ inline void gather_patches(const DenseConvArgs& a, int64_t n, int64_t oh, int64_
       }
       for (int64_t j = 0; j < a.KW; ++j, ++k) {
         const int64_t iw0 = ow0 * a.SW - a.PW + j * a.DW;
-        float* d = dst + k;
+        float* d = dst + k * MR;
         if (xr != nullptr && iw0 >= 0 && iw0 + span < a.W) {  // interior: no bounds per pixel
           const float* s = xr + iw0 * cs;
-          for (int r = 0; r < rows; ++r) d[r * K] = s[r * a.SW * cs];
+          // NCHW rows with a vector's worth of room to the right: one or two vector loads (the
+          // stem's stride 2 deinterleaved) instead of `rows` scalar ones.
+          if (cs == 1 && a.SW == 1 && iw0 + VL <= a.W) {
+            vstore_n(d, vload(s), rows);
+          } else if (cs == 1 && a.SW == 2 && iw0 + 2 * VL <= a.W) {
+            vf even, odd;
+            vdeinterleave2(vload(s), vload(s + VL), even, odd);
+            vstore_n(d, even, rows);
+          } else {
+            for (int r = 0; r < rows; ++r) d[r] = s[r * a.SW * cs];
+          }
         } else {
           for (int r = 0; r < rows; ++r) {
             const int64_t iw = iw0 + r * a.SW;
-            d[r * K] = (xr != nullptr && iw >= 0 && iw < a.W) ? xr[iw * cs] : 0.0f;
+            d[r] = (xr != nullptr && iw >= 0 && iw < a.W) ? xr[iw * cs] : 0.0f;
           }
         }
       }
@@ -300,9 +312,9 @@ void dense_conv(const DenseConvArgs& a, int64_t r0, int64_t r1, float* scratch) 
           const int nc = static_cast<int>(gmin(kSlice, cols - s0));
           float* yo = yrow + ow0 * Cout + p * kPanel + s0;
           if (nc > (NV - 1) * VL) {
-            nhwc_tile_rows<MR, NV>(rows, K, scratch, K, panel + s0, yo, Cout, nullptr, nc, a.act);
+            nhwc_tile_rows<MR, NV, true>(rows, K, scratch, K, panel + s0, yo, Cout, nullptr, nc, a.act);
           } else if constexpr (NV > 1) {
-            nhwc_tile_rows<MR, NV - 1>(rows, K, scratch, K, panel + s0, yo, Cout, nullptr, nc, a.act);
+            nhwc_tile_rows<MR, NV - 1, true>(rows, K, scratch, K, panel + s0, yo, Cout, nullptr, nc, a.act);
           }
         }
       }
