@@ -353,10 +353,11 @@ class FusedModule:
         if not torch.compiler.is_compiling():
             _PATHS[(type(self).__name__, path, detail)] += 1
 
-    def _run_backend(self, x: torch.Tensor, conv_like: bool = True) -> str:
+    def _run_backend(self, x: torch.Tensor, conv_like: bool = True, op: Optional[str] = None) -> str:
         """The backend serving this call (counted as the fused or the reference path); conv-like
-        ops are resolved by their autocast compute dtype (see mnv3_kernels.ops)."""
-        chosen = ops._resolve_cached(self.backend, x, conv_like)
+        ops are resolved by their autocast compute dtype (see mnv3_kernels.ops). `op`: an op that
+        only some backends implement (ops._OP_BACKENDS)."""
+        chosen = ops._resolve_for(op, self.backend, x) if op else ops._resolve_cached(self.backend, x, conv_like)
         if chosen == "reference":
             self._count("reference", ops.reference_reason(self.backend, x, conv_like))
         else:
@@ -395,7 +396,37 @@ class _FoldCacheMixin(FusedModule):
 # ----------------------------------------------------------------------------------------------
 # Depthwise conv + BN + activation as one Sequential
 # ----------------------------------------------------------------------------------------------
-class FusedDepthwiseConvBNAct(_FoldCacheMixin, nn.Sequential):
+class _ConvBNActSequential:
+    """What the fused ``nn.Sequential(conv, bn[, act])`` modules share: adopting the original
+    modules as children "0", "1"[, "2"], building from such a Sequential, and why a call cannot
+    take the fused path."""
+
+    def _adopt(self, conv, bn, act, backend: str, reason: Optional[str], what: str) -> None:
+        if reason is not None:
+            raise ValueError(f"cannot fuse this {what}: {reason}")
+        nn.Sequential.__init__(self, *([conv, bn] if act is None else [conv, bn, act]))
+        self.activation = activation_name(act)
+        self.out_channels = conv.out_channels
+        self.backend = backend
+
+    @classmethod
+    def from_sequential(cls, seq: nn.Sequential, *, backend: str = "auto"):
+        """Replace an ``nn.Sequential(conv, bn[, act])`` (children "0", "1"[, "2"])."""
+        names = list(seq._modules)
+        if names not in (["0", "1"], ["0", "1", "2"]):
+            raise ValueError(f"expected a Sequential with children '0', '1'[, '2'], got {names}")
+        fused = cls(*seq, backend=backend)
+        fused.train(seq.training)
+        return fused
+
+    def _unfused_why(self, x: torch.Tensor) -> Optional[str]:
+        """Why this call runs the original modules (None: it takes the fused path)."""
+        if not _bn_fusable(self[1]):
+            return "BatchNorm in training mode"
+        return _unfused_reason(x, self[0].weight)
+
+
+class FusedDepthwiseConvBNAct(_ConvBNActSequential, _FoldCacheMixin, nn.Sequential):
     """Depthwise conv -> BatchNorm -> activation, fused in eval mode.
 
     A drop-in for ``nn.Sequential(conv, bn, act)`` (and torchvision's ``Conv2dNormActivation``):
@@ -421,12 +452,7 @@ class FusedDepthwiseConvBNAct(_FoldCacheMixin, nn.Sequential):
         reason = depthwise_unsupported_reason(conv, bn, act)
         if reason is None and isinstance(bn, _BatchNorm) and type(bn).forward is not nn.BatchNorm2d.forward:
             reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
-        if reason is not None:
-            raise ValueError(f"cannot fuse this depthwise conv + BN + activation: {reason}")
-        super().__init__(*([conv, bn] if act is None else [conv, bn, act]))
-        self.activation = activation_name(act)
-        self.out_channels = conv.out_channels
-        self.backend = backend
+        self._adopt(conv, bn, act, backend, reason, "depthwise conv + BN + activation")
 
     @classmethod
     def from_modules(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None,
@@ -434,19 +460,9 @@ class FusedDepthwiseConvBNAct(_FoldCacheMixin, nn.Sequential):
         """Same as the constructor: adopt `conv`, `bn` and `act` (shared, not copied)."""
         return cls(conv, bn, act, backend=backend)
 
-    @classmethod
-    def from_sequential(cls, seq: nn.Sequential, *, backend: str = "auto") -> "FusedDepthwiseConvBNAct":
-        """Replace an ``nn.Sequential(conv, bn[, act])`` (children "0", "1"[, "2"])."""
-        names = list(seq._modules)
-        if names not in (["0", "1"], ["0", "1", "2"]):
-            raise ValueError(f"expected a Sequential with children '0', '1'[, '2'], got {names}")
-        fused = cls(*seq, backend=backend)
-        fused.train(seq.training)
-        return fused
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self[0], self[1]
-        why = "BatchNorm in training mode" if not _bn_fusable(bn) else _unfused_reason(x, conv.weight)
+        why = self._unfused_why(x)
         if why is not None:
             self._count("unfused", why)
             return super().forward(x)
@@ -731,7 +747,7 @@ class _PackCacheMixin(_FoldCacheMixin):
         return packed
 
 
-class FusedPointwiseConvBNAct(_PackCacheMixin, nn.Sequential):
+class FusedPointwiseConvBNAct(_ConvBNActSequential, _PackCacheMixin, nn.Sequential):
     """1x1 conv -> BatchNorm -> activation, fused in eval mode: a drop-in for
     ``nn.Sequential(conv, bn, act)`` / torchvision's ``Conv2dNormActivation`` with a 1x1,
     stride-1, ungrouped conv. Children "0", "1"[, "2"] are the original modules.
@@ -748,32 +764,19 @@ class FusedPointwiseConvBNAct(_PackCacheMixin, nn.Sequential):
         reason = pointwise_unsupported_reason(conv, bn, act)
         if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
             reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
-        if reason is not None:
-            raise ValueError(f"cannot fuse this pointwise conv + BN + activation: {reason}")
-        super().__init__(*([conv, bn] if act is None else [conv, bn, act]))
-        self.activation = activation_name(act)
-        self.out_channels = conv.out_channels
-        self.backend = backend
-
-    @classmethod
-    def from_sequential(cls, seq: nn.Sequential, *, backend: str = "auto") -> "FusedPointwiseConvBNAct":
-        """Replace an ``nn.Sequential(conv, bn[, act])`` (children "0", "1"[, "2"])."""
-        names = list(seq._modules)
-        if names not in (["0", "1"], ["0", "1", "2"]):
-            raise ValueError(f"expected a Sequential with children '0', '1'[, '2'], got {names}")
-        fused = cls(*seq, backend=backend)
-        fused.train(seq.training)
-        return fused
+        self._adopt(conv, bn, act, backend, reason, "pointwise conv + BN + activation")
 
     def fusable(self) -> bool:
         """Whether the BN folds (eval mode with running statistics)."""
         return _bn_fusable(self[1])
 
     def fused_forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
-                      input_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``act(conv_bn(x * input_scale)) + residual`` with the BN folded (call when ``fusable()``)."""
+                      input_scale: Optional[torch.Tensor] = None, chosen: Optional[str] = None) -> torch.Tensor:
+        """``act(conv_bn(x * input_scale)) + residual`` with the BN folded (call when ``fusable()``);
+        `chosen`: the backend, when the caller has resolved it already."""
         conv = self[0]
-        chosen = ops._resolve_for("pointwise_conv_bn_act", self.backend, x)
+        if chosen is None:
+            chosen = ops._resolve_for("pointwise_conv_bn_act", self.backend, x)
         if (chosen == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
                 and _untracked(x, residual, input_scale, conv.weight, conv.bias, self[1].weight, self[1].bias)):
             return ops._pointwise_packed_trusted(x, self._packed(), self.out_channels, self.activation,
@@ -783,14 +786,11 @@ class FusedPointwiseConvBNAct(_PackCacheMixin, nn.Sequential):
                                          backend=self.backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        why = "BatchNorm in training mode" if not self.fusable() else _unfused_reason(x, self[0].weight)
+        why = self._unfused_why(x)
         if why is not None:
             self._count("unfused", why)
             return super().forward(x)
-        chosen = ops._resolve_for("pointwise_conv_bn_act", self.backend, x)
-        self._count("fused" if chosen != "reference" else "reference",
-                    chosen if chosen != "reference" else ops.reference_reason(self.backend, x))
-        return self.fused_forward(x)
+        return self.fused_forward(x, chosen=self._run_backend(x, op="pointwise_conv_bn_act"))
 
     def extra_repr(self) -> str:
         conv = self[0]
@@ -821,7 +821,7 @@ def dense_unsupported_reason(conv, bn, act=None) -> Optional[str]:
     return _norm_act_reason(conv, bn, act, frozen_ok=False)
 
 
-class FusedConvBNAct(_PackCacheMixin, nn.Sequential):
+class FusedConvBNAct(_ConvBNActSequential, _PackCacheMixin, nn.Sequential):
     """Small dense conv (a stem: MobileNetV3's 3 -> 16, 3x3, stride 2) -> BatchNorm ->
     activation, fused in eval mode. Children "0", "1"[, "2"] are the original modules.
 
@@ -832,31 +832,16 @@ class FusedConvBNAct(_PackCacheMixin, nn.Sequential):
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None,
                  *, backend: str = "auto"):
-        reason = dense_unsupported_reason(conv, bn, act)
-        if reason is not None:
-            raise ValueError(f"cannot fuse this conv + BN + activation: {reason}")
-        super().__init__(*([conv, bn] if act is None else [conv, bn, act]))
-        self.activation = activation_name(act)
-        self.out_channels = conv.out_channels
-        self.backend = backend
-
-    @classmethod
-    def from_sequential(cls, seq: nn.Sequential, *, backend: str = "auto") -> "FusedConvBNAct":
-        """Replace an ``nn.Sequential(conv, bn[, act])`` (children "0", "1"[, "2"])."""
-        fused = cls(*seq, backend=backend)
-        fused.train(seq.training)
-        return fused
+        self._adopt(conv, bn, act, backend, dense_unsupported_reason(conv, bn, act), "conv + BN + activation")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self[0], self[1]
-        why = "BatchNorm in training mode" if not _bn_fusable(bn) else _unfused_reason(x, conv.weight)
+        why = self._unfused_why(x)
         if why is not None:
             self._count("unfused", why)
             return super().forward(x)
         stride, padding, dilation = _conv_geometry(conv)
-        chosen = ops._resolve_for("dense_conv_bn_act", self.backend, x)
-        self._count("fused" if chosen != "reference" else "reference",
-                    chosen if chosen != "reference" else ops.reference_reason(self.backend, x))
+        chosen = self._run_backend(x, op="dense_conv_bn_act")
         if (chosen == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
                 and _untracked(x, conv.weight, conv.bias, bn.weight, bn.bias)):
             return ops._dense_packed_trusted(x, self._packed(), self.out_channels, list(conv.kernel_size),
