@@ -36,6 +36,16 @@ using DensePackedSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t,
 using PwPackedSig = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, c10::string_view,
                                const std::optional<at::Tensor>&, const std::optional<at::Tensor>&);
 using InplaceActSig = void(const at::Tensor&);
+using OptT = std::optional<at::Tensor>;
+using BlockSig = at::Tensor(const at::Tensor&, const OptT&, const OptT&, c10::string_view,
+                            const at::Tensor&, const OptT&, at::IntArrayRef, at::IntArrayRef,
+                            at::IntArrayRef, c10::string_view, const OptT&, const OptT&,
+                            const OptT&, const OptT&, const at::Tensor&, const OptT&, bool);
+using BlockPackedSig = at::Tensor(const at::Tensor&, const OptT&, int64_t, c10::string_view,
+                                  const at::Tensor&, const OptT&, at::IntArrayRef,
+                                  at::IntArrayRef, at::IntArrayRef, c10::string_view,
+                                  const OptT&, const OptT&, const OptT&, const OptT&,
+                                  const at::Tensor&, int64_t, bool);
 
 at::Tensor opt(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
 
@@ -340,6 +350,59 @@ at::Tensor squeeze_excite_gate_autograd(const at::Tensor& x, const at::Tensor& w
   return op.call(x, w1, b1, w2, b2);
 }
 
+// The block op: untracked, one fused call; tracked, its reference decomposition into the ops
+// it fuses (each with its own backward), on a channels_last x so the output's layout is the
+// fused kernel's.
+at::Tensor inverted_residual_autograd(
+    const at::Tensor& x, const OptT& expand_weight, const OptT& expand_bias,
+    c10::string_view expand_activation, const at::Tensor& dw_weight, const OptT& dw_bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    c10::string_view dw_activation, const OptT& se_fc1_weight, const OptT& se_fc1_bias,
+    const OptT& se_fc2_weight, const OptT& se_fc2_bias, const at::Tensor& project_weight,
+    const OptT& project_bias, bool residual) {
+  const at::Tensor ew = opt(expand_weight), eb = opt(expand_bias), db = opt(dw_bias);
+  const at::Tensor s1 = opt(se_fc1_weight), s2 = opt(se_fc1_bias), s3 = opt(se_fc2_weight),
+                   s4 = opt(se_fc2_bias), pb = opt(project_bias);
+  if (!track({&x, &ew, &eb, &dw_weight, &db, &s1, &s2, &s3, &s4, &project_weight, &pb})) {
+    static const auto op = op_handle<BlockSig>("mnv3::inverted_residual");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(x, expand_weight, expand_bias, expand_activation, dw_weight, dw_bias, stride,
+                   padding, dilation, dw_activation, se_fc1_weight, se_fc1_bias, se_fc2_weight,
+                   se_fc2_bias, project_weight, project_bias, residual);
+  }
+  static const auto pw = op_handle<PwSig>("mnv3::pointwise_conv_bn_act");
+  static const auto dw = op_handle<DwSig>("mnv3::dwconv_bn_act");
+  static const auto se = op_handle<SeSig>("mnv3::squeeze_excite");
+  const at::Tensor xc = x.dim() == 4 ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
+  at::Tensor h = xc;
+  if (expand_weight.has_value()) h = pw.call(xc, *expand_weight, expand_bias, expand_activation, {}, {});
+  h = dw.call(h, dw_weight, dw_bias, stride, padding, dilation, dw_activation);
+  if (se_fc1_weight.has_value() && se_fc1_bias.has_value() && se_fc2_weight.has_value() &&
+      se_fc2_bias.has_value()) {
+    h = se.call(h, *se_fc1_weight, *se_fc1_bias, *se_fc2_weight, *se_fc2_bias);
+  }
+  return pw.call(h, project_weight, project_bias, "none", residual ? OptT(xc) : OptT(), {});
+}
+
+at::Tensor inverted_residual_packed_autograd(
+    const at::Tensor& x, const OptT& expand_packed, int64_t expand_channels,
+    c10::string_view expand_activation, const at::Tensor& dw_weight, const OptT& dw_bias,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    c10::string_view dw_activation, const OptT& se_fc1_weight, const OptT& se_fc1_bias,
+    const OptT& se_fc2_weight, const OptT& se_fc2_bias, const at::Tensor& project_packed,
+    int64_t out_channels, bool residual) {
+  const at::Tensor ep = opt(expand_packed), db = opt(dw_bias), s1 = opt(se_fc1_weight),
+                   s2 = opt(se_fc1_bias), s3 = opt(se_fc2_weight), s4 = opt(se_fc2_bias);
+  TORCH_CHECK(!track({&x, &ep, &dw_weight, &db, &s1, &s2, &s3, &s4, &project_packed}),
+              "mnv3::inverted_residual_packed computes no gradients (its weights are packed); "
+              "use mnv3::inverted_residual, or call it under torch.no_grad()");
+  static const auto op = op_handle<BlockPackedSig>("mnv3::inverted_residual_packed");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x, expand_packed, expand_channels, expand_activation, dw_weight, dw_bias, stride,
+                 padding, dilation, dw_activation, se_fc1_weight, se_fc1_bias, se_fc2_weight,
+                 se_fc2_bias, project_packed, out_channels, residual);
+}
+
 template <bool Swish>
 at::Tensor hard_act_autograd(const at::Tensor& x) {
   if (!track({&x})) {
@@ -389,6 +452,8 @@ TORCH_LIBRARY_IMPL(mnv3, Autograd, m) {
   m.impl("squeeze_excite_gate", &squeeze_excite_gate_autograd);
   m.impl("dense_conv_bn_act", &dense_autograd);
   m.impl("dense_conv_bn_act_packed", &dense_packed_autograd);
+  m.impl("inverted_residual", &inverted_residual_autograd);
+  m.impl("inverted_residual_packed", &inverted_residual_packed_autograd);
 }
 
 TORCH_LIBRARY_IMPL(mnv3, ADInplaceOrView, m) {

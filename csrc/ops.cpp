@@ -47,4 +47,23 @@ TORCH_LIBRARY(mnv3, m) {
   m.def(
       "pointwise_conv_bn_act_packed(Tensor x, Tensor packed, int out_channels, str activation, "
       "Tensor? residual, Tensor? input_scale) -> Tensor");
+  // A whole inverted-residual block in one call:
+  //   h = act_e(expand(x)) (or x) -> d = act_d(depthwise(h)) -> [d *= se_gate(d)]
+  //   -> y = project(d) [+ x]
+  // 1x1 weights (Cout, Cin) or (Cout, Cin, 1, 1), BN folded into every conv; the squeeze-excite
+  // weights as in squeeze_excite (all four or none). Always writes channels_last: the block runs
+  // NHWC, the expanded tensor only ever exists a few rows at a time.
+  m.def(
+      "inverted_residual(Tensor x, Tensor? expand_weight, Tensor? expand_bias, "
+      "str expand_activation, Tensor dw_weight, Tensor? dw_bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, str dw_activation, Tensor? se_fc1_weight, Tensor? se_fc1_bias, "
+      "Tensor? se_fc2_weight, Tensor? se_fc2_bias, Tensor project_weight, Tensor? project_bias, "
+      "bool residual) -> Tensor");
+  // The same on 1x1 weights packed by pack_pointwise_weight (what FusedInvertedResidual caches).
+  m.def(
+      "inverted_residual_packed(Tensor x, Tensor? expand_packed, int expand_channels, "
+      "str expand_activation, Tensor dw_weight, Tensor? dw_bias, int[2] stride, int[2] padding, "
+      "int[2] dilation, str dw_activation, Tensor? se_fc1_weight, Tensor? se_fc1_bias, "
+      "Tensor? se_fc2_weight, Tensor? se_fc2_bias, Tensor project_packed, int out_channels, "
+      "bool residual) -> Tensor");
 }

@@ -871,7 +871,7 @@ class _LazyOps(dict):
     torch.ops costs about as much as a small kernel)."""
 
     _NAMES = {"pointwise_packed": "pointwise_conv_bn_act_packed", "dwconv": "dwconv_bn_act",
-              "gate": "squeeze_excite_gate"}
+              "gate": "squeeze_excite_gate", "block": "inverted_residual_packed"}
 
     def __missing__(self, key):
         op = self[key] = getattr(torch.ops.mnv3, self._NAMES[key]).default
@@ -995,11 +995,14 @@ class FusedInvertedResidual(FusedModule, nn.Module):
             return cached[2]
         conv = dw._modules["0"]
         dw_weight, dw_bias = dw._folded(conv.weight, conv.bias, dw._modules["1"])
+        # The arguments of mnv3::inverted_residual_packed after x.
         plan = (
-            None if expand is None else (expand._packed(), expand.out_channels, expand.activation),
-            (dw_weight, dw_bias, *_conv_geometry(conv), dw.activation),
-            None if se is None else _gate_args(se),
-            (project._packed(), project.out_channels),
+            None if expand is None else expand._packed(),
+            conv.in_channels if expand is None else expand.out_channels,
+            "none" if expand is None else expand.activation,
+            dw_weight, dw_bias, *_conv_geometry(conv), dw.activation,
+            *((None,) * 4 if se is None else _gate_args(se)),
+            project._packed(), project.out_channels, self.use_res_connect,
         )
         if stamp is not None:
             cache["plan"] = (sources, stamp, plan)
@@ -1012,14 +1015,8 @@ class FusedInvertedResidual(FusedModule, nn.Module):
             out = self.block(x)
             return out + x if self.use_res_connect else out
         self._count("fused", "cpu")
-        expand, dw, gate, project = self._plan()
-        if not x.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)
-        packed_op = _OPS["pointwise_packed"]
-        h = x if expand is None else packed_op(x, expand[0], expand[1], expand[2], None, None)
-        h = _OPS["dwconv"](h, *dw)
-        scale = None if gate is None else _OPS["gate"](h, *gate)
-        return packed_op(h, project[0], project[1], "none", x if self.use_res_connect else None, scale)
+        # One call for the whole block (csrc/cpu/inverted_residual.cpp): channels_last out.
+        return _OPS["block"](x, *self._plan())
 
     def extra_repr(self) -> str:
         expand, dw, se, project = self.__dict__["_parts"]

@@ -314,7 +314,8 @@ def _check_pointwise(x, weight, bias, activation, residual, input_scale):
 
 # The ops that only some backends implement; the others run the reference path under "auto" and
 # refuse an explicit request.
-_OP_BACKENDS = {"pointwise_conv_bn_act": ("cpu", "reference"), "dense_conv_bn_act": ("cpu", "reference")}
+_OP_BACKENDS = {"pointwise_conv_bn_act": ("cpu", "reference"), "dense_conv_bn_act": ("cpu", "reference"),
+                "inverted_residual": ("cpu", "reference")}
 
 
 def _resolve_for(op: str, backend: str, x: torch.Tensor) -> str:
@@ -475,6 +476,123 @@ def dense_conv_bn_act(
     return _op("dense_conv_bn_act", chosen)(x, weight, bias, stride, padding, dilation, activation)
 
 
+def _check_1x1(w, name: str, cin: int, cin_from: str, x: torch.Tensor) -> None:
+    _check_tensor(w, name)
+    if not (w.dim() == 2 or (w.dim() == 4 and w.shape[2] == 1 and w.shape[3] == 1)) or w.shape[0] < 1:
+        raise ValueError(f"{name} must be (Cout, Cin) or (Cout, Cin, 1, 1), got shape {tuple(w.shape)}")
+    if w.shape[1] != cin:
+        raise ValueError(f"{name} has {w.shape[1]} input channels but {cin_from} has {cin}")
+    _check_like(w, name, x)
+
+
+def _check_vector(t, name: str, n: int, x: torch.Tensor) -> None:
+    if t is None:
+        return
+    _check_tensor(t, name)
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"{name} must be ({n},), got shape {tuple(t.shape)}")
+    _check_like(t, name, x)
+
+
+def _check_block(x, expand_weight, expand_bias, expand_activation, dw_weight, dw_bias, stride, padding,
+                 dilation, dw_activation, se, project_weight, project_bias, residual):
+    _check_tensor(x, "x")
+    _check_floating(x)
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    for name, act in (("expand_activation", expand_activation), ("dw_activation", dw_activation)):
+        if not isinstance(act, str) or act not in ACTIVATIONS:
+            raise ValueError(f"{name} must be one of {ACTIVATIONS}, got {act!r}")
+    ce = x.shape[1]
+    if expand_weight is not None:
+        _check_1x1(expand_weight, "expand_weight", x.shape[1], "x", x)
+        ce = expand_weight.shape[0]
+        _check_vector(expand_bias, "expand_bias", ce, x)
+    elif expand_bias is not None:
+        raise ValueError("expand_bias given without expand_weight")
+    _check_tensor(dw_weight, "dw_weight")
+    if dw_weight.dim() != 4 or dw_weight.shape[1] != 1 or dw_weight.shape[0] != ce:
+        raise ValueError(f"dw_weight must be ({ce}, 1, kh, kw) for {ce} expanded channels, "
+                         f"got shape {tuple(dw_weight.shape)}")
+    _check_like(dw_weight, "dw_weight", x)
+    _check_vector(dw_bias, "dw_bias", ce, x)
+    stride, padding, dilation = _pair(stride, "stride", 1), _pair(padding, "padding", 0), _pair(dilation, "dilation", 1)
+    _check_kernel_fits(x, dw_weight, padding, dilation)
+    if se is not None:
+        if not isinstance(se, (tuple, list)) or len(se) != 4:
+            raise ValueError("se must be (fc1_weight, fc1_bias, fc2_weight, fc2_bias) or None")
+        probe = x.new_empty(()).expand(x.shape[0], ce, 1, 1)  # the depthwise output's channels
+        try:
+            w1, w2 = _check_se(probe, *se)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"se: {e}".replace("x's channels", "the expanded channels")
+                          .replace("but x has", "but the block's x has")) from None
+        se = (w1, se[1], w2, se[3])
+    _check_1x1(project_weight, "project_weight", ce, "the expansion" if expand_weight is not None else "x", x)
+    cout = project_weight.shape[0]
+    _check_vector(project_bias, "project_bias", cout, x)
+    if not isinstance(residual, bool):
+        raise TypeError(f"residual must be a bool, got {type(residual).__name__}")
+    if residual:
+        out_hw = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (dw_weight.shape[2 + i] - 1) - 1) // stride[i] + 1
+                  for i in range(2)]
+        if (cout, *out_hw) != tuple(x.shape[1:]):
+            raise ValueError(f"residual needs the output's shape (C, H, W) = ({cout}, {out_hw[0]}, {out_hw[1]}) "
+                             f"to equal x's {tuple(x.shape[1:])}")
+    return stride, padding, dilation, se
+
+
+def inverted_residual(
+    x: torch.Tensor,
+    dw_weight: torch.Tensor,
+    project_weight: torch.Tensor,
+    *,
+    expand_weight: Optional[torch.Tensor] = None,
+    expand_bias: Optional[torch.Tensor] = None,
+    expand_activation: str = "none",
+    dw_bias: Optional[torch.Tensor] = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    dw_activation: str = "none",
+    se: Optional[Sequence[torch.Tensor]] = None,
+    project_bias: Optional[torch.Tensor] = None,
+    residual: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """A whole inverted-residual block in one call (BN folded into every conv):
+
+        h = expand_activation(conv1x1(x, expand_weight) + expand_bias)   (h = x without expand)
+        d = dw_activation(depthwise(h, dw_weight) + dw_bias)
+        d = squeeze_excite(d, *se)                                       (when se is given)
+        y = conv1x1(d, project_weight) + project_bias (+ x when residual)
+
+    1x1 weights are (Cout, Cin) or (Cout, Cin, 1, 1); `se` is (fc1_weight, fc1_bias, fc2_weight,
+    fc2_bias) as in `squeeze_excite`. The CPU kernel runs bands of output rows with the expanded
+    rows in a per-thread buffer, so the expanded tensor never exists in full. Returns
+    channels_last. Gradients flow through the layer-by-layer decomposition.
+    """
+    if isinstance(x, torch.Tensor):
+        flat = (x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias,
+                *(se if isinstance(se, (tuple, list)) else ()))
+        cast = _autocast_cast(flat, _autocast_dtype(x.device.type))
+        x, expand_weight, expand_bias, dw_weight, dw_bias, project_weight, project_bias = cast[:7]
+        if se is not None and len(cast) == 11:
+            se = tuple(cast[7:])
+    stride, padding, dilation, se = _check_block(
+        x, expand_weight, expand_bias, expand_activation, dw_weight, dw_bias, stride, padding, dilation,
+        dw_activation, se, project_weight, project_bias, residual)
+    chosen = _resolve_for("inverted_residual", backend, x)
+    if chosen == "reference":
+        return reference.inverted_residual(x, expand_weight, expand_bias, expand_activation, dw_weight, dw_bias,
+                                           stride, padding, dilation, dw_activation, se, project_weight,
+                                           project_bias, residual)
+    return _op("inverted_residual", chosen)(x, expand_weight, expand_bias, expand_activation, dw_weight, dw_bias,
+                                            stride, padding, dilation, dw_activation,
+                                            *(se if se is not None else (None,) * 4), project_weight,
+                                            project_bias, residual)
+
+
 def _dense_packed_trusted(x, packed, out_channels, kernel_size, stride, padding, dilation, activation):
     """The packed CPU dense conv for the fused modules (arguments valid by construction)."""
     return _op("dense_conv_bn_act_packed", "cpu")(x, packed, out_channels, kernel_size, stride, padding,
@@ -596,6 +714,24 @@ def _fake_pointwise_packed(x, packed, out_channels, activation, residual, input_
                        device=x.device, memory_format=output_memory_format(x))
 
 
+def _fake_block_out(x, dw_weight, stride, padding, dilation, out_channels):
+    out = []
+    for i in range(2):
+        span = dilation[i] * (dw_weight.shape[2 + i] - 1) + 1
+        out.append((x.shape[2 + i] + 2 * padding[i] - span) // stride[i] + 1)
+    return torch.empty((x.shape[0], out_channels, out[0], out[1]), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+def _fake_block(x, ew, eb, eact, dw, db, stride, padding, dilation, dact, w1, b1, w2, b2, pw, pb, residual):
+    return _fake_block_out(x, dw, stride, padding, dilation, pw.shape[0])
+
+
+def _fake_block_packed(x, ep, ce, eact, dw, db, stride, padding, dilation, dact, w1, b1, w2, b2, pp, cout,
+                       residual):
+    return _fake_block_out(x, dw, stride, padding, dilation, cout)
+
+
 def _non_overlapping_and_dense(x: torch.Tensor) -> bool:
     """Whether x's elements exactly fill a block of memory (any dimension order)."""
     expected = 1
@@ -699,6 +835,8 @@ _FAKES = {
     "dense_conv_bn_act": _fake_dense,
     "dense_conv_bn_act_packed": _fake_dense_packed,
     "squeeze_excite_gate": lambda x, w1, b1, w2, b2: x.new_empty((x.shape[0], x.shape[1])),
+    "inverted_residual": _fake_block,
+    "inverted_residual_packed": _fake_block_packed,
 }
 
 
@@ -708,7 +846,8 @@ _FAKES = {
 _AUTOCAST_OPS = ("dwconv_bn_act", "squeeze_excite")
 # CPU-only ops of the mnv3 namespace (no Triton twins).
 _AUTOCAST_CPP_OPS = ("pointwise_conv_bn_act", "pointwise_conv_bn_act_packed", "dense_conv_bn_act",
-                     "dense_conv_bn_act_packed", "squeeze_excite_gate")
+                     "dense_conv_bn_act_packed", "squeeze_excite_gate", "inverted_residual",
+                     "inverted_residual_packed")
 _LIBRARIES: dict = {}  # namespace -> torch.library.Library; the registrations live as long as it
 
 

@@ -126,6 +126,35 @@ def squeeze_excite(
     return x * gate[:, :, None, None]
 
 
+def inverted_residual(
+    x: torch.Tensor,
+    expand_weight: Optional[torch.Tensor],
+    expand_bias: Optional[torch.Tensor],
+    expand_activation: str,
+    dw_weight: torch.Tensor,
+    dw_bias: Optional[torch.Tensor],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    dw_activation: str,
+    se: Optional[Sequence[torch.Tensor]],
+    project_weight: torch.Tensor,
+    project_bias: Optional[torch.Tensor],
+    residual: bool,
+) -> torch.Tensor:
+    """A whole inverted-residual block, layer by layer (BN folded into every conv):
+    [1x1 expand + act] -> depthwise + act -> [squeeze-excite] -> 1x1 project [+ x]. The output
+    is channels_last, as the fused kernel writes it."""
+    h = x
+    if expand_weight is not None:
+        h = pointwise_conv_bn_act(h, expand_weight, expand_bias, expand_activation)
+    h = dwconv_bn_act(h, dw_weight, dw_bias, stride, padding, dilation, dw_activation)
+    if se is not None:
+        h = squeeze_excite(h, *se)
+    y = pointwise_conv_bn_act(h, project_weight, project_bias, "none", x if residual else None)
+    return y.contiguous(memory_format=torch.channels_last)
+
+
 def hardswish(x: torch.Tensor) -> torch.Tensor:
     return F.hardswish(x)
 

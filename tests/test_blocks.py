@@ -123,26 +123,26 @@ def test_converted_blocks_match_float64_original(one_thread, fmt, shape):
 
 def test_the_block_fast_path_runs(monkeypatch, one_thread):
     model = mnv3_kernels.convert(_tv("small"))
-    calls = {"packed": 0, "gate": 0, "scaled": 0}
-    real_packed, real_gate = M._OPS["pointwise_packed"], M._OPS["gate"]
+    calls = {"block": 0, "se": 0, "expand": 0, "layer": 0}
+    real_block = M._OPS["block"]
 
-    def packed(*args):
-        calls["packed"] += 1
-        calls["scaled"] += args[5] is not None  # input_scale: the SE gate folded into the projection
-        return real_packed(*args)
+    def block(*args):
+        calls["block"] += 1
+        calls["expand"] += args[1] is not None
+        calls["se"] += args[10] is not None  # se_fc1_weight: the gate computed inside the call
+        return real_block(*args)
 
-    def gate(*args):
-        calls["gate"] += 1
-        return real_gate(*args)
+    def layer(*args):
+        calls["layer"] += 1
+        raise AssertionError("a layer op ran outside the block call")
 
-    monkeypatch.setitem(M._OPS, "pointwise_packed", packed)
-    monkeypatch.setitem(M._OPS, "gate", gate)
+    monkeypatch.setitem(M._OPS, "block", block)
+    for name in ("pointwise_packed", "gate", "dwconv"):
+        monkeypatch.setitem(M._OPS, name, layer)
     with torch.inference_mode():
         model(torch.randn(1, 3, 96, 96))
-    # Every 1x1 conv of Small's 11 blocks (the last conv is a module of its own) on the packed
-    # kernels, and every SE block's gate folded into its projection.
-    assert calls["packed"] == 21
-    assert calls["gate"] == calls["scaled"] == 9
+    # Small's 11 blocks, one call each: 10 with an expand conv, 9 with squeeze-excite.
+    assert calls == {"block": 11, "se": 9, "expand": 10, "layer": 0}
 
 
 def test_block_gradients_and_train_mode_are_the_original(one_thread):

@@ -26,6 +26,31 @@ struct DwArgs {
 
 // Items [item_begin, item_end) of a depthwise call.
 using DwKernel = void(const DwArgs& a, int64_t item_begin, int64_t item_end);
+
+// Depthwise rows of a fused inverted-residual block (inverted_residual.cpp): `rows` output rows
+// (all channels) from a frame of buffer rows that hold the expanded input rows, each
+// p.W = (OW - 1) * SW + (KW - 1) * DW + 1 pixels wide with the padding columns stored as zeros.
+struct DwBandArgs {
+  DwConvParams p;      // C, KH, KW, SH, SW, DH, DW, OW are read
+  int act;
+  const float* w;      // weight (C, KH*KW) and bias (C) or null: what dw_band_pack reads
+  const float* b;
+  const float* wpk;    // dw_band_pack's output: what dw_band reads
+  const float* frame;  // buffer row 0, column 0
+  int64_t rowp;        // floats per buffer row
+  int64_t first;       // buffer row of output row 0's first tap; row j's is first + j * SH
+  int64_t valid_lo, valid_hi;  // buffer rows [valid_lo, valid_hi) are image rows, others padding
+  int64_t rows;
+  int64_t t0, t1;      // channel tiles (lanes channels each) [t0, t1); the buffer holds all C
+  float* y;            // output row 0, pixel 0, channel 0
+  int64_t ldy;         // floats per output row
+};
+// Floats of dw_band_pack's output, for an ISA of `lanes` floats per vector.
+inline int64_t dw_band_packed_floats(int64_t C, int64_t taps, int lanes) {
+  return (C + lanes - 1) / lanes * lanes * (1 + taps);
+}
+using DwBandPackKernel = void(const DwBandArgs& a, float* dst);
+using DwBandKernel = void(const DwBandArgs& a);
 // y[i] = hardswish(x[i]) (swish) or hardsigmoid(x[i]), i in [0, n)
 using HardActKernel = void(const float* x, float* y, int64_t n, bool swish);
 // sums[pl] = sum of x[pl*hw .. pl*hw+hw) for planes pl in [begin, end)
@@ -52,6 +77,9 @@ struct KernelTable {
   DwKernel* dw_nhwc;  // NhwcRows and NhwcWindow
   DwKernel* dw_nchw_planes;
   DwKernel* dw_nchw_tiles;
+  // the fused block's depthwise rows (kernels/f32_dwconv_band.h)
+  DwBandPackKernel* dw_band_pack;
+  DwBandKernel* dw_band;
   // hardswish, hardsigmoid (kernels/f32_hard_act.h)
   HardActKernel* hard_act;
   // squeeze_excite, its four phases (kernels/f32_squeeze_excite.h)
@@ -72,6 +100,8 @@ const KernelTable& kernels();
   DwKernel dw_nhwc;                   \
   DwKernel dw_nchw_planes;            \
   DwKernel dw_nchw_tiles;             \
+  DwBandPackKernel dw_band_pack;      \
+  DwBandKernel dw_band;               \
   HardActKernel hard_act;             \
   PlaneSumsKernel se_plane_sums;      \
   PixelSumsKernel se_pixel_sums;      \

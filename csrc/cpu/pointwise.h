@@ -72,6 +72,9 @@ inline int64_t pointwise_scratch_floats(int64_t k) {
 // least `floats` floats, reused across calls (pointwise_conv_bn_act.cpp).
 const PointwiseKernels& pointwise_kernels();
 float* gemm_thread_scratch(int64_t floats);
+// A whole NHWC call (rows of a.N samples) split into `parts` near-equal parts, threaded when
+// parts > 1 (pointwise_conv_bn_act.cpp's schedule; the fused block's projection uses it too).
+void pointwise_run_nhwc(const PwArgs& a, int64_t parts);
 
 const PointwiseKernels& pointwise_portable();
 const PointwiseKernels& pointwise_avx2();    // only call when the CPU has AVX2+FMA

@@ -139,6 +139,8 @@ void check_cpu_float(const char* op, const char* name, const at::Tensor& t, cons
 
 }  // namespace
 
+void pointwise_run_nhwc(const PwArgs& a, int64_t parts) { run_nhwc(pointwise_kernels(), a, parts); }
+
 at::Tensor pack_pointwise_weight(const at::Tensor& weight_in, const c10::optional<at::Tensor>& bias) {
   const char* op = "mnv3::pack_pointwise_weight";
   const at::Tensor w = weight_2d(op, weight_in);

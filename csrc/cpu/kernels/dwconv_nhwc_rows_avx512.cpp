@@ -1,5 +1,6 @@
 // AVX-512F build of the kernels on the NHWC row kernels (f32_dwconv_nhwc_rows.h): the NHWC
-// depthwise paths (f32_dwconv_nhwc.h) and the NCHW channel tiles (f32_dwconv_nchw_tiles.h), in
+// depthwise paths (f32_dwconv_nhwc.h), the NCHW channel tiles (f32_dwconv_nchw_tiles.h) and the
+// fused block's depthwise rows (f32_dwconv_band.h), in
 // one unit so the row kernels are compiled once. Headers outside the namespaces come before the
 // target pragma: only this file's code uses AVX-512F, reached through kernels() once isa.cpp has
 // checked the CPU.
@@ -25,6 +26,7 @@ namespace {
 #include "../simd/avx512.h"
 #include "f32_dwconv_nhwc.h"
 #include "f32_dwconv_nchw_tiles.h"
+#include "f32_dwconv_band.h"
 
 }  // namespace
 
@@ -32,6 +34,8 @@ void dw_nhwc(const DwArgs& a, int64_t begin, int64_t end) { dwconv_nhwc(a, begin
 void dw_nchw_tiles(const DwArgs& a, int64_t begin, int64_t end) {
   dwconv_nchw_tiles(a, begin, end);
 }
+void dw_band_pack(const DwBandArgs& a, float* dst) { dwconv_band_pack_all(a, dst); }
+void dw_band(const DwBandArgs& a) { dwconv_band(a); }
 
 }  // namespace avx512
 }  // namespace cpu

@@ -1,0 +1,482 @@
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+// CPU entry of mnv3::inverted_residual[_packed]: a whole inverted-residual block
+//   [1x1 expand + act] -> depthwise k x k + act -> [squeeze-excite gate] -> 1x1 project [+ x]
+// in one call. The arithmetic is the pointwise GEMM kernels (pointwise.h) and the depthwise row
+// kernels (kernels/f32_dwconv_band.h); this file is the schedule.
+//
+// Each thread runs bands of output rows (sample n, rows [oa, ob)) in groups of G rows. A group
+// expands the input rows its depthwise taps need into a per-thread row buffer (rows already
+// there from the previous group are kept: the buffer slides down the image), runs the depthwise
+// rows from it, and projects them at once (+ the residual, read from x), so the expanded tensor
+// never exists in full: it lives in a few rows of L2.
+//
+// With squeeze-excite the projection needs the gate, i.e. the mean of the whole depthwise
+// output: phase 1 writes the depthwise output (per-thread buffer) and sums each group's channels
+// while they are in cache, the gate MLP runs on the sums, phase 2 projects with the gate folded
+// in as the GEMM's input scale.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <vector>
+
+#include "../common/activation.h"
+#include "../common/checks.h"
+#include "kernels.h"
+#include "pointwise.h"
+
+namespace mnv3 {
+namespace cpu {
+namespace {
+
+int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Output pixels a group of rows should have at least: enough rows for the projection's
+// register tiles (7 pixels each on AVX-512) to reuse each weight panel a few times.
+constexpr int64_t kGroupPixels = 32;
+// Row buffer budget in floats (256 KB): rows beyond the minimum a group needs let the buffer
+// slide several groups before it must move its kept rows to the front.
+constexpr int64_t kBufferFloats = 64 * 1024;
+// Below this many multiply-adds a block runs on the calling thread (fork/join costs a few us).
+constexpr int64_t kSerialMacs = int64_t(1) << 18;
+
+// Per-thread 64-byte aligned buffers, reused across calls. Slot 0: a band's row buffer and
+// group output (worker threads); slot 1: the squeeze-excite block's depthwise output (the
+// calling thread, which is also worker 0, so the two must not share).
+float* thread_buffer(int slot, int64_t floats) {
+  struct Buf {
+    std::unique_ptr<float[]> base;
+    int64_t cap = 0;
+  };
+  thread_local Buf bufs[2];
+  Buf& b = bufs[slot];
+  if (b.cap < floats) {
+    b.base.reset(new float[floats + 16]);
+    b.cap = floats;
+  }
+  const auto addr = reinterpret_cast<uintptr_t>(b.base.get());
+  return b.base.get() + ((64 - addr % 64) % 64) / sizeof(float);
+}
+
+struct Block {
+  int64_t N, Cin, H, W, Ce, Cout, OH, OW;
+  DwConvParams p;          // the depthwise conv on the expanded tensor (C = Ce)
+  int expand_act, dw_act;
+  const float* x;          // (N, H, W, Cin)
+  const float* expand;     // packed (Ce panels, Cin + 1) or null: the buffer copies x's rows
+  const float* project;    // packed (Cout panels, Ce + 1)
+  bool residual;
+  float* out;              // (N, OH, OW, Cout)
+  const float* dw_packed;  // dw_band_pack's output
+  // Two-phase blocks (squeeze-excite, or channels split over threads): phase 1 writes the
+  // depthwise output here, phase 2 projects it.
+  float* dw_out;           // (N, OH, OW, Ce) or null: each group is projected at once
+  // Row buffer geometry.
+  int64_t G;               // output rows per group
+  int64_t Wp, Wv, rowp;    // buffer row: Wp pixels, image columns [0, Wv) at PW..; rowp floats
+  int64_t min_rows, cap;   // rows a group needs; rows the buffer holds
+};
+
+// Output rows [oa, ob) of sample n, expanded channels [c0, c1) (one work item). c0 is a whole
+// number of GEMM panels; c1 too, or Ce.
+void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int64_t c1,
+              float* sums) {
+  const KernelTable& kt = kernels();
+  const PointwiseKernels& pk = pointwise_kernels();
+  const DwConvParams& p = b.p;
+  const int64_t Ce = b.Ce, OW = b.OW;
+  const int64_t group_floats = b.dw_out == nullptr ? b.G * OW * Ce : 0;
+  float* ring = thread_buffer(0, b.cap * b.rowp + group_floats + Ce + 16);
+  float* group = ring + b.cap * b.rowp;
+  float* tmp = group + group_floats;
+  // The padding columns of every buffer row are zeros; the expansion writes only [PW, PW + Wv).
+  const int64_t left = std::min(p.PW, b.Wp), right0 = std::min(b.Wp, p.PW + b.Wv);
+  for (int64_t r = 0; r < b.cap; ++r) {
+    float* row = ring + r * b.rowp;
+    std::memset(row, 0, left * Ce * sizeof(float));
+    std::memset(row + right0 * Ce, 0, (b.Wp - right0) * Ce * sizeof(float));
+  }
+  if (sums != nullptr) std::fill(sums + c0, sums + c1, 0.0f);
+
+  PwArgs e{};
+  e.N = 1;
+  e.HW = b.Wv;
+  e.K = b.Cin;
+  e.Cout = Ce;
+  e.act = b.expand_act;
+  e.packed = b.expand;
+  const int64_t p0 = c0 / kPanel, p1 = pointwise_panels(c1), Po = pointwise_panels(b.Cout);
+  const int64_t lanes = kt.lanes;
+
+  DwBandArgs d{};
+  d.p = p;
+  d.act = b.dw_act;
+  d.wpk = b.dw_packed;
+  d.frame = ring;
+  d.rowp = b.rowp;
+  d.ldy = OW * Ce;
+  d.t0 = c0 / lanes;
+  d.t1 = cdiv(c1, lanes);
+
+  PwArgs o{};
+  o.N = 1;
+  o.K = Ce;
+  o.Cout = b.Cout;
+  o.act = 0;
+  o.packed = b.project;
+
+  const int64_t span_h = (p.KH - 1) * p.DH + 1;
+  int64_t buf_lo = oa * p.SH - p.PH;  // image row of buffer row 0
+  int64_t filled = buf_lo;            // image rows [buf_lo, filled) are in the buffer
+  for (int64_t oy0 = oa; oy0 < ob; oy0 += b.G) {
+    const int64_t g = std::min(b.G, ob - oy0);
+    const int64_t lo = oy0 * p.SH - p.PH, hi = lo + (g - 1) * p.SH + span_h;
+    if (hi - buf_lo > b.cap) {  // slide: keep rows [lo, filled) at the front
+      const int64_t keep = std::max<int64_t>(0, filled - lo);
+      if (keep > 0) {
+        std::memmove(ring, ring + (lo - buf_lo) * b.rowp, keep * b.rowp * sizeof(float));
+      }
+      buf_lo = lo;
+      filled = std::max(filled, lo);
+    }
+    for (int64_t iy = std::max(filled, lo); iy < hi; ++iy) {
+      if (iy < 0 || iy >= b.H || b.Wv == 0) continue;  // padding rows are never read
+      const float* src = b.x + ((n * b.H + iy) * b.W) * b.Cin;
+      float* dst = ring + (iy - buf_lo) * b.rowp + p.PW * Ce;
+      if (b.expand != nullptr) {
+        e.x = src;
+        e.y = dst;
+        pk.nhwc(e, 0, 0, b.Wv, p0, p1, nullptr);
+      } else if (c1 - c0 == Ce) {
+        std::memcpy(dst, src, b.Wv * Ce * sizeof(float));
+      } else {
+        for (int64_t q = 0; q < b.Wv; ++q) {
+          std::memcpy(dst + q * Ce + c0, src + q * Ce + c0, (c1 - c0) * sizeof(float));
+        }
+      }
+    }
+    filled = std::max(filled, hi);
+
+    d.first = lo - buf_lo;
+    d.valid_lo = -buf_lo;
+    d.valid_hi = b.H - buf_lo;
+    d.rows = g;
+    d.y = b.dw_out != nullptr ? b.dw_out + ((n * b.OH + oy0) * OW) * Ce : group;
+    kt.dw_band(d);
+
+    if (b.dw_out != nullptr) {  // the projection comes later (phase 2)
+      if (sums != nullptr) {    // squeeze-excite: sum the rows while they are in cache
+        kt.se_pixel_sums(d.y, tmp, Ce, g * OW, c0, c1);
+        for (int64_t c = c0; c < c1; ++c) sums[c] += tmp[c];
+      }
+      continue;
+    }
+    o.HW = g * OW;
+    o.x = group;
+    o.y = b.out + ((n * b.OH + oy0) * OW) * b.Cout;
+    o.residual = b.residual ? b.x + ((n * b.H + oy0) * b.W) * b.Cin : nullptr;
+    pk.nhwc(o, 0, 0, g * OW, 0, Po, nullptr);
+  }
+}
+
+// Runs f(begin, end) over [0, items), threaded when `threads` > 1.
+template <typename F>
+void run_items(int64_t items, int64_t threads, const F& f) {
+  if (threads <= 1 || items <= 1) {
+    f(0, items);
+  } else {
+    at::parallel_for(0, items, 1, f);
+  }
+}
+
+void check_float(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
+                   t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ",
+              x.device());
+}
+
+void check_packed(const char* op, const char* name, const at::Tensor& t, int64_t cout, int64_t k,
+                  const at::Tensor& x) {
+  const int64_t P = pointwise_panels(cout);
+  TORCH_CHECK_VALUE(t.dim() == 3 && t.size(0) == P && t.size(1) == k + 1 && t.size(2) == kPanel,
+                    op, ": ", name, " must be (", P, ", ", k + 1, ", ", kPanel, ") for ", cout,
+                    " output and ", k, " input channels (from mnv3::pack_pointwise_weight), got ",
+                    t.sizes());
+  check_float(op, name, t, x);
+}
+
+void check_shape(const char* op, const char* name, const at::Tensor& t,
+                 std::initializer_list<int64_t> shape, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(shape), op, ": ", name, " must be ",
+                    at::IntArrayRef(shape), ", got ", t.sizes());
+  check_float(op, name, t, x);
+}
+
+void check_pair(const char* op, const char* name, at::IntArrayRef v, int64_t min_value) {
+  TORCH_CHECK_VALUE(v.size() == 2, op, ": ", name, " must have 2 elements, got ", v.size());
+  TORCH_CHECK_VALUE(v[0] >= min_value && v[1] >= min_value, op, ": ", name, " must be >= ",
+                    min_value, ", got ", v);
+}
+
+}  // namespace
+
+at::Tensor inverted_residual_packed_cpu(
+    const at::Tensor& x_in, const c10::optional<at::Tensor>& expand_packed, int64_t expand_channels,
+    c10::string_view expand_activation, const at::Tensor& dw_weight_in,
+    const c10::optional<at::Tensor>& dw_bias_in, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, c10::string_view dw_activation,
+    const c10::optional<at::Tensor>& se_fc1_weight, const c10::optional<at::Tensor>& se_fc1_bias,
+    const c10::optional<at::Tensor>& se_fc2_weight, const c10::optional<at::Tensor>& se_fc2_bias,
+    const at::Tensor& project_packed, int64_t out_channels, bool residual) {
+  const char* op = "mnv3::inverted_residual_packed (CPU)";
+  TORCH_CHECK_VALUE(x_in.dim() == 4, op, ": x must be 4-D (N, C, H, W), got ", x_in.dim(), "-D");
+  TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat, op, ": x must be float32, got ",
+                   x_in.scalar_type());
+  const int64_t N = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  const Activation eact = parse_activation(expand_activation);
+  const Activation dact = parse_activation(dw_activation);
+  const bool has_expand = expand_packed.has_value();
+  TORCH_CHECK_VALUE(has_expand || expand_channels == Cin, op,
+                    ": without expand_packed, expand_channels must equal x's channels (", Cin,
+                    "), got ", expand_channels);
+  TORCH_CHECK_VALUE(expand_channels >= 1, op, ": expand_channels must be >= 1, got ",
+                    expand_channels);
+  const int64_t Ce = expand_channels;
+  if (has_expand) check_packed(op, "expand_packed", *expand_packed, Ce, Cin, x_in);
+  TORCH_CHECK_VALUE(dw_weight_in.dim() == 4 && dw_weight_in.size(0) == Ce &&
+                        dw_weight_in.size(1) == 1 && dw_weight_in.size(2) >= 1 &&
+                        dw_weight_in.size(3) >= 1,
+                    op, ": dw_weight must be (", Ce, ", 1, kh, kw) for ", Ce,
+                    " expanded channels, got ", dw_weight_in.sizes());
+  check_float(op, "dw_weight", dw_weight_in, x_in);
+  if (dw_bias_in.has_value()) check_shape(op, "dw_bias", *dw_bias_in, {Ce}, x_in);
+  check_pair(op, "stride", stride, 1);
+  check_pair(op, "padding", padding, 0);
+  check_pair(op, "dilation", dilation, 1);
+  DwConvParams p{N, Ce, H, W, dw_weight_in.size(2), dw_weight_in.size(3), stride[0], stride[1],
+                 padding[0], padding[1], dilation[0], dilation[1], 0, 0};
+  const int64_t span_h = (p.KH - 1) * p.DH + 1, span_w = (p.KW - 1) * p.DW + 1;
+  TORCH_CHECK_VALUE(H + 2 * p.PH >= span_h && W + 2 * p.PW >= span_w, op,
+                    ": the depthwise kernel (", span_h, " x ", span_w,
+                    " with dilation) is larger than the padded input (", H + 2 * p.PH, " x ",
+                    W + 2 * p.PW, ")");
+  p.OH = (H + 2 * p.PH - span_h) / p.SH + 1;
+  p.OW = (W + 2 * p.PW - span_w) / p.SW + 1;
+  const int nse = se_fc1_weight.has_value() + se_fc1_bias.has_value() + se_fc2_weight.has_value() +
+                  se_fc2_bias.has_value();
+  TORCH_CHECK_VALUE(nse == 0 || nse == 4, op,
+                    ": se_fc1_weight, se_fc1_bias, se_fc2_weight and se_fc2_bias go together "
+                    "(all four for a squeeze-excite block, none without), got ", nse);
+  const bool has_se = nse == 4;
+  int64_t R = 0;
+  if (has_se) {
+    TORCH_CHECK_VALUE(se_fc1_weight->dim() == 2 && se_fc1_weight->size(1) == Ce &&
+                          se_fc1_weight->size(0) >= 1,
+                      op, ": se_fc1_weight must be (R, ", Ce, "), got ", se_fc1_weight->sizes());
+    R = se_fc1_weight->size(0);
+    check_float(op, "se_fc1_weight", *se_fc1_weight, x_in);
+    check_shape(op, "se_fc1_bias", *se_fc1_bias, {R}, x_in);
+    check_shape(op, "se_fc2_weight", *se_fc2_weight, {Ce, R}, x_in);
+    check_shape(op, "se_fc2_bias", *se_fc2_bias, {Ce}, x_in);
+  }
+  TORCH_CHECK_VALUE(out_channels >= 1, op, ": out_channels must be >= 1, got ", out_channels);
+  check_packed(op, "project_packed", project_packed, out_channels, Ce, x_in);
+  TORCH_CHECK_VALUE(!residual || (out_channels == Cin && p.OH == H && p.OW == W), op,
+                    ": residual needs the output's shape to equal x's (", Cin, " x ", H, " x ", W,
+                    "), but the block gives ", out_channels, " x ", p.OH, " x ", p.OW);
+
+  at::Tensor out = at::empty({N, out_channels, p.OH, p.OW},
+                             x_in.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out;
+  const at::Tensor x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor dw_w = dw_weight_in.contiguous();
+  at::Tensor dw_b, ep, pp, w1, b1, w2, b2;
+  if (dw_bias_in.has_value()) dw_b = dw_bias_in->contiguous();
+  if (has_expand) ep = expand_packed->contiguous();
+  pp = project_packed.contiguous();
+  if (has_se) {
+    w1 = se_fc1_weight->contiguous();
+    b1 = se_fc1_bias->contiguous();
+    w2 = se_fc2_weight->contiguous();
+    b2 = se_fc2_bias->contiguous();
+  }
+
+  const KernelTable& kt = kernels();
+  Block b{};
+  b.N = N;
+  b.Cin = Cin;
+  b.H = H;
+  b.W = W;
+  b.Ce = Ce;
+  b.Cout = out_channels;
+  b.OH = p.OH;
+  b.OW = p.OW;
+  b.p = p;
+  b.expand_act = static_cast<int>(eact);
+  b.dw_act = static_cast<int>(dact);
+  b.x = x.const_data_ptr<float>();
+  b.expand = has_expand ? ep.const_data_ptr<float>() : nullptr;
+  b.project = pp.const_data_ptr<float>();
+  b.residual = residual;
+  b.out = out.mutable_data_ptr<float>();
+
+  // The depthwise weights in the row kernels' tile format, once per call.
+  const int64_t taps = p.KH * p.KW;
+  std::vector<float> dw_pack_mem(dw_band_packed_floats(Ce, taps, kt.lanes) + 16);
+  float* dw_packed = dw_pack_mem.data();
+  dw_packed += ((64 - reinterpret_cast<uintptr_t>(dw_packed) % 64) % 64) / sizeof(float);
+  {
+    DwBandArgs d{};
+    d.p = p;
+    d.w = dw_w.const_data_ptr<float>();
+    d.b = dw_b.defined() ? dw_b.const_data_ptr<float>() : nullptr;
+    kt.dw_band_pack(d, dw_packed);
+  }
+  b.dw_packed = dw_packed;
+
+  b.G = std::max<int64_t>(1, std::min(p.OH, cdiv(kGroupPixels, p.OW)));
+  b.Wp = (p.OW - 1) * p.SW + span_w;
+  b.Wv = std::max<int64_t>(0, std::min(W, b.Wp - p.PW));
+  b.rowp = b.Wp * Ce;
+  b.min_rows = (b.G - 1) * p.SH + span_h;
+
+  const int64_t macs =
+      N * (H * W * Cin * (has_expand ? Ce : 0) + p.OH * p.OW * Ce * (taps + out_channels));
+  const int64_t threads =
+      (at::in_parallel_region() || macs < kSerialMacs) ? 1 : at::get_num_threads();
+  // Bands per sample: enough items for every thread to get the same number (batch 1: one band
+  // per thread; batch 8 on 2 threads: whole samples).
+  const int64_t bands = std::min(p.OH, threads / std::gcd(N, threads));
+  // Each band expands the rows its first output row reaches above it a second time; on small
+  // images (14x14, k = 5: 4 of 14 rows per extra band) the threads split the expanded channels
+  // instead, each running its channels over the whole image, and the projection follows as a
+  // second phase over all channels.
+  const int64_t panels = pointwise_panels(Ce);
+  const bool by_channels =
+      bands > 1 && (bands - 1) * std::max<int64_t>(0, span_h - p.SH) * 8 > H && panels >= threads;
+  const int64_t items = by_channels ? N * threads : N * bands;
+  const int64_t band_rows = by_channels ? p.OH : cdiv(p.OH, bands);
+  const int64_t band_need = (band_rows - 1) * p.SH + span_h;
+  b.cap = std::max(b.min_rows, std::min(band_need, kBufferFloats / std::max<int64_t>(1, b.rowp)));
+
+  std::vector<float> sums;
+  if (has_se || by_channels) b.dw_out = thread_buffer(1, N * p.OH * p.OW * Ce);
+  if (has_se) sums.assign(items * Ce, 0.0f);
+  run_items(items, threads, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      float* item_sums = has_se ? sums.data() + i * Ce : nullptr;
+      if (by_channels) {
+        const int64_t n = i / threads, part = i % threads;
+        const int64_t c0 = panels * part / threads * kPanel;
+        const int64_t c1 = std::min(Ce, panels * (part + 1) / threads * kPanel);
+        if (c0 < c1) run_band(b, n, 0, p.OH, c0, c1, item_sums);
+      } else {
+        const int64_t n = i / bands, band = i % bands;
+        const int64_t oa = p.OH * band / bands, ob = p.OH * (band + 1) / bands;
+        if (oa < ob) run_band(b, n, oa, ob, 0, Ce, item_sums);
+      }
+    }
+  });
+  if (b.dw_out == nullptr) return out;
+
+  // Phase 2: [the squeeze-excite gate, then] the projection of the depthwise output (+ x).
+  std::vector<float> gate;
+  if (has_se) {
+    const int64_t per_n = items / N;  // items of a sample: row bands, or channel parts
+    std::vector<float> pooled(N * Ce, 0.0f), hidden(N * R);
+    gate.resize(N * Ce);
+    for (int64_t i = 0; i < items; ++i) {
+      float* dst = pooled.data() + (i / per_n) * Ce;
+      const float* src = sums.data() + i * Ce;
+      for (int64_t c = 0; c < Ce; ++c) dst[c] += src[c];
+    }
+    // fc1 + relu -> fc2 + hardsigmoid on the channel means.
+    const float inv_hw = 1.0f / static_cast<float>(p.OH * p.OW);
+    const int64_t fc_threads = N * Ce * R >= (int64_t(1) << 16) ? threads : 1;
+    run_items(R, fc_threads, [&](int64_t r0, int64_t r1) {
+      kt.se_fc1(pooled.data(), inv_hw, w1.const_data_ptr<float>(), b1.const_data_ptr<float>(),
+                hidden.data(), N, Ce, R, r0, r1);
+    });
+    run_items(Ce, fc_threads, [&](int64_t c0, int64_t c1) {
+      kt.se_fc2(hidden.data(), w2.const_data_ptr<float>(), b2.const_data_ptr<float>(),
+                gate.data(), N, Ce, R, c0, c1);
+    });
+  }
+  PwArgs o{};
+  o.N = N;
+  o.HW = p.OH * p.OW;
+  o.K = Ce;
+  o.Cout = out_channels;
+  o.act = 0;
+  o.x = b.dw_out;
+  o.y = b.out;
+  o.packed = b.project;
+  o.residual = residual ? b.x : nullptr;
+  o.scale = has_se ? gate.data() : nullptr;
+  const int64_t pw_macs = N * o.HW * Ce * out_channels;
+  pointwise_run_nhwc(o, (at::in_parallel_region() || pw_macs < kSerialMacs) ? 1 : threads);
+  return out;
+}
+at::Tensor pack_pointwise_weight(const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
+
+namespace {
+
+// A 1x1 conv weight as (Cout, K), checked against the K it must have.
+at::Tensor weight_1x1(const char* op, const char* name, const at::Tensor& w, int64_t k,
+                      const char* k_from, const at::Tensor& x) {
+  TORCH_CHECK_VALUE((w.dim() == 2 || (w.dim() == 4 && w.size(2) == 1 && w.size(3) == 1)) &&
+                        w.size(0) >= 1,
+                    op, ": ", name, " must be (Cout, Cin) or (Cout, Cin, 1, 1), got ", w.sizes());
+  TORCH_CHECK_VALUE(w.size(1) == k, op, ": ", name, " has ", w.size(1), " input channels but ",
+                    k_from, " has ", k);
+  check_float(op, name, w, x);
+  return w.reshape({w.size(0), w.size(1)});
+}
+
+}  // namespace
+
+// The functional form: packs the 1x1 weights on every call, then runs the packed block.
+at::Tensor inverted_residual_cpu(
+    const at::Tensor& x, const c10::optional<at::Tensor>& expand_weight,
+    const c10::optional<at::Tensor>& expand_bias, c10::string_view expand_activation,
+    const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias, at::IntArrayRef stride,
+    at::IntArrayRef padding, at::IntArrayRef dilation, c10::string_view dw_activation,
+    const c10::optional<at::Tensor>& se_fc1_weight, const c10::optional<at::Tensor>& se_fc1_bias,
+    const c10::optional<at::Tensor>& se_fc2_weight, const c10::optional<at::Tensor>& se_fc2_bias,
+    const at::Tensor& project_weight, const c10::optional<at::Tensor>& project_bias,
+    bool residual) {
+  const char* op = "mnv3::inverted_residual (CPU)";
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must be 4-D (N, C, H, W), got ", x.dim(), "-D");
+  TORCH_CHECK_VALUE(expand_weight.has_value() || !expand_bias.has_value(), op,
+                    ": expand_bias given without expand_weight");
+  c10::optional<at::Tensor> ep;
+  int64_t ce = x.size(1);
+  if (expand_weight.has_value()) {
+    const at::Tensor w = weight_1x1(op, "expand_weight", *expand_weight, x.size(1), "x", x);
+    ce = w.size(0);
+    if (expand_bias.has_value()) check_shape(op, "expand_bias", *expand_bias, {ce}, x);
+    ep = pack_pointwise_weight(w, expand_bias);
+  }
+  const at::Tensor pw = weight_1x1(op, "project_weight", project_weight, ce,
+                                   expand_weight.has_value() ? "the expansion" : "x", x);
+  if (project_bias.has_value()) check_shape(op, "project_bias", *project_bias, {pw.size(0)}, x);
+  return inverted_residual_packed_cpu(x, ep, ce, expand_activation, dw_weight, dw_bias, stride,
+                                      padding, dilation, dw_activation, se_fc1_weight, se_fc1_bias,
+                                      se_fc2_weight, se_fc2_bias,
+                                      pack_pointwise_weight(pw, project_bias), pw.size(0),
+                                      residual);
+}
+
+TORCH_LIBRARY_IMPL(mnv3, CPU, m) {
+  m.impl("inverted_residual", &inverted_residual_cpu);
+  m.impl("inverted_residual_packed", &inverted_residual_packed_cpu);
+}
+
+}  // namespace cpu
+}  // namespace mnv3

@@ -1,0 +1,38 @@
+// Depthwise rows of a fused inverted-residual block (../inverted_residual.cpp): output rows
+// computed from the block's row buffer, which holds expanded input rows with their left/right
+// padding columns stored as zeros, so every output pixel reads in place (no border strips).
+#pragma once
+
+#include "dwconv_shapes.h"
+#include "f32_dwconv_nhwc_rows.h"
+
+// All of the weights, every tile packed as nhwc_pack does ([bias][tap 0][tap 1]..., VL floats
+// each): done once per block call, shared by its threads.
+inline void dwconv_band_pack_all(const DwBandArgs& a, float* dst) {
+  DwArgs d{};
+  d.p = a.p;
+  d.w = a.w;
+  d.b = a.b;
+  const int64_t wtile = VL * (1 + a.p.KH * a.p.KW);
+  nhwc_pack(d, 0, div_up(a.p.C, VL), wtile, dst);
+}
+
+template <int KW_, int SW_, int DH_, int DW_>
+void dwconv_band_rows(const DwBandArgs& a) {
+  const DwConvParams& p = a.p;
+  const int64_t wtile = VL * (1 + p.KH * p.KW);
+  for (int64_t j = 0; j < a.rows; ++j) {
+    const int64_t r0 = a.first + j * p.SH;  // buffer row of the output row's first tap
+    // Taps kh in [kh0, kh1) land on rows of the image; the others are padding.
+    const int64_t kh0 = r0 >= a.valid_lo ? 0 : div_up(a.valid_lo - r0, p.DH);
+    const int64_t kh1 = r0 > a.valid_hi - 1 ? 0 : imin(p.KH, (a.valid_hi - 1 - r0) / p.DH + 1);
+    const NhwcFrame f{a.frame + a.t0 * VL, a.rowp, p.C, r0, kh0, imax(kh0, kh1), p.C, 0, 0, kNoEdge};
+    nhwc_row<KW_, SW_, DH_, DW_>(p, f, wtile, a.wpk + a.t0 * wtile, a.t0, a.t1,
+                                 a.y + j * a.ldy + a.t0 * VL, p.OW, true, a.act);
+  }
+}
+
+void dwconv_band(const DwBandArgs& a) {
+  const auto fixed = [&]<int K, int S, int D>() { dwconv_band_rows<K, S, D, D>(a); };
+  if (!with_dw_shape(a.p, fixed)) dwconv_band_rows<0, 0, 0, 0>(a);
+}

@@ -1,0 +1,217 @@
+"""The whole-block operator mnv3::inverted_residual[_packed] (CPU: row bands with the expanded
+rows in a per-thread buffer, or channel parts on small images; squeeze-excite in two phases),
+against the layer-by-layer reference in float64, on every ISA, over MobileNetV3's blocks and
+awkward shapes."""
+import pytest
+import torch
+
+from mnv3_kernels import _extension, ops, reference
+
+from conftest import folded_dw_params, rel_err, se_params, with_layout
+
+pytestmark = pytest.mark.skipif(not _extension.LOADED, reason="compiled library not loaded")
+
+# (N, Cin, expand or None, Cout, H, W, k, stride, dilation, se, expand act, dw act)
+BLOCKS = [
+    # MobileNetV3-Large at 224 (a selection covering every kind of block)
+    (1, 16, None, 16, 112, 112, 3, 1, 1, False, "none", "relu"),
+    (1, 16, 64, 24, 112, 112, 3, 2, 1, False, "relu", "relu"),
+    (1, 24, 72, 40, 56, 56, 5, 2, 1, True, "relu", "relu"),
+    (1, 40, 120, 40, 28, 28, 5, 1, 1, True, "relu", "relu"),
+    (1, 80, 200, 80, 14, 14, 3, 1, 1, False, "hardswish", "hardswish"),
+    (1, 112, 672, 160, 14, 14, 5, 2, 1, True, "hardswish", "hardswish"),
+    (1, 160, 960, 160, 7, 7, 5, 1, 1, True, "hardswish", "hardswish"),
+    # Small's first block: no expand, squeeze-excite, stride 2
+    (2, 16, None, 16, 56, 56, 3, 2, 1, True, "none", "relu"),
+    # segmentation backbones' last stage: dilation 2
+    (1, 160, 960, 160, 9, 9, 5, 1, 2, True, "hardswish", "hardswish"),
+    # awkward: channels not multiples of 8, odd sizes, stride 2 on odd H/W, H or W = 1, batch 3
+    (3, 5, 13, 5, 9, 11, 3, 1, 1, True, "hardswish", "relu"),
+    (2, 7, 9, 11, 1, 1, 3, 1, 1, True, "relu", "hardswish"),
+    (2, 7, 33, 11, 5, 1, 3, 2, 1, False, "relu", "none"),
+    (1, 7, 9, 7, 13, 17, 5, 1, 2, False, "none", "relu"),
+    (4, 3, None, 3, 6, 7, 3, 1, 1, True, "none", "hardswish"),
+    (1, 24, 200, 24, 15, 13, 5, 1, 1, False, "relu", "relu"),  # channel parts on 2 threads
+]
+
+
+def _block(n, cin, ce, cout, k, se):
+    """Folded random weights of a block (values as BN folding leaves them)."""
+    e = ce if ce is not None else cin
+    ew = torch.randn(e, cin) / cin ** 0.5 if ce is not None else None
+    eb = torch.randn(e) * 0.5 if ce is not None else None
+    dw, db = folded_dw_params(e, k)
+    sew = se_params(e, max(1, e // 4)) if se else None
+    pw, pb = torch.randn(cout, e) / e ** 0.5, torch.randn(cout) * 0.5
+    return ew, eb, dw, db, sew, pw, pb
+
+
+def _want(x, ew, eb, eact, dw, db, s, p, d, dact, sew, pw, pb, residual):
+    dbl = lambda t: None if t is None else t.double()  # noqa: E731
+    return reference.inverted_residual(dbl(x), dbl(ew), dbl(eb), eact, dbl(dw), dbl(db), [s, s], [p, p],
+                                       [d, d], dact, None if sew is None else [t.double() for t in sew],
+                                       dbl(pw), dbl(pb), residual)
+
+
+def _check(spec, layout, threads):
+    n, cin, ce, cout, h, w, k, s, d, se, eact, dact = spec
+    ew, eb, dw, db, sew, pw, pb = _block(n, cin, ce, cout, k, se)
+    p = d * (k - 1) // 2
+    residual = cin == cout and s == 1
+    x = with_layout(torch.randn(n, cin, h, w), layout)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            got = ops.inverted_residual(x, dw, pw, expand_weight=ew, expand_bias=eb, expand_activation=eact,
+                                        dw_bias=db, stride=s, padding=p, dilation=d, dw_activation=dact,
+                                        se=sew, project_bias=pb, residual=residual, backend="cpu")
+    finally:
+        torch.set_num_threads(before)
+    want = _want(x, ew, eb, eact, dw, db, s, p, d, dact, sew, pw, pb, residual)
+    assert got.shape == want.shape and got.dtype == torch.float32
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    if want.numel():
+        assert rel_err(got.double(), want) < 1e-5
+
+
+@pytest.mark.parametrize("spec", BLOCKS, ids=lambda s: "x".join(map(str, s[:9])) + ("-se" if s[9] else ""))
+def test_block_matches_reference(spec, isa):
+    _check(spec, "nhwc", 2)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "sliced"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("spec", [BLOCKS[3], BLOCKS[9], BLOCKS[-1]], ids=["28-se", "odd-se", "parts"])
+def test_block_layouts_and_threads(spec, layout, threads):
+    _check(spec, layout, threads)
+
+
+def test_block_batch_zero():
+    _check((0, 8, 16, 8, 7, 9, 3, 1, 1, True, "relu", "relu"), "nhwc", 2)
+
+
+def test_block_bands_match_at_every_thread_count():
+    """Bands of rows (batch 1: one per thread), channel parts, whole samples: the same numbers."""
+    spec = (3, 24, 72, 24, 28, 28, 5, 1, 1, True, "relu", "hardswish")
+    ew, eb, dw, db, sew, pw, pb = _block(3, 24, 72, 24, 5, True)
+    x = torch.randn(3, 24, 28, 28).contiguous(memory_format=torch.channels_last)
+    outs = []
+    before = torch.get_num_threads()
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            outs.append(ops.inverted_residual(x, dw, pw, expand_weight=ew, expand_bias=eb, expand_activation="relu",
+                                              dw_bias=db, padding=2, dw_activation="hardswish", se=sew,
+                                              project_bias=pb, residual=True, backend="cpu"))
+    torch.set_num_threads(before)
+    want = _want(x, ew, eb, "relu", dw, db, 1, 2, 1, "hardswish", sew, pw, pb, True)
+    for got in outs:
+        assert rel_err(got.double(), want) < 1e-5
+    assert spec[0] == 3
+
+
+def test_packed_op_matches_functional_op():
+    ew, eb, dw, db, sew, pw, pb = _block(2, 16, 48, 24, 3, True)
+    x = torch.randn(2, 16, 20, 20)
+    ep, pp = ops.pack_pointwise_weight(ew, eb), ops.pack_pointwise_weight(pw, pb)
+    with torch.no_grad():
+        a = torch.ops.mnv3.inverted_residual_packed(x, ep, 48, "hardswish", dw, db, [2, 2], [1, 1], [1, 1],
+                                                    "relu", *sew, pp, 24, False)
+        b = torch.ops.mnv3.inverted_residual(x, ew, eb, "hardswish", dw, db, [2, 2], [1, 1], [1, 1], "relu",
+                                             *sew, pw, pb, False)
+    assert torch.equal(a, b)
+
+
+def test_block_gradients_through_the_decomposition():
+    ew, eb, dw, db, sew, pw, pb = _block(2, 8, 24, 8, 3, True)
+    params = [ew, eb, dw, db, *sew, pw, pb]
+    x = torch.randn(2, 8, 9, 10)
+    for t in params + [x]:
+        t.requires_grad_(True)
+    got = ops.inverted_residual(x, dw, pw, expand_weight=ew, expand_bias=eb, expand_activation="hardswish",
+                                dw_bias=db, padding=1, dw_activation="relu", se=sew, project_bias=pb,
+                                residual=True, backend="cpu")
+    g = torch.randn_like(got)
+    grads = torch.autograd.grad(got, [x] + params, g)
+    want = reference.inverted_residual(x, ew, eb, "hardswish", dw, db, [1, 1], [1, 1], [1, 1], "relu", sew, pw, pb,
+                                       True)
+    wgrads = torch.autograd.grad(want, [x] + params, g)
+    assert rel_err(got.detach().double(), want.detach().double()) < 1e-5
+    for a, b in zip(grads, wgrads):
+        assert rel_err(a.double(), b.double()) < 1e-4
+
+
+def test_packed_op_refuses_to_be_tracked():
+    ew, eb, dw, db, sew, pw, pb = _block(1, 8, 16, 8, 3, False)
+    x = torch.randn(1, 8, 6, 6, requires_grad=True)
+    with pytest.raises(RuntimeError, match="computes no gradients"):
+        torch.ops.mnv3.inverted_residual_packed(x, ops.pack_pointwise_weight(ew, eb), 16, "relu", dw, db, [1, 1],
+                                                [1, 1], [1, 1], "relu", None, None, None, None,
+                                                ops.pack_pointwise_weight(pw, pb), 8, True)
+
+
+def test_block_opcheck():
+    ew, eb, dw, db, sew, pw, pb = _block(2, 8, 24, 8, 3, True)
+    x = torch.randn(2, 8, 9, 10)
+    torch.library.opcheck(torch.ops.mnv3.inverted_residual.default,
+                          (x, ew, eb, "hardswish", dw, db, [1, 1], [1, 1], [1, 1], "relu", *sew, pw, pb, True))
+    ep, pp = ops.pack_pointwise_weight(ew, eb), ops.pack_pointwise_weight(pw, pb)
+    torch.library.opcheck(torch.ops.mnv3.inverted_residual_packed.default,
+                          (x, ep, 24, "hardswish", dw, db, [2, 2], [1, 1], [1, 1], "relu", *sew, pp, 8, False))
+
+
+def test_block_reference_backend_off_the_cpu_kernel_dtypes():
+    ew, eb, dw, db, sew, pw, pb = (t.double() if t is not None else None for t in _block(1, 8, 16, 8, 3, False)[:4]
+                                   + (None,) + _block(1, 8, 16, 8, 3, False)[5:])
+    x = torch.randn(1, 8, 7, 7, dtype=torch.float64)
+    got = ops.inverted_residual(x, dw, pw, expand_weight=ew, expand_bias=eb, dw_bias=db, padding=1,
+                                project_bias=pb)
+    want = reference.inverted_residual(x, ew, eb, "none", dw, db, [1, 1], [1, 1], [1, 1], "none", None, pw, pb,
+                                       False)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(expand_weight=torch.randn(16, 5)), "expand_weight has 5 input channels but x has 8"),
+    (dict(expand_bias=torch.randn(15)), r"expand_bias must be \(16,\)"),
+    (dict(dw_weight=torch.randn(15, 1, 3, 3)), r"dw_weight must be \(16, 1, kh, kw\)"),
+    (dict(dw_bias=torch.randn(3)), r"dw_bias must be \(16,\)"),
+    (dict(project_weight=torch.randn(8, 15)), "project_weight has 15 input channels but the expansion has 16"),
+    (dict(project_bias=torch.randn(9)), r"project_bias must be \(8,\)"),
+    (dict(se=se_params(15, 4)), "se: fc1_weight must be"),
+    (dict(se=se_params(16, 4)[:3]), "se must be"),
+    (dict(expand_activation="gelu"), "expand_activation must be one of"),
+    (dict(dw_activation="swish"), "dw_activation must be one of"),
+    (dict(stride=2, residual=True), "residual needs the output's shape"),
+    (dict(project_weight=torch.randn(4, 16), project_bias=None, residual=True), "residual needs the output.s shape"),
+    (dict(dw_weight=torch.randn(16, 1, 9, 9)), "smaller than the dilated kernel"),
+    (dict(residual=1), "residual must be a bool"),
+    (dict(expand_weight=torch.randn(16, 8, dtype=torch.float64)), "expand_weight has dtype"),
+    (dict(x=torch.randn(8, 5, 5)), "x must be 4-D"),
+])
+def test_block_bad_input_names_the_argument(change, match):
+    ew, eb, dw, db, sew, pw, pb = _block(1, 8, 16, 8, 3, True)
+    args = dict(x=torch.randn(1, 8, 5, 5), dw_weight=dw, project_weight=pw, expand_weight=ew, expand_bias=eb,
+                dw_bias=db, padding=1, se=sew, project_bias=pb, residual=False)
+    args.update(change)
+    with pytest.raises((ValueError, TypeError), match=match):
+        ops.inverted_residual(args.pop("x"), args.pop("dw_weight"), args.pop("project_weight"), backend="cpu", **args)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda a: a.update(expand_channels=40), r"expand_packed must be \(2, 9, 32\)"),
+    (lambda a: a.update(expand_packed=None), "without expand_packed, expand_channels must equal"),
+    (lambda a: a.update(se_fc2_bias=None), "go together"),
+    (lambda a: a.update(out_channels=40), r"project_packed must be \(2, 17, 32\)"),
+    (lambda a: a.update(residual=True, out_channels=8, stride=[2, 2]), "residual needs"),
+])
+def test_packed_op_bad_input_is_refused(call, match):
+    ew, eb, dw, db, sew, pw, pb = _block(1, 8, 16, 8, 3, True)
+    a = dict(x=torch.randn(1, 8, 6, 6), expand_packed=ops.pack_pointwise_weight(ew, eb), expand_channels=16,
+             expand_activation="relu", dw_weight=dw, dw_bias=db, stride=[1, 1], padding=[1, 1], dilation=[1, 1],
+             dw_activation="relu", se_fc1_weight=sew[0], se_fc1_bias=sew[1], se_fc2_weight=sew[2],
+             se_fc2_bias=sew[3], project_packed=ops.pack_pointwise_weight(pw, pb), out_channels=8, residual=False)
+    call(a)
+    with torch.no_grad(), pytest.raises(ValueError, match=match):
+        torch.ops.mnv3.inverted_residual_packed(*a.values())
