@@ -22,13 +22,14 @@ PAPER_LABEL = {"all-relu": "ReLU", "hswish-fused": "h-swish @ optimized", "hswis
 
 _ORDER = ["matmul", "copy", "eager-unfused", "eager", "eager-cl", "eager-folded", "compile",
           "compile-freezing", "all-relu", "relu", "swish", "hswish-naive", "hswish-F", "hswish-where",
-          "hswish-fused", "fused-blocks-relu", "fused-blocks", "fused", "onnxruntime", "openvino",
+          "hswish-fused", "fused-blocks-relu", "fused-blocks", "layer-by-layer", "fused-block", "fused", "onnxruntime", "openvino",
           "converted"]
 _KIND_TITLE = OrderedDict([
     ("ceiling", "Machine ceilings"),
     ("dw-il", "Depthwise conv + BN + activation, interleaved"),
     ("dw", "Depthwise conv + BN + activation, each provider on its own"),
     ("pw-il", "Pointwise (1x1) conv + BN + activation, interleaved"),
+    ("blk-il", "Whole inverted-residual blocks, interleaved"),
     ("se-il", "Squeeze-excite, interleaved"), ("se", "Squeeze-excite, each provider on its own"),
     ("act-il", "Activations, interleaved"), ("act", "Activations, each provider on its own"),
     ("grad-il", "Converted vs original by autograd mode, interleaved"),
@@ -422,6 +423,32 @@ def pointwise_efficiency(groups, ceil, kind: str) -> str:
     return head + md_table(["layer", "batch", "layout", "GFLOP/s", "of matmul peak"], rows)
 
 
+def block_table(groups, kind: str) -> str:
+    """Per block and batch: the fused block call against the same block layer by layer (and
+    eager), its GFLOP/s and the estimated bytes each path moves to and from memory."""
+    rows, ratios = [], {}
+    for g in _of_kind(groups, kind):
+        f, lay, eag = g.get("fused-block"), g.get("layer-by-layer"), g.get("eager")
+        r = f or lay
+        if r is None:
+            continue
+        n = r.ei.get("batch")
+        x = speedup(g, "fused-block", "layer-by-layer")
+        if x is not None:
+            ratios.setdefault(n, []).append(x)
+        rows.append([r.ei.get("layer", ""), f"b{n}", fmt_time(eag.median if eag else None),
+                     fmt_time(lay.median if lay else None), fmt_time(f.median if f else None), fmt_x(x),
+                     fmt_x(speedup(g, "fused-block", "eager")),
+                     fmt_num(r.flops / f.median / 1e9) if f and r.flops else "?",
+                     fmt_num(r.ei.get("bytes_layer", 0) / 1e6, 2), fmt_num(r.ei.get("bytes_fused", 0) / 1e6, 2)])
+    if not rows:
+        return ""
+    head = "".join(f"Batch {n}: fused block vs layer by layer, geomean {fmt_x(geomean(v))} "
+                   f"(min {fmt_x(min(v))}, max {fmt_x(max(v))}, {len(v)} blocks).\n\n" for n, v in sorted(ratios.items()))
+    return head + md_table(["block", "batch", "eager", "layer by layer", "fused block", "vs layer by layer",
+                            "vs eager", "fused GFLOP/s", "est. MB layer by layer", "est. MB fused"], rows)
+
+
 def model_table(groups, kind: str) -> str:
     gs = [g for g in groups.values() if next(iter(g.values())).kind == kind]
     if not gs:
@@ -757,6 +784,10 @@ def render(rows: List[Row], meta: List[dict], out_dir: str, extra_md: List[str] 
                  "autograd enabled. With autograd enabled, PyTorch records a graph and the converted model "
                  "folds BN afresh on every call (the fold is part of the graph): run inference under "
                  "`torch.inference_mode()` or `torch.no_grad()`.\n")
+    block_note = ("Each block on the channels_last input it sees inside a converted model. *layer by layer* is "
+                  "the same folded and packed weights as one op call per layer (expand, depthwise, SE gate, "
+                  "projection); *fused block* is `mnv3::inverted_residual_packed`. Bytes are estimates: every "
+                  "tensor pass to or from memory counted once (benchmarks/test_blocks.py).\n")
     sections = (
         ("model-il", "Whole models (224×224, eval, no_grad), interleaved", interleaved_note, model_table),
         ("model", "Whole models (224×224, eval, no_grad), each provider on its own", None, model_table),
@@ -765,6 +796,8 @@ def render(rows: List[Row], meta: List[dict], out_dir: str, extra_md: List[str] 
         ("table5", "Table 5 reproduction, each variant on its own", table5_note, table5_section),
         ("grad-il", "Converted vs original by autograd mode (224×224, eval), interleaved", grad_note,
          grad_mode_table),
+        ("blk-il", "MobileNetV3-Large's inverted-residual blocks: one fused call vs layer by layer, interleaved",
+         block_note, block_table),
     )
     for kind, title, note, render_section in sections:
         if kind in kinds:

@@ -67,6 +67,11 @@ def _sample():
     b.append(_bench("table5-il large b1 cpu", "round-robin", "table5-il", 0.07, "all-relu",
                     compare="hswish-naive", layer="large", model="large", batch=1, layout="nchw",
                     interleaved=inter5))
+    interb = {p: {"median": t, "q1": t, "q3": t * 1.01, "min": t, "max": t * 1.1, "rounds": 20}
+              for p, t in [("eager", 400e-6), ("layer-by-layer", 300e-6), ("fused-block", 200e-6)]}
+    b.append(_bench("blk-il block1-16-64-24-112-k3-s2 b8 cpu", "round-robin", "blk-il", 0.02, "eager",
+                    compare="layer-by-layer", layer="block1-16-64-24-112-k3-s2", block=1, batch=8, layout="nhwc",
+                    flops=2e8, bytes_layer=40e6, bytes_fused=12.5e6, interleaved=interb))
     return {"machine_info": {"python_version": "3.11.7"}, "commit_info": {"id": "0123456789abcdef", "dirty": True},
             "benchmarks": b, "datetime": "2026-01-01T00:00:00", "version": "5.2.3"}
 
@@ -90,6 +95,10 @@ def test_report_renders(tmp_path):
     assert "| large | 1 | cpu | converted-cpu | 16.00 ms |" in text and "1.25×" in text
     assert "| round-robin |" not in text
     assert "+20.0%" in text and "+1.0%" in text
+    # The block table: 300 / 200 us layer by layer vs fused, 2e8 FLOP in 200 us, 40 -> 12.5 MB.
+    assert "one fused call vs layer by layer" in text
+    assert "Batch 8: fused block vs layer by layer, geomean 1.50×" in text
+    assert "| 300.0 µs | 200.0 µs | 1.50× | 2.00× | 1000.0 | 40.00 | 12.50 |" in text
     # matmul peak: 2*1024^3 / 15 ms
     assert f"{2 * 1024**3 / 0.015 / 1e9:.1f}" in text
     for png in ("dw_speedup_cpu.png", "dw_roofline_cpu.png", "se_cpu.png", "act_cpu.png", "models.png"):
