@@ -57,8 +57,6 @@ New fused modules derive from ``FusedModule``: it holds the backend, the derived
 """
 from __future__ import annotations
 
-import operator
-
 from collections import Counter
 from typing import Optional, Tuple
 
@@ -66,7 +64,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import ops
+from . import _extension, ops
 from .reference import fold_bn
 
 __all__ = [
@@ -313,12 +311,15 @@ def _unfused_reason(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
 
 
 def _stamp(sources) -> Optional[tuple]:
-    """What identifies the current contents of each source tensor: its version counter (bumped
-    by in-place updates, load_state_dict and optimizers) and its storage address (changed by
-    ``.data =`` and ``.to()``). None when some tensor has no version counter (inference tensors):
-    then nothing is cached."""
+    """What identifies the current contents of each source tensor: the object itself (its id;
+    the caches keep the sources alive, so no other tensor can take the id meanwhile), its version
+    counter (bumped by in-place updates, load_state_dict and optimizers) and its storage address
+    (changed by ``.data =`` and ``.to()``). None when some tensor has no version counter
+    (inference tensors): then nothing is cached. One C++ call when the library is loaded."""
+    if _extension.LOADED:
+        return _extension._C._source_stamp(sources)
     try:
-        return tuple(None if t is None else (t._version, t.data_ptr()) for t in sources)
+        return tuple(None if t is None else (id(t), t._version, t.data_ptr()) for t in sources)
     except RuntimeError:
         return None
 
@@ -378,9 +379,8 @@ class _FoldCacheMixin(FusedModule):
         context = (bn.eps, torch.is_inference_mode_enabled())
         cache = self._cache()
         cached = cache.get("fold")
-        # `is` on the tensors themselves: an equal stamp alone could belong to a new tensor.
-        if (cached is not None and stamp is not None and cached[1] == stamp and cached[2] == context
-                and all(a is b for a, b in zip(cached[0], sources))):
+        # cached[0] keeps the sources alive: their ids in the stamp stay theirs.
+        if cached is not None and stamp is not None and cached[1] == stamp and cached[2] == context:
             return cached[3], cached[4]
         with torch.no_grad():
             weight, bias = fold_bn(*sources, bn.eps)
@@ -863,7 +863,6 @@ def _gate_args(se: "FusedSqueezeExcite"):
     return fc1.weight.flatten(1), b1, fc2.weight.flatten(1), b2
 
 
-_VERSION = operator.attrgetter("_version")
 
 
 class _LazyOps(dict):
@@ -982,16 +981,14 @@ class FusedInvertedResidual(FusedModule, nn.Module):
         of every source, the objects themselves, and the BN eps)."""
         expand, dw, se, project = self.__dict__["_parts"]
         sources = self._sources()
-        try:
-            stamp = (tuple(map(_VERSION, sources)), tuple(map(torch.Tensor.data_ptr, sources)),
-                     tuple(m._modules["1"].eps for m in (expand, dw, project) if m is not None),
+        stamp = _stamp(sources)
+        if stamp is not None:
+            stamp = (stamp, tuple(m._modules["1"].eps for m in (expand, dw, project) if m is not None),
                      torch.is_inference_mode_enabled())
-        except RuntimeError:  # an inference tensor (no version counter): nothing is cached
-            stamp = None
         cache = self._cache()
         cached = cache.get("plan")
-        if (cached is not None and stamp is not None and cached[1] == stamp
-                and len(cached[0]) == len(sources) and all(a is b for a, b in zip(cached[0], sources))):
+        # cached[0] keeps the sources alive: their ids in the stamp stay theirs.
+        if cached is not None and stamp is not None and cached[1] == stamp:
             return cached[2]
         conv = dw._modules["0"]
         dw_weight, dw_bias = dw._folded(conv.weight, conv.bias, dw._modules["1"])
