@@ -17,6 +17,8 @@ Recognized structures (everything else is left untouched):
   (``fused_conv_bn_act_pair``). Their anti-aliasing layer ``aa`` runs after that BN, so it
   does not stand in the way.
 - torchvision ``SqueezeExcitation`` and timm ``SqueezeExcite`` -> ``FusedSqueezeExcite``.
+- ``nn.Linear`` (the classifier) -> ``FusedLinear``: the packed GEMM kernels, whose
+  matrix-vector product at batch 1 splits the weights over the threads.
 
 The depthwise conv's BatchNorm may also be torchvision's ``FrozenBatchNorm2d`` (detection
 backbones built for pretrained weights): it always folds.
@@ -46,7 +48,7 @@ __all__ = ["convert", "conversion_report", "ConversionReport", "ConversionEntry"
 # ----------------------------------------------------------------------------------------------
 KINDS = {"conv": "dense conv+BN+act (stem)", "dwconv": "depthwise conv+BN+act",
          "pwconv": "pointwise conv+BN+act",
-         "se": "squeeze-excite", "block": "inverted-residual block"}
+         "se": "squeeze-excite", "block": "inverted-residual block", "linear": "linear (classifier)"}
 
 
 @dataclass
@@ -54,7 +56,7 @@ class ConversionEntry:
     """One candidate: where it is, what it is, and whether it was fused (else why not)."""
 
     path: str
-    kind: str            # "conv" | "dwconv" | "pwconv" | "se" | "block"
+    kind: str            # "conv" | "dwconv" | "pwconv" | "se" | "block" | "linear"
     status: str          # "fused" | "skipped" | "already fused"
     shape: str           # e.g. "C=72 k=5x5 stride=2 dilation=1 act=relu" or "C=72 squeeze=24"
     reason: str = ""
@@ -222,6 +224,11 @@ class _Converter:
         elif isinstance(module, M.FusedConvBNAct):
             module.backend = self.backend
             self.add(path, "conv", "already fused", f"{module[0].in_channels}->{module.out_channels}")
+        elif isinstance(module, M.FusedLinear):
+            module.backend = self.backend
+            self.add(path, "linear", "already fused", f"{module.in_features}->{module.out_features}")
+        elif type(module) is nn.Linear:
+            self.visit_linear(path, module)
         elif self.tv_ir is not None and isinstance(module, self.tv_ir):
             self.visit_tv_block(path, module)
         elif type(module).forward is nn.Sequential.forward and isinstance(module, nn.Sequential):
@@ -295,6 +302,17 @@ class _Converter:
                 setattr(fused, key, value)
         self.replace(path, fused)
         self.add(path, "pwconv", "fused", shape)
+
+    def visit_linear(self, path: str, linear: nn.Linear) -> None:
+        shape = f"{linear.in_features}->{linear.out_features}"
+        if not path:
+            self.add(path, "linear", "skipped", shape, "the root module cannot be replaced in place")
+            return
+        if linear._forward_hooks or linear._forward_pre_hooks:
+            self.add(path, "linear", "skipped", shape, "it has forward hooks (a fused call would skip them)")
+            return
+        self.replace(path, M.FusedLinear(linear, backend=self.backend))
+        self.add(path, "linear", "fused", shape)
 
     def visit_dense(self, path: str, seq: nn.Sequential, conv, bn, act) -> None:
         k = "x".join(str(v) for v in conv.kernel_size)

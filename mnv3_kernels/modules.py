@@ -62,6 +62,7 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import _extension, ops
@@ -69,6 +70,7 @@ from .reference import fold_bn
 
 __all__ = [
     "FusedModule",
+    "FusedLinear",
     "refresh",
     "path_stats",
     "FusedDepthwiseConvBNAct",
@@ -685,6 +687,64 @@ class FusedSqueezeExcite(FusedModule, nn.Module):
     def extra_repr(self) -> str:
         fc1 = self._role("fc1")
         return f"C={fc1.in_channels}, squeeze={fc1.out_channels}, backend={self.backend!r}"
+
+
+class FusedLinear(FusedModule, nn.Linear):
+    """``nn.Linear`` on the packed CPU GEMM kernels in inference (the classifier of MobileNetV3:
+    960 -> 1280 -> 1000 at batch 1 is a matrix-vector product, which the kernels split over the
+    weight panels, one part per thread). Holds the original's Parameter objects, so the
+    state_dict is unchanged. Anywhere else (autograd, other devices or dtypes, inputs other than
+    (N, in_features)) it is ``F.linear``, exactly the original."""
+
+    def __init__(self, linear: nn.Linear, *, backend: str = "auto"):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_parameter("weight", linear.weight)
+        self.register_parameter("bias", linear.bias)  # None without a bias, as nn.Linear
+        self.backend = backend
+        self.train(linear.training)
+
+    def _why_unfused(self, x: torch.Tensor) -> Optional[str]:
+        w = self._parameters["weight"]
+        if torch.is_autocast_enabled("cpu"):  # nn.Linear then computes in the autocast dtype
+            return "autocast"
+        if not (x.is_cpu and x.dtype == torch.float32 and x.dim() == 2 and w.dtype == torch.float32 and w.is_cpu):
+            return f"{x.dim()}-D {str(x.dtype).replace('torch.', '')} input on {x.device.type}"
+        if self.__dict__["_backend"] not in ("auto", "cpu") or not _extension.LOADED:
+            return "backend is not the CPU kernels"
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return "traced (torch.compile, torch.export or ONNX export)"
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return "autograd records the call"
+        return None
+
+    def _packed(self) -> torch.Tensor:
+        sources = (self._parameters["weight"], self._parameters["bias"])
+        stamp = _stamp(sources)
+        cache = self._cache()
+        cached = cache.get("pack")
+        if cached is not None and stamp is not None and cached[1] == stamp:
+            return cached[2]
+        with torch.no_grad():
+            packed = ops.pack_pointwise_weight(*sources)
+        if stamp is not None:
+            cache["pack"] = (sources, stamp, packed)
+        return packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        why = self._why_unfused(x)
+        if why is not None:
+            self._count("reference", why)
+            return F.linear(x, self.weight, self.bias)
+        self._count("fused", "cpu")
+        n = x.shape[0]
+        # (N, K) as (N, K, 1, 1): one pixel per sample, the layout the kernels read as rows of K.
+        y = _OPS["pointwise_packed"](x.reshape(n, self.in_features, 1, 1), self._packed(), self.out_features,
+                                     "none", None, None)
+        return y.view(n, self.out_features)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", backend={self.backend!r}"
 
 
 class _HardActivation(FusedModule, nn.Module):

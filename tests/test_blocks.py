@@ -123,8 +123,8 @@ def test_converted_blocks_match_float64_original(one_thread, fmt, shape):
 
 def test_the_block_fast_path_runs(monkeypatch, one_thread):
     model = mnv3_kernels.convert(_tv("small"))
-    calls = {"block": 0, "se": 0, "expand": 0, "layer": 0}
-    real_block = M._OPS["block"]
+    calls = {"block": 0, "se": 0, "expand": 0, "layer": 0, "linear": 0}
+    real_block, real_packed = M._OPS["block"], M._OPS["pointwise_packed"]
 
     def block(*args):
         calls["block"] += 1
@@ -136,13 +136,21 @@ def test_the_block_fast_path_runs(monkeypatch, one_thread):
         calls["layer"] += 1
         raise AssertionError("a layer op ran outside the block call")
 
+    def packed(x, *args):
+        if x.shape[2:] != (1, 1):  # only FusedLinear's (N, K) as (N, K, 1, 1)
+            return layer()
+        calls["linear"] += 1
+        return real_packed(x, *args)
+
     monkeypatch.setitem(M._OPS, "block", block)
-    for name in ("pointwise_packed", "gate", "dwconv"):
+    monkeypatch.setitem(M._OPS, "pointwise_packed", packed)
+    for name in ("gate", "dwconv"):
         monkeypatch.setitem(M._OPS, name, layer)
     with torch.inference_mode():
         model(torch.randn(1, 3, 96, 96))
-    # Small's 11 blocks, one call each: 10 with an expand conv, 9 with squeeze-excite.
-    assert calls == {"block": 11, "se": 9, "expand": 10, "layer": 0}
+    # Small's 11 blocks, one call each: 10 with an expand conv, 9 with squeeze-excite; the
+    # classifier's two Linear layers.
+    assert calls == {"block": 11, "se": 9, "expand": 10, "layer": 0, "linear": 2}
 
 
 def test_block_gradients_and_train_mode_are_the_original(one_thread):
@@ -249,3 +257,49 @@ def test_block_plan_sees_parameter_changes_and_replaced_layers(one_thread):
         assert rel_err(model(x), ref(x)) < 1e-4
     assert mnv3_kernels.path_stats()[("FusedInvertedResidual", "layer by layer",
                                       "the block's layers were replaced after conversion")] == 1
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 8])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_linear_matches_linear(n, bias):
+    lin = nn.Linear(37, 53, bias=bias)
+    want_model = copy.deepcopy(lin).double()
+    fused = M.FusedLinear(lin)
+    assert fused.weight is lin.weight and list(fused.state_dict()) == list(lin.state_dict())
+    x = torch.randn(n, 37)
+    M.path_stats(reset=True)
+    with torch.no_grad():
+        got = fused(x)
+    assert got.shape == (n, 53) and got.dtype == torch.float32
+    if n:
+        assert rel_err(got.double(), want_model(x.double())) < 1e-5
+    assert {p for (cls, p, _) in M.path_stats(reset=True) if cls == "FusedLinear"} == {"fused"}
+
+
+def test_fused_linear_sees_weight_changes_and_falls_back_exactly():
+    lin = nn.Linear(16, 8)
+    fused = M.FusedLinear(lin)
+    x = torch.randn(2, 16)
+    with torch.no_grad():
+        fused(x)
+        lin.weight.mul_(2)  # in place: the packed cache must notice
+        assert torch.allclose(fused(x), torch.nn.functional.linear(x, lin.weight, lin.bias), atol=1e-5)
+    # Autograd, other shapes and dtypes: F.linear itself.
+    y = fused(x)
+    y.sum().backward()
+    assert lin.weight.grad is not None
+    x3 = torch.randn(2, 5, 16)
+    assert torch.equal(fused(x3), torch.nn.functional.linear(x3, lin.weight, lin.bias))
+    xd = torch.randn(2, 16, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(fused.double()(xd), torch.nn.functional.linear(xd, lin.weight, lin.bias))
+
+
+def test_convert_fuses_the_classifier_and_revert_restores_it():
+    model = _tv("small")
+    classifier = [model.classifier[0], model.classifier[3]]
+    report = mnv3_kernels.convert(model).mnv3_report
+    assert [e.status for e in report.entries if e.kind == "linear"] == ["fused", "fused"]
+    assert isinstance(model.classifier[0], M.FusedLinear) and model.classifier[0].weight is classifier[0].weight
+    mnv3_kernels.revert(model)
+    assert model.classifier[0] is classifier[0] and model.classifier[3] is classifier[1]
