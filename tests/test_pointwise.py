@@ -192,7 +192,7 @@ def test_other_backends_refuse_and_auto_falls_back():
 
 
 # ----------------------------------------------------------------------------------------------
-# Dense (stem) conv: the same GEMM tiles over gathered input patches
+# Dense (stem) conv: the same GEMM tiles over gathered input patches, or the direct kernel
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "sliced"])
 @pytest.mark.parametrize("shape,cout,k,stride,padding,dilation", [
@@ -202,6 +202,12 @@ def test_other_backends_refuse_and_auto_falls_back():
     ((2, 4, 9, 45), 20, 3, 1, 1, 1),      # stride 1 with room for vector loads of the rows
     ((3, 2, 11, 10), 33, (3, 5), (1, 2), (2, 1), (2, 1)),
     ((0, 3, 8, 8), 16, 3, 2, 1, 1),
+    # the direct kernel (3 channels, 3x3, stride 1 or 2, no dilation, <= 2 vectors of outputs)
+    ((2, 3, 17, 23), 24, 3, 1, 1, 1),     # stride 1; two output vectors on AVX-512
+    ((1, 3, 2, 3), 8, 3, 2, 1, 1),        # every pixel at an edge
+    ((1, 3, 12, 13), 5, 3, 2, 0, 1),      # no padding, Cout not a multiple of 8
+    ((1, 3, 10, 9), 12, 3, 2, 2, 1),      # padding 2: rows and columns wholly outside
+    ((1, 3, 9, 9), 40, 3, 2, 1, 1),       # too many outputs: the gather path
 ])
 @pytest.mark.parametrize("act", ACTS)
 def test_dense_conv(isa, layout, shape, cout, k, stride, padding, dilation, act):

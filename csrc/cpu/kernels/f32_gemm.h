@@ -296,7 +296,111 @@ inline void gather_patches(const DenseConvArgs& a, int64_t n, int64_t oh, int64_
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Direct dense conv for the stem's shape (3 input channels, 3x3 taps, stride 1 or 2, no
+// dilation, at most two vectors of output channels): the 27 weight vectors stay in registers
+// and each output pixel is 27 broadcast FMAs read straight from the input, R pixels at a time.
+// The patch gather above costs as much as the arithmetic for so short a K (27).
+// ---------------------------------------------------------------------------------------------
+constexpr int kDirectC = 3, kDirectK = 3;
+
+inline bool dense_direct_fits(const DenseConvArgs& a) {
+  return a.C == kDirectC && a.KH == kDirectK && a.KW == kDirectK && a.DH == 1 && a.DW == 1 &&
+         a.SH == a.SW && (a.SH == 1 || a.SH == 2) && a.Cout <= 2 * VL && a.Cout <= kPanel;
+}
+
+template <int R, int CV, int S, bool NHWC, bool EDGE>
+inline void dense_direct_block(const DenseConvArgs& a, const float* xn, int64_t ih0, int64_t iw0,
+                               const vf (&w)[kDirectC * kDirectK * kDirectK][CV], const vf (&b)[CV],
+                               float* y) {
+  const int64_t cs = NHWC ? 1 : a.H * a.W, rs = NHWC ? a.W * kDirectC : a.W;
+  constexpr int64_t ps = NHWC ? kDirectC : 1;
+  vf acc[R][CV];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < CV; ++v) acc[r][v] = b[v];
+  }
+#pragma GCC unroll 3
+  for (int c = 0; c < kDirectC; ++c) {
+#pragma GCC unroll 3
+    for (int ky = 0; ky < kDirectK; ++ky) {
+      const int64_t ih = ih0 + ky;
+      if (EDGE && (ih < 0 || ih >= a.H)) continue;
+      const float* xr = xn + c * cs + ih * rs;
+#pragma GCC unroll 3
+      for (int kx = 0; kx < kDirectK; ++kx) {
+        const int t = (c * kDirectK + ky) * kDirectK + kx;
+#pragma GCC unroll 4
+        for (int r = 0; r < R; ++r) {
+          const int64_t iw = iw0 + r * S + kx;
+          if (EDGE && (iw < 0 || iw >= a.W)) continue;
+          const vf xv = vset1(xr[iw * ps]);
+#pragma GCC unroll 2
+          for (int v = 0; v < CV; ++v) acc[r][v] = vfma(xv, w[t][v], acc[r][v]);
+        }
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 2
+    for (int v = 0; v < CV; ++v) {
+      store_out(act_v(acc[r][v], a.act), y + r * a.Cout + v * VL, nullptr,
+                static_cast<int>(a.Cout - v * VL));
+    }
+  }
+}
+
+template <int CV, int S, bool NHWC>
+void dense_direct(const DenseConvArgs& a, int64_t r0, int64_t r1) {
+  constexpr int T = kDirectC * kDirectK * kDirectK, R = 4;
+  vf w[T][CV], b[CV];
+  for (int v = 0; v < CV; ++v) {
+    b[v] = vload(a.packed + v * VL);  // panel 0: the bias row, then one row per tap
+    for (int t = 0; t < T; ++t) w[t][v] = vload(a.packed + (t + 1) * kPanel + v * VL);
+  }
+  // Output columns whose taps all fall inside the row: [ow_lo, ow_hi).
+  const int64_t ow_lo = gmin(a.OW, (a.PW + S - 1) / S);
+  const int64_t last = a.W - kDirectK + a.PW;  // S * ow <= last
+  const int64_t ow_hi = gmax(ow_lo, gmin(a.OW, last < 0 ? 0 : last / S + 1));
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t n = row / a.OH, oh = row % a.OH;
+    const float* xn = a.x + n * kDirectC * a.H * a.W;
+    const int64_t ih0 = oh * S - a.PH;
+    float* yrow = a.y + row * a.OW * a.Cout;
+    const bool rows_in = ih0 >= 0 && ih0 + kDirectK <= a.H;
+    const int64_t lo = rows_in ? ow_lo : a.OW, hi = rows_in ? ow_hi : a.OW;
+    for (int64_t ow = 0; ow < lo; ++ow) {
+      dense_direct_block<1, CV, S, NHWC, true>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout);
+    }
+    int64_t ow = lo;
+    for (; ow + R <= hi; ow += R) {
+      dense_direct_block<R, CV, S, NHWC, false>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout);
+    }
+    for (; ow < hi; ++ow) {
+      dense_direct_block<1, CV, S, NHWC, false>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout);
+    }
+    for (ow = gmax(hi, lo); ow < a.OW; ++ow) {
+      dense_direct_block<1, CV, S, NHWC, true>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout);
+    }
+  }
+}
+
+template <int CV>
+void dense_direct_any(const DenseConvArgs& a, int64_t r0, int64_t r1) {
+  if (a.SH == 1) {
+    a.x_nhwc ? dense_direct<CV, 1, true>(a, r0, r1) : dense_direct<CV, 1, false>(a, r0, r1);
+  } else {
+    a.x_nhwc ? dense_direct<CV, 2, true>(a, r0, r1) : dense_direct<CV, 2, false>(a, r0, r1);
+  }
+}
+
 void dense_conv(const DenseConvArgs& a, int64_t r0, int64_t r1, float* scratch) {
+  if (dense_direct_fits(a)) {
+    if (a.Cout <= VL) return dense_direct_any<1>(a, r0, r1);
+    return dense_direct_any<2>(a, r0, r1);
+  }
   const int64_t K = a.C * a.KH * a.KW, Cout = a.Cout, pf = pointwise_panel_floats(K);
   const int64_t P = pointwise_panels(Cout);
   for (int64_t row = r0; row < r1; ++row) {
