@@ -20,7 +20,7 @@ DEV = "cuda"
 LAYOUTS = ["nchw", "channels_last"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2)}
-ACTS = ["none", "relu", "hardswish"]
+ACTS = list(reference.ACTIVATIONS)
 
 
 def _cuda_ready():
@@ -394,6 +394,23 @@ def _nan_input(shape, layout, dtype=torch.float32):
     flat[idx] = torch.tensor([float("nan"), float("inf"), float("nan"), -float("inf"), float("nan"), 1.0,
                               float("nan"), 2.0, float("nan")], device=DEV)
     return _layout(x, layout).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [(2, 32, 9, 9, 3, 1, 1), (2, 13, 9, 9, 5, 2, 2), (1, 16, 8, 8, 7, 1, 3)], ids=str)
+def test_dwconv_relu6_clamps_at_both_bounds(case, layout, dtype):
+    # Each kernel path (NHWC vector and scalar, NCHW, generic k7) with inputs wide enough that
+    # relu6 meets both bounds: exactly 0 and 6 where F.relu6 gives them.
+    n, c, h, w, k, stride, pad = case
+    x, weight, bias = _dw_inputs(n, c, h, w, k, dtype, layout, scale=12.0)
+    got = ops.dwconv_bn_act(x, weight, bias, stride, pad, 1, "relu6", backend="cuda")
+    want = reference.dwconv_bn_act(x.double(), weight.double(), bias.double(), [stride] * 2, [pad] * 2, [1, 1],
+                                   "relu6")
+    assert (want == 0).any() and (want == 6).any() and ((want > 0) & (want < 6)).any()
+    assert got.max().item() == 6.0 and got.min().item() == 0.0
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol)
 
 
 # Each dwconv kernel path: NHWC vector (C % 8 == 0) and scalar, NCHW fast, generic (k7).
