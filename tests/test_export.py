@@ -58,7 +58,8 @@ def expected_onnx_ops(converted):
 
 @needs_cpu
 @pytest.mark.parametrize("name,dynamo", [("tv_small", False), ("mobilenetv3_small_050", False),
-                                         ("tv_small", True)])
+                                         ("tv_small", True), ("tv_mobilenet_v2", False),
+                                         ("efficientnet_lite0", True)])
 def test_onnx_export_runs_in_onnxruntime(name, dynamo, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
@@ -78,6 +79,8 @@ def test_onnx_export_runs_in_onnxruntime(name, dynamo, tmp_path):
     dw, se = expected_onnx_ops(converted)
     assert found[("", "GlobalAveragePool")] >= se and found[("", "HardSigmoid")] >= se
     assert found[("", "Conv")] >= dw
+    relu6 = sum(e.shape.endswith("act=relu6") for e in converted.mnv3_report.fused())
+    assert found[("", "Clip")] >= relu6  # relu6 -> Clip(0, 6)
     got = run_onnx(path, x)
     assert got.shape == want.shape
     assert rel_err(got, want) <= 1e-4

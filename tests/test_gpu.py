@@ -672,6 +672,16 @@ def test_converted_torchvision_fp16_nchw(backend):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mnasnet0_5"])
+def test_converted_mobilenet_v2_family(arch):
+    # "auto": the depthwise layers on the CUDA kernels (relu6 in MobileNetV2), the 1x1 and stem
+    # layers, which have CPU kernels only, on the reference path.
+    tv = pytest.importorskip("torchvision")
+    _backend_or_skip("cuda")
+    _check_converted(getattr(tv.models, arch)(), "auto")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
 def test_converted_timm(backend):
     timm = pytest.importorskip("timm")
