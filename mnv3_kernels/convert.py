@@ -392,7 +392,7 @@ class _Converter:
                 i += 1
                 continue
             act_name, act = items[i + 2] if i + 2 < len(items) else (None, None)
-            if M.activation_name(act) is None or act is None:
+            if act is None or M.activation_name(act) is None:
                 act_name = act = None  # fused as conv + BN; the activation runs as it is
             if kind == "dwconv":
                 self.seen.add(id(conv))

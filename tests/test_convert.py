@@ -63,6 +63,7 @@ MODELS = {
     "tv_mnasnet1_0": lambda: torchvision.models.mnasnet1_0(num_classes=10),
     **{name: functools.partial(timm.create_model, name, num_classes=10) for name in (
         "mobilenetv2_100", "efficientnet_lite0")},
+    "timm_lite_features_only": lambda: timm.create_model("efficientnet_lite0", features_only=True),
 }
 MOBILENET_V2_FAMILY = ["tv_mobilenet_v2", "tv_mnasnet0_5", "tv_mnasnet1_0", "mobilenetv2_100", "efficientnet_lite0"]
 
