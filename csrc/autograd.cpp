@@ -49,6 +49,19 @@ using BlockPackedSig = at::Tensor(const at::Tensor&, const OptT&, int64_t, c10::
 
 at::Tensor opt(const std::optional<at::Tensor>& t) { return t.has_value() ? *t : at::Tensor(); }
 
+// relu and relu6 can take their gradient from the output (out <= 0 exactly where pre <= 0, and
+// out >= 6 exactly where pre >= 6), so their forward keeps the output instead of recomputing.
+bool backward_from_output(const std::string& act) { return act == "relu" || act == "relu6"; }
+
+// grad through the activation: `t` is the output when backward_from_output(act), else the
+// pre-activation. The same formulas as PyTorch's relu, hardtanh(0, 6) and hardswish.
+at::Tensor activation_backward(const at::Tensor& grad, const std::string& act, const at::Tensor& t) {
+  if (act == "relu") return at::threshold_backward(grad, t, 0);
+  if (act == "relu6") return at::hardtanh_backward(grad, t, 0, 6);
+  if (act == "hardswish") return at::hardswish_backward(grad, t);
+  return grad;
+}
+
 struct DwConvFunction : public torch::autograd::Function<DwConvFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
@@ -61,9 +74,8 @@ struct DwConvFunction : public torch::autograd::Function<DwConvFunction> {
       out = op.call(x, weight, bias, stride, padding, dilation, activation);
     }
     const std::string act(activation);
-    const bool relu = act == "relu";
     ctx->save_for_backward({x, weight, bias.has_value() ? *bias : at::Tensor(),
-                            relu ? out : at::Tensor()});
+                            backward_from_output(act) ? out : at::Tensor()});
     ctx->saved_data["stride"] = stride.vec();
     ctx->saved_data["padding"] = padding.vec();
     ctx->saved_data["dilation"] = dilation.vec();
@@ -80,12 +92,12 @@ struct DwConvFunction : public torch::autograd::Function<DwConvFunction> {
     const std::string act = ctx->saved_data["activation"].toStringRef();
     const int64_t C = x.size(1);
     at::Tensor grad = grads[0];
-    if (act == "relu") {
-      grad = at::threshold_backward(grad, out, 0);
-    } else if (act == "hardswish") {
+    if (backward_from_output(act)) {
+      grad = activation_backward(grad, act, out);
+    } else if (act != "none") {
       // The pre-activation is not kept (it would double the memory of the layer): recompute it.
       const at::Tensor pre = at::conv2d(x, weight, bias, stride, padding, dilation, C);
-      grad = at::hardswish_backward(grad, pre);
+      grad = activation_backward(grad, act, pre);
     }
     const bool has_bias = bias.defined();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
@@ -169,7 +181,7 @@ struct DenseConvFunction : public torch::autograd::Function<DenseConvFunction> {
     at::Tensor g = grads[0];
     if (act != "none") {
       const at::Tensor pre = at::conv2d(x, weight, bias, stride, padding, dilation, 1);
-      g = act == "relu" ? at::threshold_backward(g, pre, 0) : at::hardswish_backward(g, pre);
+      g = activation_backward(g, act, pre);
     }
     const bool has_bias = bias.defined();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
@@ -212,7 +224,7 @@ struct PointwiseFunction : public torch::autograd::Function<PointwiseFunction> {
     at::Tensor g = grads[0];
     if (act != "none") {
       const at::Tensor pre = at::conv2d(xs, w4, bias.defined() ? bias : at::Tensor());
-      g = act == "relu" ? at::threshold_backward(g, pre, 0) : at::hardswish_backward(g, pre);
+      g = activation_backward(g, act, pre);
     }
     const bool has_bias = bias.defined();
     const bool need_xs = ctx->needs_input_grad(0) || (scale.defined() && ctx->needs_input_grad(5));

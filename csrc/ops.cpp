@@ -5,7 +5,7 @@
 
 TORCH_LIBRARY(mnv3, m) {
   // Depthwise conv (weight (C,1,kh,kw), BN already folded into weight/bias), then activation
-  // ("none" | "relu" | "hardswish"). Output keeps the input's memory format.
+  // ("none" | "relu" | "hardswish" | "relu6"). Output keeps the input's memory format.
   m.def(
       "dwconv_bn_act(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
       "int[2] dilation, str activation) -> Tensor");

@@ -1,5 +1,6 @@
-"""Model surgery: replace the depthwise conv+BN+act and squeeze-excite parts of torchvision and
-timm MobileNetV3 (and anything built from the same pieces) with the fused modules.
+"""Model surgery: replace the conv+BN+act and squeeze-excite parts of torchvision and timm
+MobileNetV3, MobileNetV2, MNASNet and EfficientNet-Lite (and anything built from the same pieces)
+with the fused modules.
 
     model = mnv3_kernels.convert(model)        # same object, converted in place
     print(model.mnv3_report)                   # what was replaced, what was left alone and why
@@ -10,12 +11,20 @@ Recognized structures (everything else is left untouched):
   torchvision's ``Conv2dNormActivation`` -> ``FusedDepthwiseConvBNAct``; with a 1x1 stride-1
   conv -> ``FusedPointwiseConvBNAct``; with a small dense conv (a stem, at most
   ``modules.DENSE_MAX_PATCH`` inputs per output) -> ``FusedConvBNAct``.
-- torchvision ``InvertedResidual`` whose layers all fused -> ``FusedInvertedResidual`` (the
-  squeeze-excite gate folded into the projection, the residual added in its epilogue).
-- timm ``DepthwiseSeparableConv`` (``conv_dw`` -> ``bn1``) and ``InvertedResidual``
-  (``conv_dw`` -> ``bn2``), whose BN is a ``BatchNormAct2d`` -> head/tail pair
-  (``fused_conv_bn_act_pair``). Their anti-aliasing layer ``aa`` runs after that BN, so it
-  does not stand in the way.
+- Any other plain ``nn.Sequential``: each run of children conv -> BatchNorm2d [-> activation]
+  (torchvision MobileNetV2's ``InvertedResidual.conv`` projection, MNASNet's flat ``layers``)
+  -> head/tail pair (``fused_conv_bn_act_pair``), the activation's slot kept by an
+  ``ActivationSlot``. An activation that cannot be fused stays where it is, after a fused
+  conv + BN.
+- torchvision MobileNetV3 ``InvertedResidual`` whose layers all fused -> ``FusedInvertedResidual``
+  (the squeeze-excite gate folded into the projection, the residual added in its epilogue).
+  MobileNetV2 and MNASNet blocks keep their own module; their layers are fused.
+- timm ``DepthwiseSeparableConv`` (``conv_dw`` -> ``bn1``, ``conv_pw`` -> ``bn2``) and
+  ``InvertedResidual`` (``conv_pw`` -> ``bn1``, ``conv_dw`` -> ``bn2``, ``conv_pwl`` -> ``bn3``),
+  whose BNs are ``BatchNormAct2d`` -> head/tail pairs; the same for the stem (``conv_stem`` ->
+  ``bn1``) of timm's ``EfficientNet``, ``EfficientNetFeatures`` and ``MobileNetV3`` and the head
+  conv (``conv_head`` -> ``bn2``) of ``EfficientNet``. The blocks' anti-aliasing layer ``aa``
+  runs after the depthwise BN, so it does not stand in the way.
 - torchvision ``SqueezeExcitation`` and timm ``SqueezeExcite`` -> ``FusedSqueezeExcite``.
 - ``nn.Linear`` (the classifier) -> ``FusedLinear``: the packed GEMM kernels, whose
   matrix-vector product at batch 1 splits the weights over the threads.
@@ -25,7 +34,7 @@ backbones built for pretrained weights): it always folds.
 
 A candidate that cannot be served exactly (TF-'same' ``Conv2dSame``, padding modes other than
 zeros, grouped but not depthwise convs, BN without running statistics, activations other than
-ReLU/Hardswish/Identity, gates other than hard-sigmoid, ...) is left alone and listed in the
+ReLU/ReLU6/Hardswish/Identity, gates other than hard-sigmoid, ...) is left alone and listed in the
 report with the reason. Only module objects are swapped: Parameters and buffers are the same
 objects, so ``state_dict`` keys, values and order are unchanged.
 """
@@ -117,6 +126,37 @@ def _pw_shape(conv, act_name: Optional[str]) -> str:
     return f"{conv.in_channels}->{conv.out_channels} act={act_name if act_name else '?'}"
 
 
+def _dense_shape(conv, act_name: Optional[str]) -> str:
+    k = "x".join(str(v) for v in conv.kernel_size)
+    return (f"{conv.in_channels}->{conv.out_channels} k={k} stride={tuple(conv.stride)} "
+            f"act={act_name if act_name else '?'}")
+
+
+def _act_label(act) -> str:
+    return M.activation_name(act) or type(act).__name__
+
+
+# Per kind of conv: its report shape and why it cannot be fused (None if it can).
+_CONV_KINDS = {
+    "dwconv": (_dw_shape, M.depthwise_unsupported_reason),
+    "pwconv": (_pw_shape, M.pointwise_unsupported_reason),
+    "conv": (_dense_shape, M.dense_unsupported_reason),
+}
+
+
+def _conv_kind(conv: nn.Conv2d) -> Optional[str]:
+    """What a conv followed by a BN is fused as: "dwconv" (any grouped conv: the depthwise rules
+    say why one that is not depthwise is refused), "pwconv" (1x1), "conv" (a small dense conv,
+    a stem), or None (a larger dense conv: PyTorch's own is faster)."""
+    if conv.groups > 1:
+        return "dwconv"
+    if tuple(conv.kernel_size) == (1, 1):
+        return "pwconv"
+    if conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1] <= M.DENSE_MAX_PATCH:
+        return "conv"
+    return None
+
+
 def _block_shape(block) -> str:
     kinds = [type(m).__name__ for m in block.block]
     return f"{len(kinds)} layers, residual={bool(block.use_res_connect)}"
@@ -157,10 +197,27 @@ def _timm_classes():
     try:
         from timm.layers.norm_act import BatchNormAct2d
         from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
+        from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
+        from timm.models.mobilenetv3 import MobileNetV3
     except Exception:  # noqa: BLE001
         return None
-    return {"bn_act": BatchNormAct2d, "blocks": {DepthwiseSeparableConv: "bn1", InvertedResidual: "bn2"},
-            "se": SqueezeExcite}
+    # Per class: the methods that call its (conv, BN, kind) pairs, each as x = bn(conv(x)), and
+    # the pairs. A subclass overriding one of the methods may call them otherwise.
+    block, model = ("forward",), ("forward", "forward_features", "forward_intermediates")
+    pairs = {
+        DepthwiseSeparableConv: (block, (("conv_dw", "bn1", "dwconv"), ("conv_pw", "bn2", "pwconv"))),
+        InvertedResidual: (block, (("conv_pw", "bn1", "pwconv"), ("conv_dw", "bn2", "dwconv"),
+                                   ("conv_pwl", "bn3", "pwconv"))),
+        # Stems, and EfficientNet's head conv (MobileNetV3's comes after the pooling, without BN).
+        EfficientNet: (model, (("conv_stem", "bn1", "conv"), ("conv_head", "bn2", "pwconv"))),
+        EfficientNetFeatures: (model, (("conv_stem", "bn1", "conv"),)),
+        MobileNetV3: (model, (("conv_stem", "bn1", "conv"),)),
+    }
+    return {"bn_act": BatchNormAct2d, "pairs": pairs, "se": SqueezeExcite}
+
+
+def _own_methods(module, cls, names) -> bool:
+    return isinstance(module, cls) and all(getattr(type(module), n, None) is getattr(cls, n, None) for n in names)
 
 
 def _own_forward(module, cls) -> bool:
@@ -169,6 +226,7 @@ def _own_forward(module, cls) -> bool:
 
 
 _FUSED_DW = (M.FusedDepthwiseConvBNAct, M.DepthwiseConvBNActHead)
+_HEAD_KINDS = {M.PointwiseConvBNActHead: "pwconv", M.DenseConvBNActHead: "conv"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,6 +277,10 @@ class _Converter:
         elif isinstance(module, M.FusedPointwiseConvBNAct):
             module.backend = self.backend
             self.add(path, "pwconv", "already fused", _pw_shape(module[0], module.activation))
+        elif type(module) in _HEAD_KINDS:
+            module.backend = self.backend
+            kind = _HEAD_KINDS[type(module)]
+            self.add(path, kind, "already fused", _CONV_KINDS[kind][0](module, module.activation))
         elif isinstance(module, M.FusedInvertedResidual):
             self.add(path, "block", "already fused", _block_shape(module))
         elif isinstance(module, M.FusedConvBNAct):
@@ -242,15 +304,18 @@ class _Converter:
             self.visit_se(path, module, dict(fc1="conv_reduce", fc2="conv_expand", act="act1", gate="gate"),
                           own_forward=_own_forward(module, self.timm["se"]))
         elif self.timm is not None:
-            for cls, bn_name in self.timm["blocks"].items():
+            for cls, (methods, pairs) in self.timm["pairs"].items():
                 if isinstance(module, cls):
-                    self.visit_timm_block(path, module, cls, bn_name)
+                    for conv_name, bn_name, kind in pairs:
+                        self.visit_timm_pair(path, module, cls, methods, conv_name, bn_name, kind)
                     break
 
     # -- nn.Sequential(conv, bn[, act]) ---------------------------------------------------------
     def visit_sequential(self, path: str, seq: nn.Sequential) -> None:
         children = list(seq._modules.items())
-        if len(children) not in (2, 3) or [n for n, _ in children] != ["0", "1", "2"][: len(children)]:
+        if (len(children) not in (2, 3) or [n for n, _ in children] != ["0", "1", "2"][: len(children)]
+                or not isinstance(children[0][1], nn.Conv2d)):
+            self.visit_layer_runs(path, seq)
             return
         conv, bn = children[0][1], children[1][1]
         act = children[2][1] if len(children) == 3 else None
@@ -315,10 +380,10 @@ class _Converter:
         self.add(path, "linear", "fused", shape)
 
     def visit_dense(self, path: str, seq: nn.Sequential, conv, bn, act) -> None:
-        k = "x".join(str(v) for v in conv.kernel_size)
-        shape = (f"{conv.in_channels}->{conv.out_channels} k={k} stride={tuple(conv.stride)} "
-                 f"act={M.activation_name(act) or type(act).__name__}")
+        shape = _dense_shape(conv, _act_label(act))
         reason = M.dense_unsupported_reason(conv, bn, act)
+        if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
+            reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
         if reason is None and not path:
             reason = "the root module cannot be replaced in place"
         if reason is not None:
@@ -330,6 +395,42 @@ class _Converter:
                 setattr(fused, key, value)
         self.replace(path, fused)
         self.add(path, "conv", "fused", shape)
+
+    # -- conv -> BN [-> act] runs among the children of any other Sequential ---------------------
+    def visit_layer_runs(self, path: str, seq: nn.Sequential) -> None:
+        items = list(seq._modules.items())
+        prefix = f"{path}." if path else ""
+        i = 0
+        while i + 1 < len(items):
+            (conv_name, conv), (bn_name, bn) = items[i], items[i + 1]
+            frozen = self.tv_frozen_bn is not None and isinstance(bn, self.tv_frozen_bn)
+            kind = _conv_kind(conv) if isinstance(conv, nn.Conv2d) else None
+            if (kind is None or isinstance(conv, M._ConvBNActHead)
+                    or not (frozen or isinstance(bn, nn.modules.batchnorm._BatchNorm))):
+                i += 1
+                continue
+            act_name, act = items[i + 2] if i + 2 < len(items) else (None, None)
+            if act is None or M.activation_name(act) is None:
+                act_name = act = None  # fused as conv + BN; the activation runs as it is
+            if kind == "dwconv":
+                self.seen.add(id(conv))
+            shape_of, reason_of = _CONV_KINDS[kind]
+            shape = shape_of(conv, _act_label(act))
+            reason = reason_of(conv, bn, act)
+            if reason is None and (type(bn).forward is not nn.BatchNorm2d.forward
+                                   or not isinstance(bn, nn.BatchNorm2d)):
+                reason = f"{type(bn).__name__} is not a plain nn.BatchNorm2d"
+            if reason is not None:
+                self.add(prefix + conv_name, kind, "skipped", shape, reason)
+                i += 2
+                continue
+            head, tail = M.fused_conv_bn_act_pair(conv, bn, act=act, backend=self.backend)
+            self.replace(prefix + conv_name, head)
+            self.replace(prefix + bn_name, tail)
+            if act is not None:
+                self.replace(prefix + act_name, M.ActivationSlot().train(act.training))
+            self.add(prefix + conv_name, kind, "fused", shape)
+            i += 2 if act is None else 3
 
     # -- torchvision InvertedResidual: its layers first, then the block as a whole --------------
     def visit_tv_block(self, path: str, block: nn.Module) -> None:
@@ -356,34 +457,37 @@ class _Converter:
         self.replace(path, fused)
         self.add(path, "block", "fused", _block_shape(fused))
 
-    # -- timm DepthwiseSeparableConv / InvertedResidual ----------------------------------------
-    def visit_timm_block(self, path: str, block: nn.Module, cls, bn_name: str) -> None:
-        conv = getattr(block, "conv_dw", None)
-        bn = getattr(block, bn_name, None)
-        if not isinstance(conv, nn.Conv2d) or isinstance(conv, _FUSED_DW):
+    # -- timm blocks and models: each conv -> BatchNormAct2d pair --------------------------------
+    def visit_timm_pair(self, path: str, block: nn.Module, cls, methods, conv_name: str, bn_name: str,
+                        kind: str) -> None:
+        conv = block._modules.get(conv_name)
+        bn = block._modules.get(bn_name)
+        if not isinstance(conv, nn.Conv2d) or isinstance(conv, M._ConvBNActHead):
             return
-        self.seen.add(id(conv))
-        conv_path = f"{path}.conv_dw" if path else "conv_dw"
+        if kind == "dwconv":
+            self.seen.add(id(conv))
+        conv_path = f"{path}.{conv_name}" if path else conv_name
         act = getattr(bn, "act", None)
-        shape = _dw_shape(conv, M.activation_name(act) or type(act).__name__)
+        shape_of, reason_of = _CONV_KINDS[kind]
+        shape = shape_of(conv, _act_label(act))
         reason = None
-        if not _own_forward(block, cls):
-            reason = f"{type(block).__name__} overrides {cls.__name__}.forward"
+        if not _own_methods(block, cls, methods):
+            reason = f"{type(block).__name__} overrides a method of {cls.__name__} ({', '.join(methods)})"
         elif not _own_forward(bn, self.timm["bn_act"]):
             reason = f"{bn_name} is {type(bn).__name__}, not timm's BatchNormAct2d"
         elif type(bn.drop) not in (nn.Identity, nn.Dropout, nn.Dropout2d):
             reason = f"{bn_name}.drop is {type(bn.drop).__name__} (not identity in eval mode)"
         else:
-            reason = M.depthwise_unsupported_reason(conv, bn, act)
+            reason = reason_of(conv, bn, act)
         if reason is not None:
-            self.add(conv_path, "dwconv", "skipped", shape, reason)
+            self.add(conv_path, kind, "skipped", shape, reason)
             return
         head, tail = M.fused_conv_bn_act_pair(conv, bn, act=bn.act, drop=bn.drop, backend=self.backend)
         remember_original(head, conv)
         remember_original(tail, bn)
-        block.conv_dw = head
+        setattr(block, conv_name, head)
         setattr(block, bn_name, tail)
-        self.add(conv_path, "dwconv", "fused", shape)
+        self.add(conv_path, kind, "fused", shape)
 
     # -- squeeze-excite --------------------------------------------------------------------------
     def visit_se(self, path: str, se: nn.Module, roles: dict, own_forward: bool) -> None:
@@ -450,8 +554,8 @@ _layout_hook._mnv3_layout = True  # what revert() removes
 
 
 def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
-    """Replace, in place, every depthwise conv+BN(+ReLU/Hardswish/none) and every hard-sigmoid
-    squeeze-excite of `model` that can be served exactly with a fused module.
+    """Replace, in place, every depthwise, 1x1 and stem conv+BN(+ReLU/ReLU6/Hardswish/none) and
+    every hard-sigmoid squeeze-excite of `model` that can be served exactly with a fused module.
 
     Returns the same model object. The ``ConversionReport`` is attached as
     ``model.mnv3_report`` (also returned by ``conversion_report(model)``). ``backend`` is stored
@@ -487,6 +591,9 @@ def conversion_report(model: nn.Module) -> ConversionReport:
             report.entries.append(ConversionEntry(path, "se", "fused", _se_shape(m._role("fc1"))))
         elif isinstance(m, M.FusedPointwiseConvBNAct):
             report.entries.append(ConversionEntry(path, "pwconv", "fused", _pw_shape(m[0], m.activation)))
+        elif type(m) in _HEAD_KINDS:
+            kind = _HEAD_KINDS[type(m)]
+            report.entries.append(ConversionEntry(path, kind, "fused", _CONV_KINDS[kind][0](m, m.activation)))
         elif isinstance(m, M.FusedInvertedResidual):
             report.entries.append(ConversionEntry(path, "block", "fused", _block_shape(m)))
         elif isinstance(m, M.FusedConvBNAct):

@@ -11,13 +11,15 @@ the tensors the fused path reads.
     ``nn.Sequential(conv, bn, act)`` and for torchvision's ``Conv2dNormActivation``. Children
     keep the names "0", "1", "2".
 
-``DepthwiseConvBNActHead`` + ``BatchNormActTail``
+``DepthwiseConvBNActHead`` / ``PointwiseConvBNActHead`` / ``DenseConvBNActHead`` + ``BatchNormActTail``
     For blocks that hold the conv and the BN as *siblings* and call them one after the other
-    (``x = self.conv_dw(x); x = self.bn(x)``): the head replaces the conv, the tail replaces
-    the BN. ``fused_conv_bn_act_pair`` builds both. When the BN is in eval mode with running
-    statistics, the head computes conv+BN+activation in one fused call and the tail passes its
-    input through; otherwise the head is a plain conv and the tail is BN (+ dropout) +
-    activation, exactly as the original. Both decide from the BN's state alone, so they agree.
+    (``x = self.conv_dw(x); x = self.bn(x)``, or a flat ``nn.Sequential(conv, bn, act, ...)``):
+    the head replaces the conv, the tail replaces the BN (and an ``ActivationSlot`` the
+    activation of a flat Sequential). ``fused_conv_bn_act_pair`` builds both. When the BN is in
+    eval mode with running statistics, the head computes conv+BN+activation in one fused call
+    and the tail passes its input through; otherwise the head is a plain conv and the tail is
+    BN (+ dropout) + activation, exactly as the original. Both decide from the BN's state
+    alone, so they agree.
 
 ``FusedSqueezeExcite``
     ``x * hardsigmoid(fc2(relu(fc1(mean_hw(x)))))`` with 1x1-conv FC layers, as one fused call.
@@ -75,7 +77,10 @@ __all__ = [
     "path_stats",
     "FusedDepthwiseConvBNAct",
     "DepthwiseConvBNActHead",
+    "PointwiseConvBNActHead",
+    "DenseConvBNActHead",
     "BatchNormActTail",
+    "ActivationSlot",
     "FusedSqueezeExcite",
     "FusedPointwiseConvBNAct",
     "FusedConvBNAct",
@@ -83,6 +88,7 @@ __all__ = [
     "Hardswish",
     "Hardsigmoid",
     "fused_conv_bn_act_pair",
+    "head_class",
     "check_backend",
     "activation_name",
     "depthwise_unsupported_reason",
@@ -91,7 +97,10 @@ __all__ = [
     "pointwise_unsupported_reason",
 ]
 
-_ACTIVATION_TYPES = ((nn.ReLU, "relu"), (nn.Hardswish, "hardswish"), (nn.Identity, "none"))
+_ACTIVATION_TYPES = ((nn.ReLU, "relu"), (nn.Hardswish, "hardswish"), (nn.ReLU6, "relu6"),
+                     (nn.Identity, "none"))
+# What a refused activation is told it is not.
+_ACTIVATIONS_TEXT = "ReLU, ReLU6, Hardtanh(0, 6), Hardswish or Identity"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -114,16 +123,27 @@ def check_backend(backend) -> str:
 
 
 def activation_name(act: Optional[nn.Module]) -> Optional[str]:
-    """The fused-kernel name of an activation module ("none", "relu", "hardswish"), or None.
+    """The fused-kernel name of an activation module ("none", "relu", "hardswish", "relu6"), or
+    None.
 
-    Exact types only: a subclass may compute something else.
+    Exact types only: a subclass may compute something else. ``nn.Hardtanh(0, 6)`` is "relu6":
+    ``F.relu6`` is that very function (``nn.ReLU6`` is a ``Hardtanh(0, 6)``).
     """
     if act is None:
         return "none"
     for cls, name in _ACTIVATION_TYPES:
         if type(act) is cls:
             return name
+    if type(act) is nn.Hardtanh and act.min_val == 0.0 and act.max_val == 6.0:
+        return "relu6"
     return None
+
+
+def _describe(act: nn.Module) -> str:
+    """An activation module as a refusal names it (a Hardtanh with its bounds)."""
+    if isinstance(act, nn.Hardtanh) and type(act) is not nn.ReLU6:
+        return f"{type(act).__name__}({act.min_val:g}, {act.max_val:g})"
+    return type(act).__name__
 
 
 def _plain_conv2d(conv) -> bool:
@@ -168,8 +188,8 @@ def depthwise_unsupported_reason(conv, bn, act=None) -> Optional[str]:
     """Why (conv -> bn -> act) cannot be served exactly by the fused depthwise op; None if it can.
 
     `bn` must be an ``nn.BatchNorm2d`` (its normalization is taken to be standard BN) or a frozen
-    batch norm (``is_frozen_batch_norm``); `act` is None, ``nn.Identity``, ``nn.ReLU`` or
-    ``nn.Hardswish``.
+    batch norm (``is_frozen_batch_norm``); `act` is None, ``nn.Identity``, ``nn.ReLU``,
+    ``nn.ReLU6`` (or ``nn.Hardtanh(0, 6)``) or ``nn.Hardswish``.
     """
     if not isinstance(conv, nn.Conv2d):
         return f"{type(conv).__name__} is not an nn.Conv2d"
@@ -199,7 +219,7 @@ def _norm_act_reason(conv, bn, act, frozen_ok: bool) -> Optional[str]:
     elif bn.running_mean is None or bn.running_var is None:
         return "BatchNorm has no running statistics (track_running_stats=False)"
     if activation_name(act) is None:
-        return f"activation {type(act).__name__} is not ReLU, Hardswish or Identity"
+        return f"activation {_describe(act)} is not {_ACTIVATIONS_TEXT}"
     return None
 
 
@@ -421,6 +441,9 @@ class _ConvBNActSequential:
         fused.train(seq.training)
         return fused
 
+    def _conv_and_bn(self):
+        return self[0], self[1]
+
     def _unfused_why(self, x: torch.Tensor) -> Optional[str]:
         """Why this call runs the original modules (None: it takes the fused path)."""
         if not _bn_fusable(self[1]):
@@ -444,7 +467,7 @@ class FusedDepthwiseConvBNAct(_ConvBNActSequential, _FoldCacheMixin, nn.Sequenti
     ``FusedDepthwiseConvBNAct.from_modules(conv, bn, act)`` or
     ``FusedDepthwiseConvBNAct.from_sequential(seq)``. ``conv`` must be a plain depthwise
     ``nn.Conv2d`` with zero padding, ``bn`` an ``nn.BatchNorm2d`` with running statistics and
-    ``act`` None, ``nn.Identity``, ``nn.ReLU`` or ``nn.Hardswish``
+    ``act`` None, ``nn.Identity``, ``nn.ReLU``, ``nn.ReLU6`` or ``nn.Hardswish``
     (``depthwise_unsupported_reason`` says why a combination is refused).
     ``backend`` is any name of ``ops.BACKENDS`` and may be changed later (``m.backend = ...``).
     """
@@ -513,7 +536,7 @@ class BatchNormActTail(nn.BatchNorm2d):
             self.act = act
         self.activation = activation_name(act)
         if self.activation is None:
-            raise ValueError(f"activation {type(act).__name__} is not ReLU, Hardswish or Identity")
+            raise ValueError(f"activation {_describe(act)} is not {_ACTIVATIONS_TEXT}")
         self.train(bn.training)
 
     def apply_unfused(self, x: torch.Tensor) -> torch.Tensor:
@@ -534,20 +557,40 @@ class BatchNormActTail(nn.BatchNorm2d):
         return super().extra_repr() + f", activation={self.activation}, fused_into_head={_bn_fusable(self)}"
 
 
-class DepthwiseConvBNActHead(_FoldCacheMixin, nn.Conv2d):
+class ActivationSlot(nn.Module):
+    """Stands where an activation module was, in an ``nn.Sequential(..., conv, bn, act, ...)``,
+    after the ``BatchNormActTail`` that replaced the BN took the activation over (the head
+    applies it fused; the tail applies it unfused): passes its input through. Keeping the slot
+    keeps the names, hence the state_dict keys, of the children after it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return "applied by the preceding BatchNormActTail"
+
+
+class _ConvBNActHead(_FoldCacheMixin, nn.Conv2d):
     """The conv half of a head/tail pair (see ``fused_conv_bn_act_pair``).
 
     An ``nn.Conv2d`` owning the original conv's ``weight``/``bias`` Parameters (same objects,
     same names). It keeps a reference to its ``BatchNormActTail`` that is *not* registered as a
     child (the tail is registered where the original BN was), so nothing is duplicated in the
     state_dict. When the tail's BN is fusable it returns conv+BN+activation in one fused call
-    (the tail then passes through); otherwise it is a plain conv.
+    (the tail then passes through); otherwise it is a plain conv. Subclasses give the rule of
+    what they fuse (``_unsupported_reason``) and the fused call (``_fused``).
     """
 
+    _what = "conv + BN + activation"
+
+    @staticmethod
+    def _unsupported_reason(conv, bn, act) -> Optional[str]:
+        raise NotImplementedError
+
     def __init__(self, conv: nn.Conv2d, tail: BatchNormActTail, *, backend: str = "auto"):
-        reason = depthwise_unsupported_reason(conv, tail, tail._modules.get("act"))
+        reason = self._unsupported_reason(conv, tail, tail._modules.get("act"))
         if reason is not None:
-            raise ValueError(f"cannot fuse this depthwise conv + BN + activation: {reason}")
+            raise ValueError(f"cannot fuse this {self._what}: {reason}")
         super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                          conv.padding, conv.dilation, conv.groups, conv.bias is not None,
                          conv.padding_mode, device="meta")
@@ -562,6 +605,13 @@ class DepthwiseConvBNActHead(_FoldCacheMixin, nn.Conv2d):
         """The BN + activation module this head fuses (not a registered child)."""
         return self.__dict__["_tail"]
 
+    @property
+    def activation(self) -> str:
+        return self.__dict__["_tail"].activation
+
+    def _conv_and_bn(self):
+        return self, self.__dict__["_tail"]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tail = self.__dict__["_tail"]
         if not _bn_fusable(tail):
@@ -572,6 +622,21 @@ class DepthwiseConvBNActHead(_FoldCacheMixin, nn.Conv2d):
             self._count("unfused", why)
             # The tail passes through whenever the BN is fusable, so the head does all of it.
             return tail.apply_unfused(self._conv_forward(x, self.weight, self.bias))
+        return self._fused(x, tail)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}->{self.out_channels}, k={tuple(self.kernel_size)}, "
+                f"stride={tuple(self.stride)}, dilation={tuple(self.dilation)}, padding={self.padding}, "
+                f"activation={self.activation}, backend={self.backend!r}")
+
+
+class DepthwiseConvBNActHead(_ConvBNActHead):
+    """Head of a depthwise conv + BN + activation pair: ``ops.dwconv_bn_act`` when fused."""
+
+    _what = "depthwise conv + BN + activation"
+    _unsupported_reason = staticmethod(depthwise_unsupported_reason)
+
+    def _fused(self, x: torch.Tensor, tail: BatchNormActTail) -> torch.Tensor:
         weight, bias = self._folded(self.weight, self.bias, tail)
         stride, padding, dilation = _conv_geometry(self)
         return ops._dwconv_bn_act_on(self._run_backend(x), x, weight, bias, stride, padding, dilation,
@@ -592,11 +657,27 @@ def fused_conv_bn_act_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn
     ``block.<bn name> = tail``. `drop` must be identity in eval mode (e.g. ``nn.Identity``,
     ``nn.Dropout``). Parameters and buffers are shared with the originals.
 
+    The head fuses what the conv is: a depthwise conv (``DepthwiseConvBNActHead``), a 1x1 conv
+    (``PointwiseConvBNActHead``) or a small dense conv (``DenseConvBNActHead``). An `act` that is
+    a sibling of its own (``nn.Sequential(conv, bn, act, ...)``) moves into the tail: put an
+    ``ActivationSlot`` in its place.
+
     Note: forward hooks on the head see conv+BN+act output in eval mode.
     """
     tail = BatchNormActTail(bn, act=act, drop=drop)
-    head = DepthwiseConvBNActHead(conv, tail, backend=backend)
+    head = head_class(conv)(conv, tail, backend=backend)
     return head, tail
+
+
+def head_class(conv: nn.Module) -> type:
+    """The head (``_ConvBNActHead`` subclass) that fuses `conv` with its BN: depthwise for a
+    grouped conv (it refuses those that are not depthwise), pointwise for a 1x1 conv, dense
+    otherwise."""
+    if getattr(conv, "groups", 1) > 1:
+        return DepthwiseConvBNActHead
+    if tuple(getattr(conv, "kernel_size", ())) == (1, 1):
+        return PointwiseConvBNActHead
+    return DenseConvBNActHead
 
 
 # ----------------------------------------------------------------------------------------------
@@ -790,12 +871,13 @@ def _untracked(*tensors) -> bool:
 
 
 class _PackCacheMixin(_FoldCacheMixin):
-    """The folded weights of a Sequential(conv, bn[, act]) packed into the CPU GEMM kernels'
-    panels, cached with the fold (so refreshed on the same changes, and by refresh())."""
+    """The folded weights of a fused conv + BN (a Sequential(conv, bn[, act]) or a head) packed
+    into the CPU GEMM kernels' panels, cached with the fold (so refreshed on the same changes,
+    and by refresh())."""
 
     def _packed(self):
-        conv = self[0]
-        weight, bias = self._folded(conv.weight, conv.bias, self[1])
+        conv, bn = self._conv_and_bn()
+        weight, bias = self._folded(conv.weight, conv.bias, bn)
         cache = self._cache()
         cached = cache.get("pack")
         if cached is not None and cached[0] is weight and cached[1] is bias:
@@ -876,8 +958,6 @@ def dense_unsupported_reason(conv, bn, act=None) -> Optional[str]:
     patch = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
     if patch > DENSE_MAX_PATCH:
         return f"patch of {patch} inputs per output (the dense op serves stems, up to {DENSE_MAX_PATCH})"
-    if isinstance(bn, nn.BatchNorm2d) and type(bn).forward is not nn.BatchNorm2d.forward:
-        return f"{type(bn).__name__} overrides BatchNorm2d's forward"
     return _norm_act_reason(conv, bn, act, frozen_ok=False)
 
 
@@ -892,7 +972,10 @@ class FusedConvBNAct(_ConvBNActSequential, _PackCacheMixin, nn.Sequential):
 
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None,
                  *, backend: str = "auto"):
-        self._adopt(conv, bn, act, backend, dense_unsupported_reason(conv, bn, act), "conv + BN + activation")
+        reason = dense_unsupported_reason(conv, bn, act)
+        if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
+            reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
+        self._adopt(conv, bn, act, backend, reason, "conv + BN + activation")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv, bn = self[0], self[1]
@@ -914,6 +997,42 @@ class FusedConvBNAct(_ConvBNActSequential, _PackCacheMixin, nn.Sequential):
         conv = self[0]
         return (f"{conv.in_channels}->{conv.out_channels}, k={tuple(conv.kernel_size)}, "
                 f"stride={tuple(conv.stride)}, activation={self.activation}, backend={self.backend!r}")
+
+
+class PointwiseConvBNActHead(_PackCacheMixin, _ConvBNActHead):
+    """Head of a 1x1 conv + BN + activation pair: the pointwise GEMM (on weights packed once, on
+    the CPU without a gradient to record) when fused."""
+
+    _what = "pointwise conv + BN + activation"
+    _unsupported_reason = staticmethod(pointwise_unsupported_reason)
+
+    def _fused(self, x: torch.Tensor, tail: BatchNormActTail) -> torch.Tensor:
+        chosen = self._run_backend(x, op="pointwise_conv_bn_act")
+        if (chosen == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+                and _untracked(x, self.weight, self.bias, tail.weight, tail.bias)):
+            return ops._pointwise_packed_trusted(x, self._packed(), self.out_channels, tail.activation,
+                                                 None, None)
+        weight, bias = self._folded(self.weight, self.bias, tail)
+        return ops.pointwise_conv_bn_act(x, weight, bias, tail.activation, backend=self.backend)
+
+
+class DenseConvBNActHead(_PackCacheMixin, _ConvBNActHead):
+    """Head of a small dense conv (a stem) + BN + activation pair: ``ops.dense_conv_bn_act``
+    when fused, which returns channels_last (as ``FusedConvBNAct``)."""
+
+    _what = "conv + BN + activation"
+    _unsupported_reason = staticmethod(dense_unsupported_reason)
+
+    def _fused(self, x: torch.Tensor, tail: BatchNormActTail) -> torch.Tensor:
+        stride, padding, dilation = _conv_geometry(self)
+        chosen = self._run_backend(x, op="dense_conv_bn_act")
+        if (chosen == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+                and _untracked(x, self.weight, self.bias, tail.weight, tail.bias)):
+            return ops._dense_packed_trusted(x, self._packed(), self.out_channels, list(self.kernel_size),
+                                             stride, padding, dilation, tail.activation)
+        weight, bias = self._folded(self.weight, self.bias, tail)
+        return ops.dense_conv_bn_act(x, weight, bias, stride, padding, dilation, tail.activation,
+                                     backend=self.backend)
 
 
 def _gate_args(se: "FusedSqueezeExcite"):

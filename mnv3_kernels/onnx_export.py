@@ -2,7 +2,7 @@
 computes, so the file runs in any ONNX runtime (ONNX Runtime, OpenVINO, TensorRT, ...) and needs
 nothing of this package.
 
-    dwconv_bn_act   -> Conv(group=C, folded weight and bias) [-> Relu | HardSwish]
+    dwconv_bn_act   -> Conv(group=C, folded weight and bias) [-> Relu | HardSwish | Clip(0, 6)]
     squeeze_excite  -> GlobalAveragePool -> Flatten -> Gemm -> Relu -> Gemm
                        -> HardSigmoid(alpha=1/6) -> Unsqueeze -> Mul
     hardswish       -> HardSwish
@@ -57,7 +57,22 @@ def _ts_activation(g, y, activation):
         return g.op("Relu", y)
     if activation == "hardswish":
         return g.op("HardSwish", y)
+    if activation == "relu6":
+        return _ts_clip(g, y, 0.0, 6.0)
     return y
+
+
+# TorchScript scalar type names -> dtypes, for constants that must match a value's dtype.
+_TS_DTYPES = {"Float": torch.float32, "Double": torch.float64, "Half": torch.float16,
+              "BFloat16": torch.bfloat16}
+
+
+def _ts_clip(g, y, low, high):
+    # Clip takes its bounds as inputs of y's dtype (as torch's own hardtanh symbolic builds them).
+    scalar_type = getattr(y.type(), "scalarType", lambda: None)()  # None when not known
+    dtype = _TS_DTYPES.get(scalar_type, torch.float32)
+    bounds = [g.op("Constant", value_t=torch.tensor(v, dtype=dtype)) for v in (low, high)]
+    return g.op("Clip", y, *bounds)
 
 
 def _ts_channels(weight, x):
@@ -166,6 +181,9 @@ def _onnxscript_functions():
             return op.Relu(y)
         if activation == "hardswish":
             return op.HardSwish(y)
+        if activation == "relu6":
+            low, high = op.Constant(value_float=0.0), op.Constant(value_float=6.0)
+            return op.Clip(y, op.CastLike(low, y), op.CastLike(high, y))
         return y
 
     def dwconv_bn_act(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1),

@@ -344,7 +344,7 @@ def dwconv_bn_act(
     """Depthwise conv (BN folded into `weight`/`bias`) followed by `activation`, in one pass.
 
     weight is (C, 1, kh, kw); stride/padding/dilation take an int or a pair as F.conv2d does;
-    activation is "none", "relu" or "hardswish". The output keeps x's memory format.
+    activation is "none", "relu", "hardswish" or "relu6". The output keeps x's memory format.
     Under autocast it computes in the autocast dtype (CUDA) or float32 (CPU); see above.
     """
     if isinstance(x, torch.Tensor):
@@ -757,17 +757,32 @@ def _fake_elementwise(x):
 def _dw_setup_context(ctx, inputs, output):
     x, weight, bias, stride, padding, dilation, activation = inputs
     ctx.conv_args = (list(stride), list(padding), list(dilation), activation, bias is not None)
-    ctx.save_for_backward(x, weight, bias, output if activation == "relu" else None)
+    ctx.save_for_backward(x, weight, bias, output if activation in _BACKWARD_FROM_OUTPUT else None)
+
+
+# relu and relu6 take their gradient from the output (it is <= 0, >= 6 exactly where the
+# pre-activation is); hardswish from the pre-activation, recomputed.
+_BACKWARD_FROM_OUTPUT = ("relu", "relu6")
+
+
+def _activation_backward(grad, activation, t):
+    if activation == "relu":
+        return torch.ops.aten.threshold_backward(grad, t, 0)
+    if activation == "relu6":
+        return torch.ops.aten.hardtanh_backward(grad, t, 0, 6)
+    if activation == "hardswish":
+        return torch.ops.aten.hardswish_backward(grad, t)
+    return grad
 
 
 def _dw_backward(ctx, grad):
     x, weight, bias, out = ctx.saved_tensors
     stride, padding, dilation, activation, has_bias = ctx.conv_args
-    if activation == "relu":
-        grad = torch.ops.aten.threshold_backward(grad, out, 0)
-    elif activation == "hardswish":
+    if activation in _BACKWARD_FROM_OUTPUT:
+        grad = _activation_backward(grad, activation, out)
+    elif activation != "none":
         pre = torch.nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups=x.shape[1])
-        grad = torch.ops.aten.hardswish_backward(grad, pre)
+        grad = _activation_backward(grad, activation, pre)
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     gx, gw, gb = torch.ops.aten.convolution_backward(
         grad, x, weight, [x.shape[1]] if has_bias else None, stride, padding, dilation,

@@ -11,7 +11,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-ACTIVATIONS = ("none", "relu", "hardswish")
+# The fused activations; the kernels know them by their index (csrc/common/activation.h).
+ACTIVATIONS = ("none", "relu", "hardswish", "relu6")
 
 
 def activation(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -21,6 +22,8 @@ def activation(x: torch.Tensor, name: str) -> torch.Tensor:
         return F.relu(x)
     if name == "hardswish":
         return F.hardswish(x)
+    if name == "relu6":
+        return F.relu6(x)
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 

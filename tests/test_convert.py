@@ -1,6 +1,6 @@
-"""convert(): torchvision and timm MobileNetV3 models converted in place must give the original's
-outputs, keep their state_dict, report what was replaced, and leave alone what cannot be served
-exactly."""
+"""convert(): torchvision and timm MobileNetV3 models (and the MobileNetV2 family: MobileNetV2,
+MNASNet, EfficientNet-Lite) converted in place must give the original's outputs, keep their
+state_dict, report what was replaced, and leave alone what cannot be served exactly."""
 import copy
 import functools
 import pickle
@@ -19,7 +19,7 @@ from conftest import random_bn_, randomize_model_bn_, rel_err
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
-from torchvision.ops.misc import Conv2dNormActivation, SqueezeExcitation  # noqa: E402
+from torchvision.ops.misc import SqueezeExcitation  # noqa: E402
 from timm.layers.conv2d_same import Conv2dSame  # noqa: E402
 from timm.models._efficientnet_blocks import InvertedResidual, SqueezeExcite  # noqa: E402
 
@@ -57,7 +57,15 @@ MODELS = {
         "mobilenetv3_large_100", "mobilenetv3_small_100", "mobilenetv3_large_075",
         "mobilenetv3_small_050", "mobilenetv3_rw", "tf_mobilenetv3_large_100")},
     "timm_features_only": lambda: timm.create_model("mobilenetv3_large_100", features_only=True),
+    # The MobileNetV2 family: depthwise and 1x1 conv + BN + ReLU6 (MNASNet: ReLU) layers.
+    "tv_mobilenet_v2": lambda: torchvision.models.mobilenet_v2(num_classes=10),
+    "tv_mnasnet0_5": lambda: torchvision.models.mnasnet0_5(num_classes=10),
+    "tv_mnasnet1_0": lambda: torchvision.models.mnasnet1_0(num_classes=10),
+    **{name: functools.partial(timm.create_model, name, num_classes=10) for name in (
+        "mobilenetv2_100", "efficientnet_lite0")},
+    "timm_lite_features_only": lambda: timm.create_model("efficientnet_lite0", features_only=True),
 }
+MOBILENET_V2_FAMILY = ["tv_mobilenet_v2", "tv_mnasnet0_5", "tv_mnasnet1_0", "mobilenetv2_100", "efficientnet_lite0"]
 
 
 def make(name, seed=0):
@@ -66,15 +74,13 @@ def make(name, seed=0):
 
 
 def expected(model):
-    """Counts derived from the original structure, independently of convert()."""
+    """Counts derived from the original structure, independently of convert(): every depthwise
+    conv of these models is followed by its BN, and fused unless it is timm's TF-'same'
+    Conv2dSame."""
     dw = dw_skipped = se = se_skipped = 0
     for m in model.modules():
-        if isinstance(m, Conv2dNormActivation):
-            c = m[0]
-            dw += c.groups > 1 and c.groups == c.in_channels == c.out_channels
-        conv_dw = getattr(m, "conv_dw", None)
-        if isinstance(conv_dw, nn.Conv2d):
-            if isinstance(conv_dw, Conv2dSame):
+        if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels:
+            if isinstance(m, Conv2dSame):
                 dw_skipped += 1
             else:
                 dw += 1
@@ -133,6 +139,39 @@ def test_model_matches_original(name):
                 assert_close(model(x.to(memory_format=fmt)), want)
 
 
+@pytest.mark.parametrize("name", MOBILENET_V2_FAMILY)
+def test_mobilenet_v2_family_every_conv_fused(name):
+    """Every conv of these models (stem, 1x1 expand/project/head, depthwise) is followed by its
+    BN and fused; outputs match the float64 original at an odd size, batch 3 and 0, NCHW and
+    channels_last, every call on the fused path."""
+    model = make(name)
+    ref = copy.deepcopy(model).double()
+    convs = [m for m in model.modules() if type(m) is nn.Conv2d]
+    mnv3_kernels.convert(model)
+    report = model.mnv3_report
+    assert report.skipped() == []
+    counts = report.counts()
+    n_dw = sum(c.groups > 1 for c in convs)
+    n_pw = sum(c.groups == 1 and tuple(c.kernel_size) == (1, 1) for c in convs)
+    assert n_dw >= 16 and n_pw >= 30
+    assert (counts["dwconv"]["fused"], counts["pwconv"]["fused"], counts["conv"]["fused"]) == (n_dw, n_pw, 1)
+    assert n_dw + n_pw + 1 == len(convs)  # the stem is the only other conv
+    want_act = "relu" if "mnasnet" in name else "relu6"
+    assert {e.shape.rsplit("act=", 1)[1] for e in report.fused() if e.kind != "linear"} == {want_act, "none"}
+    mnv3_kernels.path_stats(reset=True)
+    with torch.no_grad():
+        for batch in (3, 0):
+            x = torch.randn(batch, 3, 67, 67)
+            want = ref(x.double())
+            for fmt in FORMATS:
+                got = model(x.to(memory_format=fmt))
+                assert got.shape == want.shape and got.dtype == torch.float32
+                if batch:
+                    assert rel_err(got.double(), want) <= 1e-4
+    assert {path for _, path, _ in mnv3_kernels.path_stats(reset=True)} == (
+        {"fused"} if "cpu" in ops.backends() else {"reference"})
+
+
 def test_torchvision_counts_match_the_paper_tables():
     for name, table in (("tv_large", LARGE), ("tv_small", SMALL)):
         model = mnv3_kernels.convert(MODELS[name]())
@@ -180,7 +219,8 @@ def test_in_place_buffer_update_refreshes_cache():
             assert_close(model(x), ref(x))
 
 
-@pytest.mark.parametrize("name", ["tv_small", "mobilenetv3_small_100"])
+@pytest.mark.parametrize("name", ["tv_small", "mobilenetv3_small_100", "tv_mobilenet_v2", "tv_mnasnet0_5",
+                                  "efficientnet_lite0"])
 def test_train_mode_is_exact(name):
     model = make(name).train()
     ref = copy.deepcopy(model)
@@ -293,6 +333,14 @@ class Mixed(nn.Module):
         self.grouped = dw(c, nn.Hardswish(), groups=4)
         self.no_stats = dw(c, nn.ReLU(), track_running_stats=False)
         self.relu6 = dw(c, nn.ReLU6())
+        self.hardtanh06 = dw(c, nn.Hardtanh(0.0, 6.0))  # F.relu6 itself
+        self.hardtanh = dw(c, nn.Hardtanh(-1.0, 1.0))
+        # A flat Sequential of runs: 1x1 + BN + ReLU6; depthwise + BN, SiLU left as it is;
+        # grouped (not depthwise) + BN skipped; 1x1 + BN.
+        self.flat = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU6(inplace=True),
+                                  nn.Conv2d(c, c, 3, padding=1, groups=c), nn.BatchNorm2d(c), nn.SiLU(),
+                                  nn.Conv2d(c, c, 3, padding=1, groups=4), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 1), nn.BatchNorm2d(c))
         self.bare = nn.Conv2d(c, c, 3, padding=1, groups=c)
         self.se_good = SqueezeExcitation(c, 8, scale_activation=nn.Hardsigmoid)
         self.se_sigmoid = SqueezeExcitation(c, 8)  # torchvision's default gate: Sigmoid
@@ -319,19 +367,31 @@ def test_unservable_parts_are_left_alone():
     mnv3_kernels.convert(model)
     report = model.mnv3_report
     fused = {e.path for e in report.fused()}
-    assert fused == {"good", "se_good", "ir_sigmoid.conv_dw", "ir_ok.conv_dw", "ir_ok.se"}
+    timm_pw = {f"{b}.{c}" for b in ("ir_sigmoid", "ir_same", "ir_ok") for c in ("conv_pw", "conv_pwl")}
+    assert fused == {"good", "relu6", "hardtanh06", "flat.0", "flat.3", "flat.9", "se_good",
+                     "ir_sigmoid.conv_dw", "ir_ok.conv_dw", "ir_ok.se", "ir_silu.conv_pwl"} | timm_pw
+    assert model.relu6.activation == model.hardtanh06.activation == "relu6"
     skipped = {e.path: e.reason for e in report.skipped()}
     assert "padding_mode" in skipped["reflect"]
     assert "not depthwise" in skipped["grouped"]
     assert "running statistics" in skipped["no_stats"]
-    assert "ReLU6" in skipped["relu6"]
+    assert "Hardtanh(-1, 1)" in skipped["hardtanh"]
+    assert "not depthwise" in skipped["flat.6"]
+    assert "SiLU" in skipped["ir_silu.conv_pw"]
+    # The flat Sequential keeps its children's names; the fused activation's slot passes through.
+    assert [type(m) for m in model.flat] == [
+        M.PointwiseConvBNActHead, M.BatchNormActTail, M.ActivationSlot, M.DepthwiseConvBNActHead,
+        M.BatchNormActTail, nn.SiLU, nn.Conv2d, nn.BatchNorm2d, nn.ReLU, M.PointwiseConvBNActHead,
+        M.BatchNormActTail]
+    assert [e.shape.rsplit("act=", 1)[1] for e in report.entries if e.path.startswith("flat.")] == [
+        "relu6", "none", "relu", "none"]
     assert "not part of a recognized" in skipped["bare"]
     assert "Sigmoid" in skipped["se_sigmoid"]
     assert "Sigmoid" in skipped["ir_sigmoid.se"]
     assert "SiLU" in skipped["ir_silu.conv_dw"]
     assert "SiLU" in skipped["ir_silu.se"]
     assert "Conv2dSame" in skipped["ir_same.conv_dw"]
-    for path in ("reflect", "grouped", "no_stats", "relu6", "se_sigmoid", "ir_silu"):
+    for path in ("reflect", "grouped", "no_stats", "hardtanh", "se_sigmoid", "ir_silu", "flat.6", "flat.7", "flat.8"):
         assert type(model.get_submodule(path)) is type(ref.get_submodule(path))
     assert type(model.ir_same.conv_dw) is Conv2dSame
     assert list(model.state_dict()) == list(ref.state_dict())
@@ -345,10 +405,12 @@ def test_unservable_parts_are_left_alone():
 
 def test_report_helpers():
     model = mnv3_kernels.convert(make("mobilenetv3_small_050"))
-    assert mnv3_kernels.conversion_report(model) is model.mnv3_report
+    report = model.mnv3_report
+    assert mnv3_kernels.conversion_report(model) is report
     del model.mnv3_report
     rebuilt = conversion_report(model)
-    assert len(rebuilt.fused()) == len(fused_modules(model))
+    assert {e.kind for e in rebuilt.fused()} == {"conv", "dwconv", "pwconv", "se"}
+    assert sorted((e.path, e.kind) for e in rebuilt.fused()) == sorted((e.path, e.kind) for e in report.fused())
     assert "squeeze-excite" in str(rebuilt)
 
 

@@ -40,12 +40,13 @@ def test_dw_channel_residues(isa, layout, C):
         x = with_layout(torch.randn(2, C, H, W), layout)
         check_dw(x, C, 3, stride=1, padding=1, act="relu")
         check_dw(x, C, 5, stride=2, padding=2, act="hardswish")
+        check_dw(x * 8, C, 3, stride=2, padding=1, act="relu6")  # both bounds met
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc", "sliced"])
 @pytest.mark.parametrize("k,s,d", [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (7, 1, 1), (7, 2, 1),
                                    (3, 1, 2), (5, 1, 2)])
-@pytest.mark.parametrize("act", ["relu", "hardswish"])
+@pytest.mark.parametrize("act", ["relu", "hardswish", "relu6"])
 def test_dw_fast_shapes(isa, layout, k, s, d, act):
     # The compile-time shapes (k 3/5 at stride 1/2, and dilation 2 at stride 1) and their
     # run-time neighbours (k = 7).
@@ -53,8 +54,8 @@ def test_dw_fast_shapes(isa, layout, k, s, d, act):
     for H, W in ((1, 1), (9, 1), (13, 11), (16, 23), (14, 30)):
         if H + 2 * pad < d * (k - 1) + 1 or W + 2 * pad < d * (k - 1) + 1:
             continue
-        x = with_layout(torch.randn(2, 27, H, W), layout)
-        check_dw(x, 27, k, stride=s, padding=pad, dilation=d, act=act)
+        x = with_layout(torch.randn(2, 27, H, W) * 8, layout)  # relu6 meets both bounds
+        check_dw(x, 27, k, stride=s, padding=pad, dilation=d, act=act, atol=1e-4)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
@@ -196,7 +197,7 @@ def test_hard_activations(isa, fn):
             assert got.stride() == inp.stride()
 
 
-# NaN and infinities: PyTorch keeps NaN through relu, hardsigmoid and hardswish (relu(NaN) = NaN),
+# NaN and infinities: PyTorch keeps NaN through relu, relu6, hardsigmoid and hardswish (relu(NaN) = NaN),
 # so a diverged model stays visibly diverged. Every epilogue and clamp must do the same.
 _SPECIALS = (float("nan"), float("inf"), float("-inf"))
 
@@ -213,7 +214,7 @@ def _poison(x, count=6):
 
 
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-@pytest.mark.parametrize("act", ["none", "relu", "hardswish"])
+@pytest.mark.parametrize("act", reference.ACTIVATIONS)
 @pytest.mark.parametrize(
     "C,H,W,k,s,d",
     [

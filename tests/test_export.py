@@ -58,7 +58,8 @@ def expected_onnx_ops(converted):
 
 @needs_cpu
 @pytest.mark.parametrize("name,dynamo", [("tv_small", False), ("mobilenetv3_small_050", False),
-                                         ("tv_small", True)])
+                                         ("tv_small", True), ("tv_mobilenet_v2", False),
+                                         ("efficientnet_lite0", True)])
 def test_onnx_export_runs_in_onnxruntime(name, dynamo, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
@@ -78,6 +79,8 @@ def test_onnx_export_runs_in_onnxruntime(name, dynamo, tmp_path):
     dw, se = expected_onnx_ops(converted)
     assert found[("", "GlobalAveragePool")] >= se and found[("", "HardSigmoid")] >= se
     assert found[("", "Conv")] >= dw
+    relu6 = sum(e.shape.endswith("act=relu6") for e in converted.mnv3_report.fused())
+    assert found[("", "Clip")] >= relu6  # relu6 -> Clip(0, 6)
     got = run_onnx(path, x)
     assert got.shape == want.shape
     assert rel_err(got, want) <= 1e-4
@@ -118,7 +121,8 @@ def test_onnx_export_of_the_operators(dynamo, tmp_path):
             y = ops.dwconv_bn_act(x, self.w, None, stride=2, padding=(4, 3), dilation=2, activation="relu")
             z = ops.dwconv_bn_act(x, self.w, self.b, stride=1, padding=2, activation="hardswish")
             s = ops.squeeze_excite(z, self.fc1_w, self.fc1_b, self.fc2_w, self.fc2_b)
-            return y, ops.hardsigmoid(s) + ops.hardswish(s)
+            r = ops.dwconv_bn_act(x * 8, self.w, self.b, stride=1, padding=2, activation="relu6")
+            return y, ops.hardsigmoid(s) + ops.hardswish(s), r
 
     model = Ops().eval()
     x = torch.randn(2, 24, 19, 23)
@@ -128,11 +132,15 @@ def test_onnx_export_of_the_operators(dynamo, tmp_path):
         y_ref = mnv3_kernels.reference.dwconv_bn_act(x, model.w, None, [2, 2], [4, 3], [2, 2], "relu")
         z_ref = mnv3_kernels.reference.dwconv_bn_act(x, model.w, model.b, [1, 1], [2, 2], [1, 1], "hardswish")
         s_ref = mnv3_kernels.reference.squeeze_excite(z_ref, model.fc1_w, model.fc1_b, model.fc2_w, model.fc2_b)
+        r_ref = mnv3_kernels.reference.dwconv_bn_act(x * 8, model.w, model.b, [1, 1], [2, 2], [1, 1], "relu6")
+        assert (r_ref == 6).any() and (r_ref == 0).any()
         torch.onnx.export(model, (x,), path, dynamo=dynamo, **kwargs)
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    y, out = (torch.from_numpy(a) for a in session.run(None, {session.get_inputs()[0].name: x.numpy()}))
+    y, out, r = (torch.from_numpy(a) for a in session.run(None, {session.get_inputs()[0].name: x.numpy()}))
     assert rel_err(y, y_ref) <= 1e-5
+    assert rel_err(r, r_ref) <= 1e-5
+    assert onnx_ops(path)[("", "Clip")] == 1
     assert rel_err(out, torch.nn.functional.hardsigmoid(s_ref) + torch.nn.functional.hardswish(s_ref)) <= 1e-5
     assert {d for d, _ in onnx_ops(path)} == {""}
 

@@ -20,7 +20,7 @@ DEV = "cuda"
 LAYOUTS = ["nchw", "channels_last"]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (1e-2, 1e-2), torch.bfloat16: (5e-2, 5e-2)}
-ACTS = ["none", "relu", "hardswish"]
+ACTS = list(reference.ACTIVATIONS)
 
 
 def _cuda_ready():
@@ -396,6 +396,23 @@ def _nan_input(shape, layout, dtype=torch.float32):
     return _layout(x, layout).to(dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [(2, 32, 9, 9, 3, 1, 1), (2, 13, 9, 9, 5, 2, 2), (1, 16, 8, 8, 7, 1, 3)], ids=str)
+def test_dwconv_relu6_clamps_at_both_bounds(case, layout, dtype):
+    # Each kernel path (NHWC vector and scalar, NCHW, generic k7) with inputs wide enough that
+    # relu6 meets both bounds: exactly 0 and 6 where F.relu6 gives them.
+    n, c, h, w, k, stride, pad = case
+    x, weight, bias = _dw_inputs(n, c, h, w, k, dtype, layout, scale=12.0)
+    got = ops.dwconv_bn_act(x, weight, bias, stride, pad, 1, "relu6", backend="cuda")
+    want = reference.dwconv_bn_act(x.double(), weight.double(), bias.double(), [stride] * 2, [pad] * 2, [1, 1],
+                                   "relu6")
+    assert (want == 0).any() and (want == 6).any() and ((want > 0) & (want < 6)).any()
+    assert got.max().item() == 6.0 and got.min().item() == 0.0
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol)
+
+
 # Each dwconv kernel path: NHWC vector (C % 8 == 0) and scalar, NCHW fast, generic (k7).
 NAN_DW = [(2, 32, 9, 9, 3, 1, 1), (2, 13, 9, 9, 5, 2, 2), (1, 16, 8, 8, 7, 1, 3)]
 
@@ -652,6 +669,16 @@ def test_converted_torchvision_fp16_nchw(backend):
     tv = pytest.importorskip("torchvision")
     _backend_or_skip(backend)
     _check_converted(tv.models.mobilenet_v3_large(), backend, layout="nchw", dtype=torch.float16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mnasnet0_5"])
+def test_converted_mobilenet_v2_family(arch):
+    # "auto": the depthwise layers on the CUDA kernels (relu6 in MobileNetV2), the 1x1 and stem
+    # layers, which have CPU kernels only, on the reference path.
+    tv = pytest.importorskip("torchvision")
+    _backend_or_skip("cuda")
+    _check_converted(getattr(tv.models, arch)(), "auto")
 
 
 @pytest.mark.slow

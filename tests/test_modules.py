@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.usefixtures("one_thread")]
 def make_dw(c=24, k=3, stride=1, dilation=1, act="relu", bias=False, affine=True):
     conv = nn.Conv2d(c, c, k, stride, dilation * (k - 1) // 2, dilation, groups=c, bias=bias)
     bn = random_bn_(nn.BatchNorm2d(c, eps=1e-3, affine=affine))
-    acts = {"relu": nn.ReLU(inplace=True), "hardswish": nn.Hardswish(), "identity": nn.Identity(), None: None}
+    acts = {"relu": nn.ReLU(inplace=True), "hardswish": nn.Hardswish(), "identity": nn.Identity(),
+            "relu6": nn.ReLU6(inplace=True), "hardtanh06": nn.Hardtanh(0.0, 6.0), None: None}
     return conv, bn, acts[act]
 
 
@@ -84,6 +85,8 @@ class SE(nn.Module):
     dict(k=3, stride=1, dilation=2, act="identity", bias=True),
     dict(k=5, stride=1, act=None, affine=False),
     dict(c=13, k=3, stride=2, act="hardswish", bias=True),
+    dict(k=3, stride=2, act="relu6"),
+    dict(c=13, k=5, stride=1, act="hardtanh06", bias=True),
 ])
 def test_sequential_eval_matches_original(backend, cfg):
     orig = nn.Sequential(*[m for m in make_dw(**cfg) if m is not None]).eval()
@@ -214,7 +217,8 @@ class MyConv(nn.Conv2d):
     (lambda: (nn.Conv2d(8, 16, 3, padding=1, groups=8), nn.BatchNorm2d(16), None), "not depthwise"),
     (lambda: (nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8, track_running_stats=False), None),
      "running statistics"),
-    (lambda: (nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU6()), "activation"),
+    (lambda: (nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.Hardtanh(-1.0, 1.0)),
+     "activation Hardtanh(-1, 1) is not"),
     (lambda: (nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.SiLU()), "activation"),
     (lambda: (MyConv(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), None), "overrides"),
     (lambda: (nn.Conv2d(8, 8, 4, padding="same", groups=8), nn.BatchNorm2d(8), None), "padding"),
@@ -327,6 +331,40 @@ def test_pair_eval_matches_and_keeps_state_dict(backend):
         block.bn.running_var.mul_(2.0)
         other2.bn.running_var.mul_(2.0)
         assert rel_err(block(x), other2(x)) <= 1e-4
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["pointwise", "dense"])
+def test_pair_of_each_conv_kind_in_a_flat_sequential(backend, kind):
+    # conv -> BN -> ReLU6 -> conv as siblings of one Sequential (MNASNet's layout): the head
+    # (chosen by the conv's kind), the tail (taking the activation over) and the slot.
+    cin = 16 if kind == "pointwise" else 3
+    conv = nn.Conv2d(cin, 24, 1, bias=True) if kind == "pointwise" else nn.Conv2d(cin, 24, 3, 2, 1, bias=False)
+    seq = nn.Sequential(conv, random_bn_(nn.BatchNorm2d(24)), nn.ReLU6(inplace=True), nn.Conv2d(24, 8, 1)).eval()
+    ref = copy.deepcopy(seq)
+    before = seq.state_dict()
+    head, tail = M.fused_conv_bn_act_pair(seq[0], seq[1], act=seq[2], backend=backend)
+    assert type(head) is M.head_class(conv) is {"pointwise": M.PointwiseConvBNActHead,
+                                                 "dense": M.DenseConvBNActHead}[kind]
+    assert head.activation == "relu6" and tail.act is seq[2]
+    seq[0], seq[1], seq[2] = head, tail, M.ActivationSlot()
+    assert list(seq.state_dict()) == list(before)
+    assert all(seq.state_dict()[k] is v or torch.equal(seq.state_dict()[k], v) for k, v in before.items())
+    x = torch.randn(2, cin, 13, 11) * 3
+    for fmt in FORMATS:
+        with torch.no_grad():  # the packed kernels
+            assert rel_err(seq(x.to(memory_format=fmt)), ref(x.to(memory_format=fmt))) <= 1e-4
+    xg, xr = (x.clone().requires_grad_() for _ in range(2))  # the autograd path
+    got, want = seq(xg), ref(xr)
+    assert rel_err(got, want) <= 1e-4
+    got.square().sum().backward()
+    want.square().sum().backward()
+    assert rel_err(xg.grad, xr.grad) <= 1e-4
+    assert rel_err(head.weight.grad, ref[0].weight.grad) <= 1e-4
+    seq.train()
+    ref.train()
+    assert torch.equal(seq(x), ref(x))  # train mode: the original modules, bit for bit
+    assert torch.equal(tail.running_mean, ref[1].running_mean)
 
 
 def test_pair_train_mode_is_exact():

@@ -77,7 +77,7 @@ AWKWARD = [
 @needs_cpu
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("activation", ["none", "relu", "hardswish"])
+@pytest.mark.parametrize("activation", reference.ACTIVATIONS)
 @pytest.mark.parametrize("case", AWKWARD, ids=str)
 def test_dwconv_awkward(backend, layout, activation, case):
     n, c, h, w, kh, kw, stride, padding, dilation = case
@@ -131,7 +131,7 @@ def test_dwconv_non_contiguous_weight(backend):
 
 @needs_cpu
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("activation", ["none", "relu", "hardswish"])
+@pytest.mark.parametrize("activation", reference.ACTIVATIONS)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_dwconv_gradients(backend, activation, layout):
     x = _layout(torch.randn(2, 12, 9, 9) * 3, layout).requires_grad_()
@@ -164,6 +164,32 @@ def test_dwconv_partial_gradients(backend, wanted):
     want_y = reference.dwconv_bn_act(x, weight, bias, (1, 1), (2, 2), (1, 1), "hardswish")
     (want,) = torch.autograd.grad(want_y, target, g)
     _assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@needs_cpu
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_relu6_clamps_at_both_bounds(backend, layout):
+    # Inputs wide enough that every op's relu6 meets both bounds: exactly 0 and 6 there (as
+    # F.relu6), the reference everywhere, and NaN kept.
+    x = _layout(torch.randn(2, 24, 9, 11) * 8, layout)
+    x[1, 3, 4, 5] = float("nan")
+    w, b = folded_dw_params(24, 3)
+    pw, pb = torch.randn(40, 24) / 24 ** 0.5, torch.randn(40)
+    dw_, db = torch.randn(16, 24, 3, 3) / (24 * 9) ** 0.5, torch.randn(16)
+    cases = [
+        (ops.dwconv_bn_act(x, w, b, 2, 1, 1, "relu6", backend=backend),
+         reference.dwconv_bn_act(x, w, b, [2, 2], [1, 1], [1, 1], "relu6")),
+        (ops.pointwise_conv_bn_act(x, pw, pb, "relu6", backend=backend),
+         reference.pointwise_conv_bn_act(x, pw, pb, "relu6")),
+        (ops.dense_conv_bn_act(x, dw_, db, 1, 1, 1, "relu6", backend=backend),
+         reference.dense_conv_bn_act(x, dw_, db, [1, 1], [1, 1], [1, 1], "relu6")),
+    ]
+    for got, want in cases:
+        assert (want == 0).any() and (want == 6).any() and ((want > 0) & (want < 6)).any()
+        assert want.isnan().any()
+        assert torch.equal(got == 0, want == 0) and torch.equal(got == 6, want == 6)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, equal_nan=True)
 
 
 @needs_cpu

@@ -10,11 +10,12 @@ from conftest import with_layout
 
 pytestmark = pytest.mark.skipif(not _extension.LOADED, reason="compiled library not loaded")
 
-ACTS = ["none", "relu", "hardswish"]
+ACTS = list(reference.ACTIVATIONS)
 
 
 def _params(cin, cout, bias=True):
-    w = torch.randn(cout, cin) / cin ** 0.5
+    # Outputs of std ~4: relu6 and hardswish meet both of their bounds.
+    w = torch.randn(cout, cin) * 4 / cin ** 0.5
     b = torch.randn(cout) * 0.5 if bias else None
     return w, b
 
@@ -213,7 +214,7 @@ def test_other_backends_refuse_and_auto_falls_back():
 def test_dense_conv(isa, layout, shape, cout, k, stride, padding, dilation, act):
     x = with_layout(torch.randn(*shape), layout)
     kh, kw = (k, k) if isinstance(k, int) else k
-    w = torch.randn(cout, shape[1], kh, kw) / (shape[1] * kh * kw) ** 0.5
+    w = torch.randn(cout, shape[1], kh, kw) * 4 / (shape[1] * kh * kw) ** 0.5
     b = torch.randn(cout)
     got = ops.dense_conv_bn_act(x, w, b, stride, padding, dilation, act, backend="cpu")
     s, p, d = (ops._pair(v, "v", 0) for v in (stride, padding, dilation))

@@ -11,7 +11,8 @@ from test_convert import MODELS, make, outputs
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]
 SIZE = 64
-FUSED_TYPES = (M.FusedDepthwiseConvBNAct, M.DepthwiseConvBNActHead, M.BatchNormActTail, M.FusedSqueezeExcite)
+FUSED_TYPES = (M.FusedDepthwiseConvBNAct, M.DepthwiseConvBNActHead, M.PointwiseConvBNActHead, M.DenseConvBNActHead,
+               M.BatchNormActTail, M.ActivationSlot, M.FusedSqueezeExcite)
 
 
 def structure(model):

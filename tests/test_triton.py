@@ -101,6 +101,8 @@ AWKWARD = {
     "k1x3-nopad": (2, 8, 5, 6, (1, 3), 1, 0, 1, "none", False),
     "no-bias-s2-pad0": (1, 32, 9, 9, (3, 3), 2, 0, 1, "hardswish", False),
     "k5-stride3-dil-mixed": (1, 8, 12, 11, (5, 3), (3, 1), (2, 0), (1, 2), "relu", True),
+    "relu6-odd-hw-s2": (2, 24, 9, 11, (3, 3), 2, 1, 1, "relu6", True),
+    "relu6-no-bias-k5": (1, 20, 8, 7, (5, 5), 1, 2, 1, "relu6", False),
 }
 
 
@@ -109,15 +111,18 @@ AWKWARD = {
 @pytest.mark.parametrize("case", list(AWKWARD), ids=list(AWKWARD))
 def test_dwconv_awkward(device, layout, case):
     n, c, h, w_, (kh, kw), stride, padding, dilation, act, has_bias = AWKWARD[case]
+    scale = 8 if act == "relu6" else 1  # relu6 meets both of its bounds
     if layout == "strided":
         # Every other column of a wider tensor: neither NCHW- nor NHWC-contiguous.
-        x = torch.randn(n, c, h, 2 * w_, device=device)[..., ::2]
+        x = (torch.randn(n, c, h, 2 * w_, device=device) * scale)[..., ::2]
     else:
-        x = torch.randn(n, c, h, w_, device=device)
+        x = torch.randn(n, c, h, w_, device=device) * scale
         if layout == "nhwc":
             x = x.to(memory_format=torch.channels_last)
     w, b = folded_dw_params(c, kh, F32, device, kernel_w=kw)
-    _run_dw(x, w, b if has_bias else None, stride, padding, dilation, act)
+    out = _run_dw(x, w, b if has_bias else None, stride, padding, dilation, act)
+    if act == "relu6" and out.numel():
+        assert (out == 6).any() and (out == 0).any() and ((out > 0) & (out < 6)).any()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -281,9 +286,10 @@ def _grads(fn, inputs):
 def test_autograd(device):
     x = torch.randn(1, 8, 5, 6, device=device)
     w, b = folded_dw_params(8, 3, F32, device)
-    for act in ("relu", "hardswish"):
-        got = _grads(lambda x, w, b: ops.dwconv_bn_act(x, w, b, 2, 1, 1, act, backend="triton"), [x, w, b])
-        want = _grads(lambda x, w, b: reference.dwconv_bn_act(x, w, b, [2, 2], [1, 1], [1, 1], act), [x, w, b])
+    for act, scale in (("relu", 1), ("hardswish", 1), ("relu6", 8)):
+        got = _grads(lambda x, w, b: ops.dwconv_bn_act(x, w, b, 2, 1, 1, act, backend="triton"), [x * scale, w, b])
+        want = _grads(lambda x, w, b: reference.dwconv_bn_act(x, w, b, [2, 2], [1, 1], [1, 1], act),
+                      [x * scale, w, b])
         for g, r in zip(got, want):
             torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
     p = se_params(8, 8, F32, device)
@@ -389,7 +395,7 @@ def test_direct_call_errors(device):
 
 
 # ----------------------------------------------------------------------------------------------
-# NaN propagates as in PyTorch (relu/hardsigmoid/hardswish keep NaN)
+# NaN propagates as in PyTorch (relu/relu6/hardsigmoid/hardswish keep NaN)
 # ----------------------------------------------------------------------------------------------
 def _with_nans(x):
     """x with NaN, +inf and -inf at a few spread positions (samples, channels, borders)."""
@@ -413,7 +419,7 @@ def _assert_same_nans(got, want, msg=""):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("act", ["none", "relu", "hardswish"])
+@pytest.mark.parametrize("act", reference.ACTIVATIONS)
 def test_nan_dwconv(device, channels_last, act):
     x = _with_nans(torch.randn(2, 16, 7, 6, device=device))
     # A NaN bias channel: every output of that channel is NaN whatever the activation.

@@ -9,7 +9,8 @@ Activation parse_activation(c10::string_view name) {
   if (name == "none") return Activation::None;
   if (name == "relu") return Activation::ReLU;
   if (name == "hardswish") return Activation::HardSwish;
-  TORCH_CHECK_VALUE(false, "activation must be one of 'none', 'relu', 'hardswish', got '",
+  if (name == "relu6") return Activation::ReLU6;
+  TORCH_CHECK_VALUE(false, "activation must be one of 'none', 'relu', 'hardswish', 'relu6', got '",
                     std::string(name), "'");
 }
 

@@ -16,7 +16,7 @@ namespace cpu {
 // by the caller (dwconv_bn_act.cpp).
 struct DwArgs {
   DwConvParams p;
-  int act;         // Activation as int: 0 none, 1 relu, 2 hardswish
+  int act;         // Activation as int: 0 none, 1 relu, 2 hardswish, 3 relu6
   const float* x;  // input, NHWC or NCHW contiguous
   float* y;        // output, same layout as x
   const float* w;  // weight (C, KH*KW), contiguous

@@ -24,7 +24,7 @@ inline int64_t pointwise_panel_floats(int64_t k) { return (k + 1) * kPanel; }
 
 struct PwArgs {
   int64_t N, HW, K, Cout;   // x: N x K channels x HW pixels; y: N x Cout x HW
-  int act;                  // 0 none, 1 relu, 2 hardswish
+  int act;                  // 0 none, 1 relu, 2 hardswish, 3 relu6
   const float* x;           // NHWC (rows of K) or NCHW (planes of HW), dense
   float* y;                 // same layout as x
   const float* packed;      // pointwise_panels(Cout) panels of pointwise_panel_floats(K)

@@ -64,11 +64,12 @@ __device__ __forceinline__ void store_vec(T* p, const float (&i)[V]) {
 }
 
 // The activation is a uniform runtime switch: one predictable branch in the epilogue instead of
-// three times the kernel instantiations.
+// four times the kernel instantiations.
 __device__ __forceinline__ float activate(float v, int act) {
   if (act == static_cast<int>(Activation::ReLU)) return apply_activation<Activation::ReLU>(v);
   if (act == static_cast<int>(Activation::HardSwish))
     return apply_activation<Activation::HardSwish>(v);
+  if (act == static_cast<int>(Activation::ReLU6)) return apply_activation<Activation::ReLU6>(v);
   return v;
 }
 

@@ -31,9 +31,10 @@ FORCE_IDX64 = INTERPRET
 # "0": one config per autotuned kernel (its default), no benchmarking.
 AUTOTUNE = os.environ.get("MNV3_TRITON_AUTOTUNE", "1") != "0"
 
-# Activation codes (constexpr): the epilogue is specialized per activation.
-ACT_NONE, ACT_RELU, ACT_HARDSWISH, ACT_HARDSIGMOID = 0, 1, 2, 3
-ACT_CODES = {"none": ACT_NONE, "relu": ACT_RELU, "hardswish": ACT_HARDSWISH}
+# Activation codes (constexpr): the epilogue is specialized per activation. 0-3 are the C++
+# kernels' codes (csrc/common/activation.h); h-sigmoid is used only inside this file.
+ACT_NONE, ACT_RELU, ACT_HARDSWISH, ACT_RELU6, ACT_HARDSIGMOID = 0, 1, 2, 3, 4
+ACT_CODES = {"none": ACT_NONE, "relu": ACT_RELU, "hardswish": ACT_HARDSWISH, "relu6": ACT_RELU6}
 
 
 def _config(entry):
@@ -80,11 +81,15 @@ def _hardsigmoid(y):
 
 @triton.jit
 def _activate(y, ACT: tl.constexpr):
-    if ACT == 1:
+    # ACT: the ACT_* codes above (a jitted function reads no plain Python globals).
+    if ACT == 1:  # relu
         y = tl.where(y < 0.0, 0.0, y)
-    elif ACT == 2:
+    elif ACT == 2:  # hardswish
         y = y * _hardsigmoid(y)
-    elif ACT == 3:
+    elif ACT == 3:  # relu6
+        y = tl.where(y < 0.0, 0.0, y)
+        y = tl.where(y > 6.0, 6.0, y)
+    elif ACT == 4:  # hardsigmoid
         y = _hardsigmoid(y)
     return y
 
@@ -318,14 +323,14 @@ def _se_gate_kernel(
             w1 = tl.load(w1_ptr + r[:, None] * s1r + k[None, :] * s1c,
                          mask=rmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
             h += tl.sum(w1 * pooled[None, :], axis=1)
-        h = _activate(h + tl.load(b1_ptr + r * sb1, mask=rmask, other=0.0).to(tl.float32), 1)
+        h = _activate(h + tl.load(b1_ptr + r * sb1, mask=rmask, other=0.0).to(tl.float32), 1)  # ACT_RELU
         # Rows past R must add exactly 0 (their sum is 0 * pooled, NaN when pooled is inf).
         h = tl.where(rmask, h, 0.0)
         w2 = tl.load(w2_ptr + co[:, None] * s2c + r[None, :] * s2r,
                      mask=comask[:, None] & rmask[None, :], other=0.0).to(tl.float32)
         out += tl.sum(w2 * h[None, :], axis=1)
     out += tl.load(b2_ptr + co * sb2, mask=comask, other=0.0).to(tl.float32)
-    gate = _activate(out, 3)
+    gate = _activate(out, 4)  # ACT_HARDSIGMOID
     tl.store(gate_ptr + n.to(tl.int64) * C + co, gate, mask=comask)
 
 

@@ -6,6 +6,7 @@
 #include <ATen/ops/allclose.h>
 #include <ATen/ops/conv2d.h>
 #include <ATen/ops/hardswish.h>
+#include <ATen/ops/hardtanh.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/relu.h>
@@ -39,6 +40,7 @@ at::Tensor reference(const at::Tensor& x, const at::Tensor& w, const at::Tensor&
   auto y = at::conv2d(x, w, b, s, p, d, x.size(1));
   if (act == "relu") return at::relu(y);
   if (act == "hardswish") return at::hardswish(y);
+  if (act == "relu6") return at::hardtanh(y, 0, 6);
   return y;
 }
 
@@ -68,6 +70,7 @@ int main() {
     check_dwconv(2, 72, 57, 55, 5, 2, 1, "hardswish", cl);
     check_dwconv(1, 13, 7, 9, 3, 1, 2, "none", cl);
     check_dwconv(3, 960, 7, 7, 5, 1, 1, "hardswish", cl);
+    check_dwconv(2, 24, 13, 11, 3, 2, 1, "relu6", cl);
   }
   bool threw = false;
   try {

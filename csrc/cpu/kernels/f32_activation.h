@@ -1,10 +1,11 @@
 // The vector activations: the depthwise epilogue (act_v) and h-sigmoid, shared by the
 // element-wise kernels. vmax/vmin return their second operand when either is NaN (as
 // maxps/minps do), so every clamp takes the bound first and the value second: NaN in, NaN out,
-// as PyTorch's relu/hardsigmoid/hardswish.
+// as PyTorch's relu/relu6/hardsigmoid/hardswish.
 #pragma once
 
-constexpr int kActNone = 0, kActRelu = 1, kActHardSwish = 2;  // Activation (common/activation.h)
+// Activation (common/activation.h)
+constexpr int kActNone = 0, kActRelu = 1, kActHardSwish = 2, kActRelu6 = 3;
 
 // clamp(x/6 + 1/2, 0, 1): one FMA and two clamps, no divide.
 inline vf hardsigmoid_v(vf v) {
@@ -14,5 +15,6 @@ inline vf hardsigmoid_v(vf v) {
 inline vf act_v(vf v, int act) {
   if (act == kActRelu) return vmax(vzero(), v);
   if (act == kActHardSwish) return vmul(v, hardsigmoid_v(v));
+  if (act == kActRelu6) return vmin(vset1(6.0f), vmax(vzero(), v));
   return v;
 }
