@@ -380,7 +380,13 @@ class FusedModule:
         """The backend serving this call (counted as the fused or the reference path); conv-like
         ops are resolved by their autocast compute dtype (see mnv3_kernels.ops). `op`: an op that
         only some backends implement (ops._OP_BACKENDS)."""
-        chosen = ops._resolve_for(op, self.backend, x) if op else ops._resolve_cached(self.backend, x, conv_like)
+        chosen = ops._resolve_cached(self.backend, x, conv_like)
+        served = ops._OP_BACKENDS.get(op) if op else None
+        if served is not None and chosen not in served:
+            # A model converted for another backend (convert(model, backend="cuda")) keeps its
+            # layers that have no such kernels on the reference path, which is what eager ran.
+            self._count("reference", f"{op} has no {chosen!r} kernels")
+            return "reference"
         if chosen == "reference":
             self._count("reference", ops.reference_reason(self.backend, x, conv_like))
         else:
@@ -918,14 +924,16 @@ class FusedPointwiseConvBNAct(_ConvBNActSequential, _PackCacheMixin, nn.Sequenti
         `chosen`: the backend, when the caller has resolved it already."""
         conv = self[0]
         if chosen is None:
-            chosen = ops._resolve_for("pointwise_conv_bn_act", self.backend, x)
+            chosen = ops._resolve_cached(self.backend, x)
+            if chosen not in ops._OP_BACKENDS["pointwise_conv_bn_act"]:
+                chosen = "reference"
         if (chosen == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
                 and _untracked(x, residual, input_scale, conv.weight, conv.bias, self[1].weight, self[1].bias)):
             return ops._pointwise_packed_trusted(x, self._packed(), self.out_channels, self.activation,
                                                  residual, input_scale)
         weight, bias = self._folded(conv.weight, conv.bias, self[1])
         return ops.pointwise_conv_bn_act(x, weight, bias, self.activation, residual, input_scale,
-                                         backend=self.backend)
+                                         backend=chosen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         why = self._unfused_why(x)
@@ -991,7 +999,7 @@ class FusedConvBNAct(_ConvBNActSequential, _PackCacheMixin, nn.Sequential):
                                              stride, padding, dilation, self.activation)
         weight, bias = self._folded(conv.weight, conv.bias, bn)
         return ops.dense_conv_bn_act(x, weight, bias, stride, padding, dilation, self.activation,
-                                     backend=self.backend)
+                                     backend=chosen)
 
     def extra_repr(self) -> str:
         conv = self[0]
@@ -1013,7 +1021,7 @@ class PointwiseConvBNActHead(_PackCacheMixin, _ConvBNActHead):
             return ops._pointwise_packed_trusted(x, self._packed(), self.out_channels, tail.activation,
                                                  None, None)
         weight, bias = self._folded(self.weight, self.bias, tail)
-        return ops.pointwise_conv_bn_act(x, weight, bias, tail.activation, backend=self.backend)
+        return ops.pointwise_conv_bn_act(x, weight, bias, tail.activation, backend=chosen)
 
 
 class DenseConvBNActHead(_PackCacheMixin, _ConvBNActHead):
@@ -1032,7 +1040,7 @@ class DenseConvBNActHead(_PackCacheMixin, _ConvBNActHead):
                                              stride, padding, dilation, tail.activation)
         weight, bias = self._folded(self.weight, self.bias, tail)
         return ops.dense_conv_bn_act(x, weight, bias, stride, padding, dilation, tail.activation,
-                                     backend=self.backend)
+                                     backend=chosen)
 
 
 def _gate_args(se: "FusedSqueezeExcite"):

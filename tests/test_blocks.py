@@ -303,3 +303,24 @@ def test_convert_fuses_the_classifier_and_revert_restores_it():
     assert isinstance(model.classifier[0], M.FusedLinear) and model.classifier[0].weight is classifier[0].weight
     mnv3_kernels.revert(model)
     assert model.classifier[0] is classifier[0] and model.classifier[3] is classifier[1]
+
+
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_layers_without_kernels_for_the_chosen_backend_run_the_reference_path(backend, monkeypatch):
+    """convert(model, backend=...) for a backend the 1x1 and stem ops have no kernels for: those
+    layers run the reference path (what eager ran) and say so; the others keep the backend."""
+    model = _tv("small")
+    want = copy.deepcopy(model).double()
+    mnv3_kernels.convert(model)
+    for m in model.modules():
+        if isinstance(m, (M.FusedPointwiseConvBNAct, M.FusedConvBNAct)):
+            m.__dict__["_backend"] = backend  # as convert(backend=...) sets it, without the availability check
+    monkeypatch.setattr(ops, "_resolve_cached", lambda b, x, conv_like=True: b if b != "auto" else "cpu")
+    x = torch.randn(2, 3, 64, 64)
+    M.path_stats(reset=True)
+    with torch.no_grad():
+        got = model(x)
+    assert rel_err(got.double(), want(x.double())) < 1e-4
+    stats = M.path_stats(reset=True)
+    reasons = {d for (cls, p, d) in stats if cls in ("FusedPointwiseConvBNAct", "FusedConvBNAct")}
+    assert reasons == {f"pointwise_conv_bn_act has no {backend!r} kernels", f"dense_conv_bn_act has no {backend!r} kernels"}
