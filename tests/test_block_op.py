@@ -31,6 +31,9 @@ BLOCKS = [
     (2, 7, 33, 11, 5, 1, 3, 2, 1, False, "relu", "none"),
     (1, 7, 9, 7, 13, 17, 5, 1, 2, False, "none", "relu"),
     (4, 3, None, 3, 6, 7, 3, 1, 1, True, "none", "hardswish"),
+    # no expand, a shape without compile-time kernels (dilation 3): rows copied, not read in place
+    (2, 10, None, 10, 11, 9, 3, 1, 3, False, "none", "relu6"),
+    (1, 12, 40, 12, 10, 10, 3, 1, 1, False, "relu6", "relu6"),  # MobileNetV2's activation
     (1, 24, 200, 24, 15, 13, 5, 1, 1, False, "relu", "relu"),  # channel parts on 2 threads
 ]
 

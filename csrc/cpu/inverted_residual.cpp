@@ -76,6 +76,7 @@ struct Block {
   // Two-phase blocks (squeeze-excite, or channels split over threads): phase 1 writes the
   // depthwise output here, phase 2 projects it.
   float* dw_out;           // (N, OH, OW, Ce) or null: each group is projected at once
+  bool in_place;           // no expand conv, and depthwise kernels that read x's rows in place
   // Row buffer geometry.
   int64_t G;               // output rows per group
   int64_t Wp, Wv, rowp;    // buffer row: Wp pixels, image columns [0, Wv) at PW..; rowp floats
@@ -96,7 +97,7 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
   float* tmp = group + group_floats;
   // The padding columns of every buffer row are zeros; the expansion writes only [PW, PW + Wv).
   const int64_t left = std::min(p.PW, b.Wp), right0 = std::min(b.Wp, p.PW + b.Wv);
-  for (int64_t r = 0; r < b.cap; ++r) {
+  for (int64_t r = 0; r < (b.in_place ? 0 : b.cap); ++r) {
     float* row = ring + r * b.rowp;
     std::memset(row, 0, left * Ce * sizeof(float));
     std::memset(row + right0 * Ce, 0, (b.Wp - right0) * Ce * sizeof(float));
@@ -133,10 +134,20 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
   const int64_t span_h = (p.KH - 1) * p.DH + 1;
   int64_t buf_lo = oa * p.SH - p.PH;  // image row of buffer row 0
   int64_t filled = buf_lo;            // image rows [buf_lo, filled) are in the buffer
+  if (b.in_place) {  // no expand conv: the depthwise reads x's rows where they are
+    d.frame = b.x + n * b.H * b.W * b.Cin;
+    d.rowp = b.W * b.Cin;
+    d.valid_lo = 0;
+    d.valid_hi = b.H;
+    d.col0 = -p.PW;
+    d.cols = b.W;
+  }
   for (int64_t oy0 = oa; oy0 < ob; oy0 += b.G) {
     const int64_t g = std::min(b.G, ob - oy0);
     const int64_t lo = oy0 * p.SH - p.PH, hi = lo + (g - 1) * p.SH + span_h;
-    if (hi - buf_lo > b.cap) {  // slide: keep rows [lo, filled) at the front
+    if (b.in_place) {
+      d.first = lo;
+    } else if (hi - buf_lo > b.cap) {  // slide: keep rows [lo, filled) at the front
       const int64_t keep = std::max<int64_t>(0, filled - lo);
       if (keep > 0) {
         std::memmove(ring, ring + (lo - buf_lo) * b.rowp, keep * b.rowp * sizeof(float));
@@ -144,7 +155,7 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
       buf_lo = lo;
       filled = std::max(filled, lo);
     }
-    for (int64_t iy = std::max(filled, lo); iy < hi; ++iy) {
+    for (int64_t iy = std::max(filled, lo); iy < hi && !b.in_place; ++iy) {
       if (iy < 0 || iy >= b.H || b.Wv == 0) continue;  // padding rows are never read
       const float* src = b.x + ((n * b.H + iy) * b.W) * b.Cin;
       float* dst = ring + (iy - buf_lo) * b.rowp + p.PW * Ce;
@@ -162,9 +173,11 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
     }
     filled = std::max(filled, hi);
 
-    d.first = lo - buf_lo;
-    d.valid_lo = -buf_lo;
-    d.valid_hi = b.H - buf_lo;
+    if (!b.in_place) {
+      d.first = lo - buf_lo;
+      d.valid_lo = -buf_lo;
+      d.valid_hi = b.H - buf_lo;
+    }
     d.rows = g;
     d.y = b.dw_out != nullptr ? b.dw_out + ((n * b.OH + oy0) * OW) * Ce : group;
     kt.dw_band(d);
@@ -340,6 +353,7 @@ at::Tensor inverted_residual_packed_cpu(
   }
   b.dw_packed = dw_packed;
 
+  b.in_place = !has_expand && kt.dw_band_in_place(p);
   b.G = std::max<int64_t>(1, std::min(p.OH, cdiv(kGroupPixels, p.OW)));
   b.Wp = (p.OW - 1) * p.SW + span_w;
   b.Wv = std::max<int64_t>(0, std::min(W, b.Wp - p.PW));

@@ -15,7 +15,7 @@ namespace {
 #define MNV3_KERNEL_TABLE(isa)                                                            \
   KernelTable {                                                                           \
     isa::kLanes, isa::dw_nhwc, isa::dw_nchw_planes, isa::dw_nchw_tiles, isa::dw_band_pack, \
-        isa::dw_band, isa::hard_act,                                                      \
+        isa::dw_band, isa::dw_band_in_place, isa::hard_act,                              \
         isa::se_plane_sums, isa::se_pixel_sums, isa::se_fc1, isa::se_fc2,                 \
         isa::se_scale_planes, isa::se_scale_pixels                                        \
   }

@@ -42,6 +42,10 @@ struct DwBandArgs {
   int64_t valid_lo, valid_hi;  // buffer rows [valid_lo, valid_hi) are image rows, others padding
   int64_t rows;
   int64_t t0, t1;      // channel tiles (lanes channels each) [t0, t1); the buffer holds all C
+  // In place (the block has no expand conv: the frame is x itself): frame column 0 is image
+  // column 0, columns outside [0, cols) are padding that the kernel skips (col0 = -PW). Only
+  // where dw_band_in_place says the shape has such kernels; otherwise 0 and 0 (a buffer frame).
+  int64_t col0, cols;
   float* y;            // output row 0, pixel 0, channel 0
   int64_t ldy;         // floats per output row
 };
@@ -51,6 +55,7 @@ inline int64_t dw_band_packed_floats(int64_t C, int64_t taps, int lanes) {
 }
 using DwBandPackKernel = void(const DwBandArgs& a, float* dst);
 using DwBandKernel = void(const DwBandArgs& a);
+using DwBandInPlaceKernel = bool(const DwConvParams& p);
 // y[i] = hardswish(x[i]) (swish) or hardsigmoid(x[i]), i in [0, n)
 using HardActKernel = void(const float* x, float* y, int64_t n, bool swish);
 // sums[pl] = sum of x[pl*hw .. pl*hw+hw) for planes pl in [begin, end)
@@ -80,6 +85,7 @@ struct KernelTable {
   // the fused block's depthwise rows (kernels/f32_dwconv_band.h)
   DwBandPackKernel* dw_band_pack;
   DwBandKernel* dw_band;
+  DwBandInPlaceKernel* dw_band_in_place;
   // hardswish, hardsigmoid (kernels/f32_hard_act.h)
   HardActKernel* hard_act;
   // squeeze_excite, its four phases (kernels/f32_squeeze_excite.h)
@@ -102,6 +108,7 @@ const KernelTable& kernels();
   DwKernel dw_nchw_tiles;             \
   DwBandPackKernel dw_band_pack;      \
   DwBandKernel dw_band;               \
+  DwBandInPlaceKernel dw_band_in_place; \
   HardActKernel hard_act;             \
   PlaneSumsKernel se_plane_sums;      \
   PixelSumsKernel se_pixel_sums;      \

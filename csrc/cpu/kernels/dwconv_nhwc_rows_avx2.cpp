@@ -32,6 +32,7 @@ void dw_nchw_tiles(const DwArgs& a, int64_t begin, int64_t end) {
 }
 void dw_band_pack(const DwBandArgs& a, float* dst) { dwconv_band_pack_all(a, dst); }
 void dw_band(const DwBandArgs& a) { dwconv_band(a); }
+bool dw_band_in_place(const DwConvParams& p) { return dwconv_band_in_place(p); }
 
 }  // namespace avx2
 }  // namespace cpu

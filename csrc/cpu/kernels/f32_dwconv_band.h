@@ -26,10 +26,18 @@ void dwconv_band_rows(const DwBandArgs& a) {
     // Taps kh in [kh0, kh1) land on rows of the image; the others are padding.
     const int64_t kh0 = r0 >= a.valid_lo ? 0 : div_up(a.valid_lo - r0, p.DH);
     const int64_t kh1 = r0 > a.valid_hi - 1 ? 0 : imin(p.KH, (a.valid_hi - 1 - r0) / p.DH + 1);
-    const NhwcFrame f{a.frame + a.t0 * VL, a.rowp, p.C, r0, kh0, imax(kh0, kh1), p.C, 0, 0, kNoEdge};
+    const bool in_place = a.cols > 0;
+    const NhwcFrame f{a.frame + a.t0 * VL, a.rowp, p.C, r0, kh0, imax(kh0, kh1), p.C, 0,
+                      in_place ? a.col0 : 0, in_place ? a.cols : kNoEdge};
     nhwc_row<KW_, SW_, DH_, DW_>(p, f, wtile, a.wpk + a.t0 * wtile, a.t0, a.t1,
                                  a.y + j * a.ldy + a.t0 * VL, p.OW, true, a.act);
   }
+}
+
+// Whether the compile-time kernels of this shape exist: they skip padding columns, so they can
+// read the rows of the input in place (the run-time-shape kernels need zero-padded rows).
+bool dwconv_band_in_place(const DwConvParams& p) {
+  return with_dw_shape(p, []<int K, int S, int D>() {});
 }
 
 void dwconv_band(const DwBandArgs& a) {
