@@ -29,6 +29,11 @@
 #include "../common/checks.h"
 #include "kernels.h"
 #include "pointwise.h"
+#include "threading.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace mnv3 {
 namespace cpu {
@@ -194,16 +199,6 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
     o.y = b.out + ((n * b.OH + oy0) * OW) * b.Cout;
     o.residual = b.residual ? b.x + ((n * b.H + oy0) * b.W) * b.Cin : nullptr;
     pk.nhwc(o, 0, 0, g * OW, 0, Po, nullptr);
-  }
-}
-
-// Runs f(begin, end) over [0, items), threaded when `threads` > 1.
-template <typename F>
-void run_items(int64_t items, int64_t threads, const F& f) {
-  if (threads <= 1 || items <= 1) {
-    f(0, items);
-  } else {
-    at::parallel_for(0, items, 1, f);
   }
 }
 
@@ -379,10 +374,34 @@ at::Tensor inverted_residual_packed_cpu(
   const int64_t band_need = (band_rows - 1) * p.SH + span_h;
   b.cap = std::max(b.min_rows, std::min(band_need, kBufferFloats / std::max<int64_t>(1, b.rowp)));
 
-  std::vector<float> sums;
+  std::vector<float> sums, pooled, hidden, gate;
   if (has_se || by_channels) b.dw_out = thread_buffer(1, N * p.OH * p.OW * Ce);
-  if (has_se) sums.assign(items * Ce, 0.0f);
-  run_items(items, threads, [&](int64_t i0, int64_t i1) {
+  if (has_se) {
+    sums.assign(items * Ce, 0.0f);
+    pooled.assign(N * Ce, 0.0f);
+    hidden.resize(N * R);
+    gate.resize(N * Ce);
+  }
+  const int64_t per_n = items / N;  // items of a sample: row bands, or channel parts
+  const float inv_hw = 1.0f / static_cast<float>(p.OH * p.OW);
+  PwArgs o{};  // phase 2: the projection of the depthwise output (+ x)
+  o.N = N;
+  o.HW = p.OH * p.OW;
+  o.K = Ce;
+  o.Cout = out_channels;
+  o.act = 0;
+  o.x = b.dw_out;
+  o.y = b.out;
+  o.packed = b.project;
+  o.residual = residual ? b.x : nullptr;
+  o.scale = has_se ? gate.data() : nullptr;
+
+  // Every phase split over the threads of one parallel region, with barriers between: a
+  // fork/join per phase (up to five for a squeeze-excite block) costs more than a phase of a
+  // batch-1 block.
+  auto phases = [&](int tid, int nt, const auto& barrier) {
+    int64_t i0, i1;
+    split(items, tid, nt, i0, i1);
     for (int64_t i = i0; i < i1; ++i) {
       float* item_sums = has_se ? sums.data() + i * Ce : nullptr;
       if (by_channels) {
@@ -396,47 +415,43 @@ at::Tensor inverted_residual_packed_cpu(
         if (oa < ob) run_band(b, n, oa, ob, 0, Ce, item_sums);
       }
     }
-  });
-  if (b.dw_out == nullptr) return out;
-
-  // Phase 2: [the squeeze-excite gate, then] the projection of the depthwise output (+ x).
-  std::vector<float> gate;
-  if (has_se) {
-    const int64_t per_n = items / N;  // items of a sample: row bands, or channel parts
-    std::vector<float> pooled(N * Ce, 0.0f), hidden(N * R);
-    gate.resize(N * Ce);
-    for (int64_t i = 0; i < items; ++i) {
-      float* dst = pooled.data() + (i / per_n) * Ce;
-      const float* src = sums.data() + i * Ce;
-      for (int64_t c = 0; c < Ce; ++c) dst[c] += src[c];
-    }
-    // fc1 + relu -> fc2 + hardsigmoid on the channel means.
-    const float inv_hw = 1.0f / static_cast<float>(p.OH * p.OW);
-    const int64_t fc_threads = N * Ce * R >= (int64_t(1) << 16) ? threads : 1;
-    run_items(R, fc_threads, [&](int64_t r0, int64_t r1) {
+    if (b.dw_out == nullptr) return;
+    barrier();
+    if (has_se) {
+      // The gate: channel means of the depthwise output -> fc1 + relu -> fc2 + hardsigmoid.
+      int64_t j0, j1;
+      split(N * Ce, tid, nt, j0, j1);
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t n = j / Ce, c = j % Ce;
+        float acc = 0.0f;
+        for (int64_t it = n * per_n; it < (n + 1) * per_n; ++it) acc += sums[it * Ce + c];
+        pooled[j] = acc;
+      }
+      barrier();
+      split(R, tid, nt, j0, j1);
       kt.se_fc1(pooled.data(), inv_hw, w1.const_data_ptr<float>(), b1.const_data_ptr<float>(),
-                hidden.data(), N, Ce, R, r0, r1);
+                hidden.data(), N, Ce, R, j0, j1);
+      barrier();
+      split(Ce, tid, nt, j0, j1);
+      kt.se_fc2(hidden.data(), w2.const_data_ptr<float>(), b2.const_data_ptr<float>(), gate.data(),
+                N, Ce, R, j0, j1);
+      barrier();
+    }
+    pointwise_nhwc_part(o, tid, nt);
+  };
+#ifdef _OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(static_cast<int>(threads))
+    phases(omp_get_thread_num(), omp_get_num_threads(), [] {
+#pragma omp barrier
     });
-    run_items(Ce, fc_threads, [&](int64_t c0, int64_t c1) {
-      kt.se_fc2(hidden.data(), w2.const_data_ptr<float>(), b2.const_data_ptr<float>(),
-                gate.data(), N, Ce, R, c0, c1);
-    });
+    return out;
   }
-  PwArgs o{};
-  o.N = N;
-  o.HW = p.OH * p.OW;
-  o.K = Ce;
-  o.Cout = out_channels;
-  o.act = 0;
-  o.x = b.dw_out;
-  o.y = b.out;
-  o.packed = b.project;
-  o.residual = residual ? b.x : nullptr;
-  o.scale = has_se ? gate.data() : nullptr;
-  const int64_t pw_macs = N * o.HW * Ce * out_channels;
-  pointwise_run_nhwc(o, (at::in_parallel_region() || pw_macs < kSerialMacs) ? 1 : threads);
+#endif
+  phases(0, 1, [] {});
   return out;
 }
+
 at::Tensor pack_pointwise_weight(const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
 
 namespace {

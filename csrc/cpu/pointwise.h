@@ -72,9 +72,10 @@ inline int64_t pointwise_scratch_floats(int64_t k) {
 // least `floats` floats, reused across calls (pointwise_conv_bn_act.cpp).
 const PointwiseKernels& pointwise_kernels();
 float* gemm_thread_scratch(int64_t floats);
-// A whole NHWC call (rows of a.N samples) split into `parts` near-equal parts, threaded when
-// parts > 1 (pointwise_conv_bn_act.cpp's schedule; the fused block's projection uses it too).
-void pointwise_run_nhwc(const PwArgs& a, int64_t parts);
+// Part `part` of an NHWC call (rows of a.N samples) cut into `parts` near-equal parts, as
+// pointwise_conv_bn_act.cpp's threads run it; the fused block's projection runs it on the
+// threads of its own parallel region.
+void pointwise_nhwc_part(const PwArgs& a, int64_t part, int64_t parts);
 
 const PointwiseKernels& pointwise_portable();
 const PointwiseKernels& pointwise_avx2();    // only call when the CPU has AVX2+FMA

@@ -85,7 +85,9 @@ void run_parts(int64_t units, int64_t parts, const F& f) {
   });
 }
 
-void run_nhwc(const PointwiseKernels& k, const PwArgs& a, int64_t parts) {
+// Part `part` of `parts` of an NHWC call: its share of the units (row tiles, or row tiles x
+// weight panels), contiguous ranges of near-equal size.
+void nhwc_part(const PointwiseKernels& k, const PwArgs& a, int64_t part, int64_t parts) {
   const int64_t P = pointwise_panels(a.Cout);
   // Without a per-sample scale the batch is one run of N*HW rows; with one, each sample is a
   // run of its own (its rows see their own scale).
@@ -97,17 +99,25 @@ void run_nhwc(const PointwiseKernels& k, const PwArgs& a, int64_t parts) {
   // at batch 1) over the weight panels, so every thread reads a part of the weights; otherwise
   // over the rows, so every thread reads a part of x.
   const bool by_panel = parts > 1 && a.N * a.HW < a.Cout && P > 1;
-  run_parts(segs * (by_panel ? P : 1) * tiles, parts, [&](int64_t u0, int64_t u1) {
-    float* scratch = per_sample ? gemm_thread_scratch(pointwise_scratch_floats(a.K)) : nullptr;
-    const int64_t span = tiles * (by_panel ? P : 1);  // units per segment
-    while (u0 < u1) {
-      const int64_t seg = u0 / span, in_seg = u0 % span;
-      const int64_t p = by_panel ? in_seg / tiles : 0;
-      const int64_t t0 = in_seg % tiles;
-      const int64_t t1 = lmin(tiles, t0 + (u1 - u0));
-      k.nhwc(a, seg, t0 * k.mr, lmin(rows, t1 * k.mr), p, by_panel ? p + 1 : P, scratch);
-      u0 += t1 - t0;
-    }
+  const int64_t units = segs * (by_panel ? P : 1) * tiles;
+  int64_t u0 = units * part / parts;
+  const int64_t u1 = units * (part + 1) / parts;
+  float* scratch = per_sample && u0 < u1 ? gemm_thread_scratch(pointwise_scratch_floats(a.K)) : nullptr;
+  const int64_t span = tiles * (by_panel ? P : 1);  // units per segment
+  while (u0 < u1) {
+    const int64_t seg = u0 / span, in_seg = u0 % span;
+    const int64_t p = by_panel ? in_seg / tiles : 0;
+    const int64_t t0 = in_seg % tiles;
+    const int64_t t1 = lmin(tiles, t0 + (u1 - u0));
+    k.nhwc(a, seg, t0 * k.mr, lmin(rows, t1 * k.mr), p, by_panel ? p + 1 : P, scratch);
+    u0 += t1 - t0;
+  }
+}
+
+void run_nhwc(const PointwiseKernels& k, const PwArgs& a, int64_t parts) {
+  if (parts <= 1) return nhwc_part(k, a, 0, 1);
+  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) nhwc_part(k, a, i, parts);
   });
 }
 
@@ -139,7 +149,9 @@ void check_cpu_float(const char* op, const char* name, const at::Tensor& t, cons
 
 }  // namespace
 
-void pointwise_run_nhwc(const PwArgs& a, int64_t parts) { run_nhwc(pointwise_kernels(), a, parts); }
+void pointwise_nhwc_part(const PwArgs& a, int64_t part, int64_t parts) {
+  nhwc_part(pointwise_kernels(), a, part, parts);
+}
 
 at::Tensor pack_pointwise_weight(const at::Tensor& weight_in, const c10::optional<at::Tensor>& bias) {
   const char* op = "mnv3::pack_pointwise_weight";
