@@ -157,9 +157,26 @@ def _conv_kind(conv: nn.Conv2d) -> Optional[str]:
     return None
 
 
-def _block_shape(block) -> str:
-    kinds = [type(m).__name__ for m in block.block]
-    return f"{len(kinds)} layers, residual={bool(block.use_res_connect)}"
+def _block_shape(layers: int, residual) -> str:
+    return f"{layers} layers, residual={bool(residual)}"
+
+
+def _fused_block_shape(block: M.FusedInvertedResidual) -> str:
+    return _block_shape(sum(p is not None for p in block._parts), block._residual)
+
+
+def _placement_reason(path: str, module: Optional[nn.Module]) -> Optional[str]:
+    """Why `module` cannot be swapped out whatever it computes (None if it can): the root has no
+    parent to hold a replacement, and forward hooks on it or its children would be skipped by the
+    fused call (timm's feature extraction hooks, for one)."""
+    if not path:
+        return "the root module cannot be replaced in place"
+    if module is None:
+        return None
+    for name, m in module.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return f"forward hooks on {path}.{name}" if name else f"forward hooks on {path}"
+    return None
 
 
 def _se_shape(fc1) -> str:
@@ -282,7 +299,7 @@ class _Converter:
             kind = _HEAD_KINDS[type(module)]
             self.add(path, kind, "already fused", _CONV_KINDS[kind][0](module, module.activation))
         elif isinstance(module, M.FusedInvertedResidual):
-            self.add(path, "block", "already fused", _block_shape(module))
+            self.add(path, "block", "already fused", _fused_block_shape(module))
         elif isinstance(module, M.FusedConvBNAct):
             module.backend = self.backend
             self.add(path, "conv", "already fused", f"{module[0].in_channels}->{module.out_channels}")
@@ -338,8 +355,8 @@ class _Converter:
             reason = f"{type(bn).__name__} overrides FrozenBatchNorm2d's forward"
         elif reason is None and not frozen and type(bn).forward is not nn.BatchNorm2d.forward:
             reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
-        if reason is None and not path:
-            reason = "the root module cannot be replaced in place"
+        if reason is None:
+            reason = _placement_reason(path, seq)
         if reason is not None:
             self.add(path, "dwconv", "skipped", shape, reason)
             return
@@ -356,8 +373,8 @@ class _Converter:
         reason = M.pointwise_unsupported_reason(conv, bn, act)
         if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
             reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
-        if reason is None and not path:
-            reason = "the root module cannot be replaced in place"
+        if reason is None:
+            reason = _placement_reason(path, seq)
         if reason is not None:
             self.add(path, "pwconv", "skipped", shape, reason)
             return
@@ -370,11 +387,9 @@ class _Converter:
 
     def visit_linear(self, path: str, linear: nn.Linear) -> None:
         shape = f"{linear.in_features}->{linear.out_features}"
-        if not path:
-            self.add(path, "linear", "skipped", shape, "the root module cannot be replaced in place")
-            return
-        if linear._forward_hooks or linear._forward_pre_hooks:
-            self.add(path, "linear", "skipped", shape, "it has forward hooks (a fused call would skip them)")
+        reason = _placement_reason(path, linear)
+        if reason is not None:
+            self.add(path, "linear", "skipped", shape, reason)
             return
         self.replace(path, M.FusedLinear(linear, backend=self.backend))
         self.add(path, "linear", "fused", shape)
@@ -384,8 +399,8 @@ class _Converter:
         reason = M.dense_unsupported_reason(conv, bn, act)
         if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
             reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
-        if reason is None and not path:
-            reason = "the root module cannot be replaced in place"
+        if reason is None:
+            reason = _placement_reason(path, seq)
         if reason is not None:
             self.add(path, "conv", "skipped", shape, reason)
             return
@@ -420,6 +435,9 @@ class _Converter:
             if reason is None and (type(bn).forward is not nn.BatchNorm2d.forward
                                    or not isinstance(bn, nn.BatchNorm2d)):
                 reason = f"{type(bn).__name__} is not a plain nn.BatchNorm2d"
+            if reason is None:
+                reason = (_placement_reason(prefix + conv_name, conv) or _placement_reason(prefix + bn_name, bn)
+                          or (act is not None and _placement_reason(prefix + act_name, act)) or None)
             if reason is not None:
                 self.add(prefix + conv_name, kind, "skipped", shape, reason)
                 i += 2
@@ -432,30 +450,48 @@ class _Converter:
             self.add(prefix + conv_name, kind, "fused", shape)
             i += 2 if act is None else 3
 
+    def visit_children(self, path: str, module: nn.Module) -> None:
+        """Convert a block's layers before the block itself (the block adopts them fused)."""
+        for name, child in list(module._modules.items()):
+            if child is not None and id(child) not in self.done:
+                self.done.add(id(child))
+                self.visit(f"{path}.{name}" if path else name, child)
+
+    def fuse_block(self, path: str, block: nn.Module, reason: Optional[str], layers: int, **parts) -> None:
+        """Replace `block` by a FusedInvertedResidual over its (already fused) parts, or report why not."""
+        if reason is None:
+            reason = _placement_reason(path, block)
+        if reason is None:
+            try:
+                fused = M.FusedInvertedResidual(block, **parts)
+            except ValueError as exc:
+                reason = str(exc)
+        if reason is not None:
+            self.add(path, "block", "skipped", _block_shape(layers, parts.get("residual")), reason)
+            return
+        self.replace(path, fused)
+        self.add(path, "block", "fused", _fused_block_shape(fused))
+
     # -- torchvision InvertedResidual: its layers first, then the block as a whole --------------
     def visit_tv_block(self, path: str, block: nn.Module) -> None:
         inner = block._modules.get("block")
         if isinstance(inner, nn.Sequential):
-            inner_path = f"{path}.block" if path else "block"
             self.done.add(id(inner))
-            for name, child in list(inner._modules.items()):
-                self.done.add(id(child))
-                self.visit(f"{inner_path}.{name}", child)
+            self.visit_children(f"{path}.block" if path else "block", inner)
+        layers = list(inner._modules.items()) if isinstance(inner, nn.Sequential) else []
+        # [1x1 expand] -> depthwise -> [squeeze-excite] -> 1x1 project, each fused
+        parts, i = {}, 0
+        for role, kind in (("expand", M.FusedPointwiseConvBNAct), ("dw", M.FusedDepthwiseConvBNAct),
+                           ("se", M.FusedSqueezeExcite), ("project", M.FusedPointwiseConvBNAct)):
+            if i < len(layers) and isinstance(layers[i][1], kind):
+                parts[role], i = f"block.{layers[i][0]}", i + 1
         reason = None
         if type(block).forward is not self.tv_ir.forward:
             reason = f"{type(block).__name__} overrides InvertedResidual.forward"
-        elif not path:
-            reason = "the root module cannot be replaced in place"
-        if reason is None:
-            try:
-                fused = M.FusedInvertedResidual(block)
-            except ValueError as exc:
-                reason = str(exc)
-        if reason is not None:
-            self.add(path, "block", "skipped", _block_shape(block), reason)
-            return
-        self.replace(path, fused)
-        self.add(path, "block", "fused", _block_shape(fused))
+        elif "dw" not in parts or "project" not in parts or i != len(layers):
+            kinds = ", ".join(type(m).__name__ for _, m in layers)
+            reason = f"the block's layers are not all fused ({kinds})"
+        self.fuse_block(path, block, reason, len(layers), residual=bool(block.use_res_connect), **parts)
 
     # -- timm blocks and models: each conv -> BatchNormAct2d pair --------------------------------
     def visit_timm_pair(self, path: str, block: nn.Module, cls, methods, conv_name: str, bn_name: str,
@@ -509,8 +545,8 @@ class _Converter:
                 type(pool) is not nn.AdaptiveAvgPool2d or pool.output_size not in (1, (1, 1))
             ):
                 reason = f"pool {type(pool).__name__} is not a global average pool"
-        if reason is None and not path:
-            reason = "the root module cannot be replaced in place"
+        if reason is None:
+            reason = _placement_reason(path, se)
         if reason is not None:
             self.add(path, "se", "skipped", shape, reason)
             return
@@ -595,7 +631,7 @@ def conversion_report(model: nn.Module) -> ConversionReport:
             kind = _HEAD_KINDS[type(m)]
             report.entries.append(ConversionEntry(path, kind, "fused", _CONV_KINDS[kind][0](m, m.activation)))
         elif isinstance(m, M.FusedInvertedResidual):
-            report.entries.append(ConversionEntry(path, "block", "fused", _block_shape(m)))
+            report.entries.append(ConversionEntry(path, "block", "fused", _fused_block_shape(m)))
         elif isinstance(m, M.FusedConvBNAct):
             report.entries.append(ConversionEntry(path, "conv", "fused", f"{m[0].in_channels}->{m.out_channels}"))
     return report

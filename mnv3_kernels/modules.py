@@ -24,6 +24,10 @@ the tensors the fused path reads.
 ``FusedSqueezeExcite``
     ``x * hardsigmoid(fc2(relu(fc1(mean_hw(x)))))`` with 1x1-conv FC layers, as one fused call.
 
+``FusedInvertedResidual``
+    A whole inverted-residual block whose layers are fused modules (Sequential or head/tail
+    forms), run as one fused call in eval mode on the CPU.
+
 ``Hardswish`` / ``Hardsigmoid``
     Drop-ins for ``nn.Hardswish`` / ``nn.Hardsigmoid`` on the single-pass kernels, in place when
     ``inplace=True`` (as the torch modules).
@@ -448,7 +452,7 @@ class _ConvBNActSequential:
         return fused
 
     def _conv_and_bn(self):
-        return self[0], self[1]
+        return self._modules["0"], self._modules["1"]  # read directly: Sequential indexing walks the children
 
     def _unfused_why(self, x: torch.Tensor) -> Optional[str]:
         """Why this call runs the original modules (None: it takes the fused path)."""
@@ -1067,13 +1071,31 @@ class _LazyOps(dict):
 _OPS = _LazyOps()
 
 
+# Which fused modules may play each part of a block.
+_BLOCK_PARTS = {
+    "expand": (FusedPointwiseConvBNAct, PointwiseConvBNActHead),
+    "dw": (FusedDepthwiseConvBNAct, DepthwiseConvBNActHead),
+    "se": (FusedSqueezeExcite,),
+    "project": (FusedPointwiseConvBNAct, PointwiseConvBNActHead),
+}
+
+
 class FusedInvertedResidual(FusedModule, nn.Module):
     """A whole MobileNetV3 inverted-residual block -- [1x1 expand] -> depthwise -> [squeeze-excite]
-    -> 1x1 project [+ input] -- as a few fused calls, for torchvision's ``InvertedResidual``.
+    -> 1x1 project [+ input] -- as one fused call (``mnv3::inverted_residual_packed``).
 
-    Adopts the block's ``block`` Sequential (children already fused: ``FusedPointwiseConvBNAct``,
-    ``FusedDepthwiseConvBNAct``, ``FusedSqueezeExcite``), so the state_dict is unchanged. In eval
-    mode on the CPU, with no gradient to record:
+    ``FusedInvertedResidual(block, dw=..., project=..., expand=None, se=None, residual=...,
+    passthrough=())`` adopts every child of `block` under its own name, in order, and its public
+    attributes, so the state_dict is unchanged. The parts are given as paths inside `block` to
+    layers that are fused already: a ``FusedPointwiseConvBNAct`` or ``PointwiseConvBNActHead``
+    (expand, project), a ``FusedDepthwiseConvBNAct`` or ``DepthwiseConvBNActHead`` (dw), a
+    ``FusedSqueezeExcite`` (se). torchvision's ``InvertedResidual``: ``dw="block.1"``, ...;
+    timm's ``InvertedResidual``: ``expand="conv_pw", dw="conv_dw", se="se", project="conv_pwl"``.
+    `residual`: whether the block adds its input. `passthrough`: children the block's forward
+    calls that are the identity in eval mode (timm's ``drop_path``); the fused path requires them
+    in eval mode. The caller vouches that `block`'s forward computes exactly that sequence.
+
+    In eval mode on the CPU, with no gradient to record:
 
     - the block runs channels_last (an NCHW input is reordered once; later blocks get
       channels_last already and return it);
@@ -1081,39 +1103,44 @@ class FusedInvertedResidual(FusedModule, nn.Module):
       sample (``input_scale``): the SE scale pass disappears;
     - the residual is added in the projection's epilogue.
 
-    Anywhere else (training, autograd, other devices or dtypes) it runs its children one after
-    the other, each fused where it can, exactly as the original block.
+    Anywhere else (training, autograd, other devices or dtypes) it runs the original block's own
+    forward on the adopted children, each fused where it can, exactly as the original block.
     """
 
-    def __init__(self, block: nn.Module):
+    def __init__(self, block: nn.Module, *, dw: str, project: str, expand: Optional[str] = None,
+                 se: Optional[str] = None, residual: bool, passthrough: Tuple[str, ...] = ()):
         super().__init__()
-        seq = block.block
-        mods = list(seq._modules.values())
-        reason = None
-        i = 0
-        expand = dw = se = project = None
-        if i < len(mods) and isinstance(mods[i], FusedPointwiseConvBNAct):
-            expand, i = mods[i], i + 1
-        if i < len(mods) and isinstance(mods[i], FusedDepthwiseConvBNAct):
-            dw, i = mods[i], i + 1
-        if i < len(mods) and isinstance(mods[i], FusedSqueezeExcite):
-            se, i = mods[i], i + 1
-        if i < len(mods) and isinstance(mods[i], FusedPointwiseConvBNAct):
-            project, i = mods[i], i + 1
-        if dw is None or project is None or i != len(mods):
-            kinds = ", ".join(type(m).__name__ for m in mods)
-            reason = f"the block's layers are not all fused ({kinds})"
-        elif project.activation != "none":
-            reason = f"the projection has activation {project.activation}"
+        parts, reason = [], None
+        for role, path in (("expand", expand), ("dw", dw), ("se", se), ("project", project)):
+            part = None if path is None else _submodule(block, path)
+            if path is not None and not isinstance(part, _BLOCK_PARTS[role]):
+                kinds = " or ".join(t.__name__ for t in _BLOCK_PARTS[role])
+                reason = reason or f"its {role} layer {path!r} is {type(part).__name__}, not {kinds}"
+            parts.append(part)
+        if reason is None and parts[3].activation != "none":
+            reason = f"the projection has activation {parts[3].activation}"
+        if reason is None and any(t is not None for t in (*block._parameters.values(), *block._buffers.values())):
+            reason = "the block owns parameters or buffers directly"
         if reason is not None:
             raise ValueError(f"cannot fuse this inverted-residual block: {reason}")
-        self.block = seq
-        self.use_res_connect = bool(block.use_res_connect)
-        for key, value in vars(block).items():  # public attributes (out_channels, _is_cn)
-            if not key.startswith("_") and key not in ("training", "use_res_connect"):
+        for name, child in block._modules.items():
+            self._modules[name] = child
+        for key, value in vars(block).items():  # public attributes (torchvision's out_channels, timm's has_skip)
+            if not key.startswith("_") and key != "training":
                 setattr(self, key, value)
-        self.__dict__["_parts"] = (expand, dw, se, project)
-        self.__dict__["_children"] = tuple(seq._modules.values())
+        # Modules holding the parts: a layer swapped in any of them after conversion is seen per call.
+        holders = {id(self): self}
+        for path in (expand, dw, se, project):
+            if path is not None and "." in path:
+                holder = self.get_submodule(path.rpartition(".")[0])
+                holders[id(holder)] = holder
+        self.__dict__.update(
+            _parts=tuple(parts),
+            _children=tuple((h._modules, tuple(h._modules.values())) for h in holders.values()),
+            _passthrough=tuple(self.get_submodule(name) for name in passthrough),
+            _original_type=type(block),  # whose forward runs layer by layer
+            _residual=bool(residual),
+        )
         self.backend = "auto"  # the layers keep their own backends; this one is not used
         self.train(block.training)
 
@@ -1129,14 +1156,13 @@ class FusedInvertedResidual(FusedModule, nn.Module):
             return "traced (torch.compile, torch.export or ONNX export)"
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
             return "autograd records the call"
-        children = tuple(self.block._modules.values())
-        known = self.__dict__["_children"]
-        if len(children) != len(known) or any(a is not b for a, b in zip(children, known)):
-            return "the block's layers were replaced after conversion"
+        for modules, known in self.__dict__["_children"]:
+            if len(modules) != len(known) or any(a is not b for a, b in zip(modules.values(), known)):
+                return "the block's layers were replaced after conversion"
         for m in (expand, dw, project):
             if m is None:
                 continue
-            bn = m._modules["1"]
+            bn = m._conv_and_bn()[1]
             if bn.training or bn._buffers.get("running_mean") is None or bn._buffers.get("running_var") is None:
                 return "BatchNorm in training mode"
             # On a float32 CPU tensor, "auto" and "cpu" both mean the CPU kernels.
@@ -1144,18 +1170,23 @@ class FusedInvertedResidual(FusedModule, nn.Module):
                 return "a layer's backend is not the CPU kernels"
         if se is not None and se.training and not se.train_fused:
             return "squeeze-excite in training mode"
+        if any(m.training for m in self.__dict__["_passthrough"]):
+            return "a layer in training mode"
         return None
 
-    def _sources(self) -> tuple:
+    def _conv_bns(self) -> tuple:
+        """(conv, bn) of each conv part present: expand, dw, project."""
+        expand, dw, _, project = self.__dict__["_parts"]
+        return tuple(m._conv_and_bn() for m in (expand, dw, project) if m is not None)
+
+    def _sources(self, conv_bns: Optional[tuple] = None) -> tuple:
         """Every tensor the block's folded and packed weights derive from, read straight from the
         modules' dicts (cheaper than attribute access, which walks nn.Module.__getattr__)."""
-        expand, dw, se, project = self.__dict__["_parts"]
+        se = self.__dict__["_parts"][2]
         out = []
-        for m in (expand, dw, project):
-            if m is not None:
-                conv, bn = m._modules["0"], m._modules["1"]
-                out += [conv._parameters["weight"], conv._parameters.get("bias"), bn._parameters.get("weight"),
-                        bn._parameters.get("bias"), bn._buffers["running_mean"], bn._buffers["running_var"]]
+        for conv, bn in conv_bns or self._conv_bns():
+            out += [conv._parameters["weight"], conv._parameters.get("bias"), bn._parameters.get("weight"),
+                    bn._parameters.get("bias"), bn._buffers["running_mean"], bn._buffers["running_var"]]
         if se is not None:
             for role in ("fc1", "fc2"):
                 fc = se._modules[se._roles[role]]
@@ -1167,18 +1198,18 @@ class FusedInvertedResidual(FusedModule, nn.Module):
         tensor changed (same rule as the layers' own caches: version counter and storage address
         of every source, the objects themselves, and the BN eps)."""
         expand, dw, se, project = self.__dict__["_parts"]
-        sources = self._sources()
+        conv_bns = self._conv_bns()
+        sources = self._sources(conv_bns)
         stamp = _stamp(sources)
         if stamp is not None:
-            stamp = (stamp, tuple(m._modules["1"].eps for m in (expand, dw, project) if m is not None),
-                     torch.is_inference_mode_enabled())
+            stamp = (stamp, tuple(bn.eps for _, bn in conv_bns), torch.is_inference_mode_enabled())
         cache = self._cache()
         cached = cache.get("plan")
         # cached[0] keeps the sources alive: their ids in the stamp stay theirs.
         if cached is not None and stamp is not None and cached[1] == stamp:
             return cached[2]
-        conv = dw._modules["0"]
-        dw_weight, dw_bias = dw._folded(conv.weight, conv.bias, dw._modules["1"])
+        conv, bn = dw._conv_and_bn()
+        dw_weight, dw_bias = dw._folded(conv.weight, conv.bias, bn)
         # The arguments of mnv3::inverted_residual_packed after x.
         plan = (
             None if expand is None else expand._packed(),
@@ -1186,7 +1217,7 @@ class FusedInvertedResidual(FusedModule, nn.Module):
             "none" if expand is None else expand.activation,
             dw_weight, dw_bias, *_conv_geometry(conv), dw.activation,
             *((None,) * 4 if se is None else _gate_args(se)),
-            project._packed(), project.out_channels, self.use_res_connect,
+            project._packed(), project.out_channels, self.__dict__["_residual"],
         )
         if stamp is not None:
             cache["plan"] = (sources, stamp, plan)
@@ -1196,8 +1227,7 @@ class FusedInvertedResidual(FusedModule, nn.Module):
         why = self._why_layer_by_layer(x)
         if why is not None:
             self._count("layer by layer", why)
-            out = self.block(x)
-            return out + x if self.use_res_connect else out
+            return self.__dict__["_original_type"].forward(self, x)
         self._count("fused", "cpu")
         # One call for the whole block (csrc/cpu/inverted_residual.cpp): channels_last out.
         return _OPS["block"](x, *self._plan())
@@ -1205,4 +1235,11 @@ class FusedInvertedResidual(FusedModule, nn.Module):
     def extra_repr(self) -> str:
         expand, dw, se, project = self.__dict__["_parts"]
         parts = ["expand"] * (expand is not None) + ["depthwise"] + ["se"] * (se is not None) + ["project"]
-        return " -> ".join(parts) + (" + input" if self.use_res_connect else "")
+        return " -> ".join(parts) + (" + input" if self.__dict__["_residual"] else "")
+
+
+def _submodule(module: nn.Module, path: str) -> Optional[nn.Module]:
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None

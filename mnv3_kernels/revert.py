@@ -45,7 +45,9 @@ def revert(model: nn.Module) -> nn.Module:
         raise TypeError(f"revert() expects a torch.nn.Module, got {type(model).__name__}")
     slots = [(parent, name, child) for parent in model.modules() for name, child in parent._modules.items()
              if child is not None and _ORIGINAL in child.__dict__]
-    for parent, name, fused in slots:
+    # Innermost first: a fused block adopts its layers into its own module dict, so its fused
+    # layers go back into that dict before the block hands its children to the original.
+    for parent, name, fused in reversed(slots):
         parent._modules[name] = _restore(fused, fused.__dict__[_ORIGINAL])
     for key, hook in list(model._forward_hooks.items()):
         if getattr(hook, "_mnv3_layout", False):  # convert's output-layout hook

@@ -324,3 +324,30 @@ def test_layers_without_kernels_for_the_chosen_backend_run_the_reference_path(ba
     stats = M.path_stats(reset=True)
     reasons = {d for (cls, p, d) in stats if cls in ("FusedPointwiseConvBNAct", "FusedConvBNAct")}
     assert reasons == {f"pointwise_conv_bn_act has no {backend!r} kernels", f"dense_conv_bn_act has no {backend!r} kernels"}
+
+
+def test_modules_with_forward_hooks_are_left_alone(one_thread):
+    # A fused call skips its children's calls, and a replaced module takes its hooks with it.
+    model = _tv("small")
+    ref = copy.deepcopy(model)
+    seen = []
+    model.features[2].register_forward_hook(lambda m, args, out: seen.append("block"))
+    model.features[4].block[1][0].register_forward_pre_hook(lambda m, args: seen.append("dw conv"))
+    mnv3_kernels.convert(model)
+    skipped = {e.path: e.reason for e in model.mnv3_report.skipped()}
+    assert skipped["features.2"] == "forward hooks on features.2"
+    assert skipped["features.4.block.1"] == "forward hooks on features.4.block.1.0"
+    assert "not all fused" in skipped["features.4"]
+    assert len(skipped) == 3
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert rel_err(model(x), ref(x)) < 1e-4
+    assert seen == ["block", "dw conv"]
+
+
+def test_block_refuses_parts_that_are_not_fused():
+    block = torchvision.models.mobilenet_v3_small().features[1]  # dw -> se -> project, unconverted
+    with pytest.raises(ValueError, match="its dw layer 'block.0' is Conv2dNormActivation"):
+        M.FusedInvertedResidual(block, dw="block.0", se="block.1", project="block.2", residual=False)
+    with pytest.raises(ValueError, match="its dw layer 'block.9' is NoneType"):
+        M.FusedInvertedResidual(block, dw="block.9", project="block.2", residual=False)
