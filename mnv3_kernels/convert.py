@@ -17,14 +17,18 @@ Recognized structures (everything else is left untouched):
   ``ActivationSlot``. An activation that cannot be fused stays where it is, after a fused
   conv + BN.
 - torchvision MobileNetV3 ``InvertedResidual`` whose layers all fused -> ``FusedInvertedResidual``
-  (the squeeze-excite gate folded into the projection, the residual added in its epilogue).
+  (one call for the block: the squeeze-excite gate folded into the projection, the residual
+  added in its epilogue).
   MobileNetV2 and MNASNet blocks keep their own module; their layers are fused.
 - timm ``DepthwiseSeparableConv`` (``conv_dw`` -> ``bn1``, ``conv_pw`` -> ``bn2``) and
   ``InvertedResidual`` (``conv_pw`` -> ``bn1``, ``conv_dw`` -> ``bn2``, ``conv_pwl`` -> ``bn3``),
   whose BNs are ``BatchNormAct2d`` -> head/tail pairs; the same for the stem (``conv_stem`` ->
   ``bn1``) of timm's ``EfficientNet``, ``EfficientNetFeatures`` and ``MobileNetV3`` and the head
-  conv (``conv_head`` -> ``bn2``) of ``EfficientNet``. The blocks' anti-aliasing layer ``aa``
-  runs after the depthwise BN, so it does not stand in the way.
+  conv (``conv_head`` -> ``bn2``) of ``EfficientNet``, ``ConvBnAct`` (``conv`` -> ``bn1``) and the
+  stem of ``MobileNetV3Features`` (a plain BN). Then a ``DepthwiseSeparableConv`` or
+  ``InvertedResidual`` whose parts all fused, with no anti-aliasing layer (``aa`` would run
+  between the depthwise conv and the projection) and no space-to-depth conv ->
+  ``FusedInvertedResidual``; where it cannot run whole, its layers stay fused one by one.
 - torchvision ``SqueezeExcitation`` and timm ``SqueezeExcite`` -> ``FusedSqueezeExcite``.
 - ``nn.Linear`` (the classifier) -> ``FusedLinear``: the packed GEMM kernels, whose
   matrix-vector product at batch 1 splits the weights over the threads.
@@ -34,9 +38,10 @@ backbones built for pretrained weights): it always folds.
 
 A candidate that cannot be served exactly (TF-'same' ``Conv2dSame``, padding modes other than
 zeros, grouped but not depthwise convs, BN without running statistics, activations other than
-ReLU/ReLU6/Hardswish/Identity, gates other than hard-sigmoid, ...) is left alone and listed in the
-report with the reason. Only module objects are swapped: Parameters and buffers are the same
-objects, so ``state_dict`` keys, values and order are unchanged.
+ReLU/ReLU6/Hardswish/Identity, gates other than hard-sigmoid, forward hooks that a fused call
+would skip, ...) is left alone and listed in the report with the reason. Only module objects are
+swapped: Parameters and buffers are the same objects, so ``state_dict`` keys, values and order
+are unchanged.
 """
 from __future__ import annotations
 
@@ -212,14 +217,17 @@ def _torchvision_frozen_bn():
 
 def _timm_classes():
     try:
+        from timm.layers import DropPath
         from timm.layers.norm_act import BatchNormAct2d
-        from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual, SqueezeExcite
+        from timm.models._efficientnet_blocks import (
+            ConvBnAct, DepthwiseSeparableConv, InvertedResidual, SqueezeExcite)
         from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
-        from timm.models.mobilenetv3 import MobileNetV3
+        from timm.models.mobilenetv3 import MobileNetV3, MobileNetV3Features
     except Exception:  # noqa: BLE001
         return None
     # Per class: the methods that call its (conv, BN, kind) pairs, each as x = bn(conv(x)), and
-    # the pairs. A subclass overriding one of the methods may call them otherwise.
+    # the pairs (kind None: by the conv). A subclass overriding one of the methods may call them
+    # otherwise.
     block, model = ("forward",), ("forward", "forward_features", "forward_intermediates")
     pairs = {
         DepthwiseSeparableConv: (block, (("conv_dw", "bn1", "dwconv"), ("conv_pw", "bn2", "pwconv"))),
@@ -229,8 +237,14 @@ def _timm_classes():
         EfficientNet: (model, (("conv_stem", "bn1", "conv"), ("conv_head", "bn2", "pwconv"))),
         EfficientNetFeatures: (model, (("conv_stem", "bn1", "conv"),)),
         MobileNetV3: (model, (("conv_stem", "bn1", "conv"),)),
+        MobileNetV3Features: (("forward",), (("conv_stem", "bn1", "conv"),)),  # a plain BN, then act1
+        ConvBnAct: (block, (("conv", "bn1", None),)),  # MobileNetV3's last 1x1 conv
     }
-    return {"bn_act": BatchNormAct2d, "pairs": pairs, "se": SqueezeExcite}
+    # The blocks that run as a whole (FusedInvertedResidual) once their parts are fused.
+    blocks = {DepthwiseSeparableConv: dict(dw="conv_dw", se="se", project="conv_pw"),
+              InvertedResidual: dict(expand="conv_pw", dw="conv_dw", se="se", project="conv_pwl")}
+    return {"bn_act": BatchNormAct2d, "pairs": pairs, "blocks": blocks, "se": SqueezeExcite,
+            "drop_path": DropPath}
 
 
 def _own_methods(module, cls, names) -> bool:
@@ -323,8 +337,12 @@ class _Converter:
         elif self.timm is not None:
             for cls, (methods, pairs) in self.timm["pairs"].items():
                 if isinstance(module, cls):
+                    if cls in self.timm["blocks"]:
+                        self.visit_children(path, module)  # the squeeze-excite, fused before the block
                     for conv_name, bn_name, kind in pairs:
                         self.visit_timm_pair(path, module, cls, methods, conv_name, bn_name, kind)
+                    if cls in self.timm["blocks"]:
+                        self.visit_timm_block(path, module, cls)
                     break
 
     # -- nn.Sequential(conv, bn[, act]) ---------------------------------------------------------
@@ -495,11 +513,14 @@ class _Converter:
 
     # -- timm blocks and models: each conv -> BatchNormAct2d pair --------------------------------
     def visit_timm_pair(self, path: str, block: nn.Module, cls, methods, conv_name: str, bn_name: str,
-                        kind: str) -> None:
+                        kind: Optional[str]) -> None:
         conv = block._modules.get(conv_name)
         bn = block._modules.get(bn_name)
         if not isinstance(conv, nn.Conv2d) or isinstance(conv, M._ConvBNActHead):
             return
+        kind = kind or _conv_kind(conv)
+        if kind is None:
+            return  # a larger dense conv: PyTorch's own is faster
         if kind == "dwconv":
             self.seen.add(id(conv))
         conv_path = f"{path}.{conv_name}" if path else conv_name
@@ -507,23 +528,45 @@ class _Converter:
         shape_of, reason_of = _CONV_KINDS[kind]
         shape = shape_of(conv, _act_label(act))
         reason = None
+        plain_bn = type(bn) is nn.BatchNorm2d  # no activation of its own (MobileNetV3Features' stem)
         if not _own_methods(block, cls, methods):
             reason = f"{type(block).__name__} overrides a method of {cls.__name__} ({', '.join(methods)})"
-        elif not _own_forward(bn, self.timm["bn_act"]):
-            reason = f"{bn_name} is {type(bn).__name__}, not timm's BatchNormAct2d"
-        elif type(bn.drop) not in (nn.Identity, nn.Dropout, nn.Dropout2d):
+        elif not (plain_bn or _own_forward(bn, self.timm["bn_act"])):
+            reason = f"{bn_name} is {type(bn).__name__}, not timm's BatchNormAct2d or an nn.BatchNorm2d"
+        elif not plain_bn and type(bn.drop) not in (nn.Identity, nn.Dropout, nn.Dropout2d):
             reason = f"{bn_name}.drop is {type(bn.drop).__name__} (not identity in eval mode)"
         else:
             reason = reason_of(conv, bn, act)
+        if reason is None:
+            reason = _placement_reason(conv_path, conv) or _placement_reason(f"{path}.{bn_name}" if path else bn_name, bn)
         if reason is not None:
             self.add(conv_path, kind, "skipped", shape, reason)
             return
-        head, tail = M.fused_conv_bn_act_pair(conv, bn, act=bn.act, drop=bn.drop, backend=self.backend)
+        head, tail = M.fused_conv_bn_act_pair(conv, bn, act=act, drop=getattr(bn, "drop", None), backend=self.backend)
         remember_original(head, conv)
         remember_original(tail, bn)
         setattr(block, conv_name, head)
         setattr(block, bn_name, tail)
         self.add(conv_path, kind, "fused", shape)
+
+    def visit_timm_block(self, path: str, block: nn.Module, cls) -> None:
+        parts = dict(self.timm["blocks"][cls])
+        se, aa, drop_path = (block._modules.get(name) for name in ("se", "aa", "drop_path"))
+        if type(se) is nn.Identity:
+            parts["se"] = None
+        reason = None
+        if not _own_forward(block, cls):
+            reason = f"{type(block).__name__} overrides {cls.__name__}.forward"
+        elif getattr(block, "conv_s2d", None) is not None:
+            reason = "it starts with a space-to-depth conv (conv_s2d)"
+        elif type(aa) is not nn.Identity:
+            reason = f"anti-aliasing layer aa ({type(aa).__name__}) runs between the depthwise conv and the projection"
+        elif type(drop_path) not in (nn.Identity, self.timm["drop_path"]):
+            reason = f"drop_path is {type(drop_path).__name__}, not nn.Identity or timm's DropPath"
+        layers = sum(parts[role] is not None for role in parts)
+        passthrough = ("drop_path",) if type(drop_path) is self.timm["drop_path"] else ()
+        self.fuse_block(path, block, reason, layers, residual=bool(getattr(block, "has_skip", False)),
+                        passthrough=passthrough, **parts)
 
     # -- squeeze-excite --------------------------------------------------------------------------
     def visit_se(self, path: str, se: nn.Module, roles: dict, own_forward: bool) -> None:
@@ -590,8 +633,9 @@ _layout_hook._mnv3_layout = True  # what revert() removes
 
 
 def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
-    """Replace, in place, every depthwise, 1x1 and stem conv+BN(+ReLU/ReLU6/Hardswish/none) and
-    every hard-sigmoid squeeze-excite of `model` that can be served exactly with a fused module.
+    """Replace, in place, every depthwise, 1x1 and stem conv+BN(+ReLU/ReLU6/Hardswish/none), every
+    hard-sigmoid squeeze-excite and every inverted-residual block (torchvision's, timm's) of
+    `model` that can be served exactly with a fused module (see the module docstring).
 
     Returns the same model object. The ``ConversionReport`` is attached as
     ``model.mnv3_report`` (also returned by ``conversion_report(model)``). ``backend`` is stored

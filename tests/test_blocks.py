@@ -1,6 +1,6 @@
 """Pointwise conv modules and whole inverted-residual blocks: FusedPointwiseConvBNAct,
-FusedInvertedResidual and what convert() does with torchvision MobileNetV3, against the original
-modules (float64 where values are compared)."""
+FusedInvertedResidual and what convert() does with torchvision and timm MobileNetV3, against the
+original modules (float64 where values are compared)."""
 import copy
 
 import pytest
@@ -351,3 +351,146 @@ def test_block_refuses_parts_that_are_not_fused():
         M.FusedInvertedResidual(block, dw="block.0", se="block.1", project="block.2", residual=False)
     with pytest.raises(ValueError, match="its dw layer 'block.9' is NoneType"):
         M.FusedInvertedResidual(block, dw="block.9", project="block.2", residual=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# timm MobileNetV3: DepthwiseSeparableConv / InvertedResidual blocks, stem and ConvBnAct pairs
+# ----------------------------------------------------------------------------------------------
+def _timm(name):
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(f"mobilenetv3_{name}_100", pretrained=False).eval()
+    return randomize_model_bn_(model)
+
+
+@pytest.mark.parametrize("name,blocks,pw", [("large", 15, 30), ("small", 11, 22)])
+def test_timm_convert_fuses_every_block(one_thread, name, blocks, pw):
+    model = _timm(name)
+    state = copy.deepcopy(model.state_dict())
+    mnv3_kernels.convert(model)
+    counts = model.mnv3_report.counts()
+    assert counts["block"] == {"fused": blocks, "skipped": 0, "already fused": 0}
+    assert counts["conv"] == {"fused": 1, "skipped": 0, "already fused": 0}  # the stem
+    assert isinstance(model.conv_stem, M.DenseConvBNActHead) and model.conv_stem.tail is model.bn1
+    # Every 1x1 conv with a BN: the blocks' expansions and projections, and ConvBnAct's.
+    assert counts["pwconv"] == {"fused": pw, "skipped": 0, "already fused": 0}
+    assert isinstance(model.blocks[-1][0].conv, M.PointwiseConvBNActHead)
+    assert sum(isinstance(m, M.FusedInvertedResidual) for m in model.modules()) == blocks
+    assert list(model.state_dict()) == list(state)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    again = mnv3_kernels.convert(model).mnv3_report.counts()
+    assert again["block"]["already fused"] == blocks and again["block"]["fused"] == 0
+    assert again["pwconv"]["already fused"] == pw and again["conv"]["already fused"] == 1
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("name,shape", [("large", (1, 3, 224, 224)), ("large", (3, 3, 97, 131)),
+                                        ("large", (0, 3, 64, 64)), ("small", (1, 3, 224, 224)),
+                                        ("small", (3, 3, 97, 131))])
+def test_timm_converted_blocks_match_float64_original(one_thread, fmt, name, shape):
+    model = _timm(name)
+    want_model = copy.deepcopy(model).double()
+    mnv3_kernels.convert(model)
+    x = torch.randn(*shape).contiguous(memory_format=fmt)
+    mnv3_kernels.path_stats(reset=True)
+    with torch.inference_mode():
+        got = model(x)
+    with torch.no_grad():
+        want = want_model(x.double())
+    assert got.shape == want.shape
+    if shape[0]:
+        assert rel_err(got.double(), want) < 1e-4
+    blocks = 15 if name == "large" else 11
+    assert mnv3_kernels.path_stats() == {("FusedInvertedResidual", "fused", "cpu"): blocks,
+                                         ("DenseConvBNActHead", "fused", "cpu"): 1,
+                                         ("PointwiseConvBNActHead", "fused", "cpu"): 1}
+
+
+def test_timm_block_fast_path_runs(monkeypatch, one_thread):
+    model = mnv3_kernels.convert(_timm("small"))
+    calls = {"block": 0, "se": 0, "expand": 0, "layer": 0}
+    real_block = M._OPS["block"]
+
+    def block(*args):
+        calls["block"] += 1
+        calls["expand"] += args[1] is not None
+        calls["se"] += args[10] is not None  # se_fc1_weight: the gate computed inside the call
+        return real_block(*args)
+
+    def layer(*args):
+        calls["layer"] += 1
+        raise AssertionError("a layer op ran outside the block call")
+
+    monkeypatch.setitem(M._OPS, "block", block)
+    for name in ("gate", "dwconv"):
+        monkeypatch.setitem(M._OPS, name, layer)
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 96, 96))
+    # Small's 11 blocks, one call each: the DepthwiseSeparableConv and 10 InvertedResiduals (with
+    # an expand conv); 9 with squeeze-excite.
+    assert calls == {"block": 11, "se": 9, "expand": 10, "layer": 0}
+
+
+def test_timm_gradients_and_train_mode_are_the_original(one_thread):
+    model = _timm("small")
+    ref = copy.deepcopy(model)
+    mnv3_kernels.convert(model)
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    mnv3_kernels.path_stats(reset=True)
+    got = torch.autograd.grad(model(x).sum(), x)[0]
+    assert mnv3_kernels.path_stats()[("FusedInvertedResidual", "layer by layer", "autograd records the call")] == 11
+    want = torch.autograd.grad(ref(x).sum(), x)[0]
+    assert rel_err(got, want) < 1e-4
+    model.train()
+    ref.train()
+    mnv3_kernels.path_stats(reset=True)
+    for _ in range(2):  # timm's own forward on the original modules: the same numbers, bit for bit
+        xa, xb = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+        a, b = model(xa), ref(xb)
+        assert torch.equal(a, b)
+        a.square().sum().backward()
+        b.square().sum().backward()
+        assert torch.equal(xa.grad, xb.grad)
+    assert mnv3_kernels.path_stats()[("FusedInvertedResidual", "layer by layer", "training mode")] == 22
+    for (n, t), (_, u) in zip(model.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(t, u), n  # running statistics updated alike
+    for (n, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert torch.equal(p.grad, q.grad), n
+
+
+def test_timm_revert_undoes_block_conversion(one_thread):
+    model = _timm("large")
+    before = [(n, type(m)) for n, m in model.named_modules()]
+    params = [id(p) for p in model.parameters()]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+    mnv3_kernels.revert(mnv3_kernels.convert(model))
+    assert [(n, type(m)) for n, m in model.named_modules()] == before
+    assert [id(p) for p in model.parameters()] == params
+    assert not model._forward_hooks
+    with torch.no_grad():
+        assert torch.equal(model(x), want)
+
+
+def test_timm_block_plan_sees_parameter_changes_and_replaced_layers(one_thread):
+    model = _timm("small")
+    ref = copy.deepcopy(model)
+    mnv3_kernels.convert(model)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        model(x)
+    with torch.no_grad():  # in-place updates (version counters) in a block's layers, both models
+        for m in (model, ref):
+            m.blocks[2][0].bn2.running_var.mul_(3.0)      # depthwise BN
+            m.blocks[2][0].bn3.weight.mul_(-0.5)          # projection BN (after SE)
+            m.blocks[2][0].se.conv_reduce.bias.add_(0.25)  # squeeze-excite
+            m.blocks[2][0].conv_pw.weight.mul_(1.5)       # expansion conv
+    with torch.inference_mode():
+        assert rel_err(model(x), ref(x)) < 1e-4
+    # A layer swapped out after conversion: the block runs its layers one by one, as they are now.
+    model.blocks[2][0].se = copy.deepcopy(ref.blocks[2][0].se)
+    mnv3_kernels.path_stats(reset=True)
+    with torch.inference_mode():
+        assert rel_err(model(x), ref(x)) < 1e-4
+    assert mnv3_kernels.path_stats()[("FusedInvertedResidual", "layer by layer",
+                                      "the block's layers were replaced after conversion")] == 1

@@ -57,6 +57,9 @@ MODELS = {
         "mobilenetv3_large_100", "mobilenetv3_small_100", "mobilenetv3_large_075",
         "mobilenetv3_small_050", "mobilenetv3_rw", "tf_mobilenetv3_large_100")},
     "timm_features_only": lambda: timm.create_model("mobilenetv3_large_100", features_only=True),
+    # features taken by hooks on the blocks' projections: those stay unfused
+    "timm_features_expansion": lambda: timm.create_model("mobilenetv3_large_100", features_only=True,
+                                                         feature_location="expansion"),
     # The MobileNetV2 family: depthwise and 1x1 conv + BN + ReLU6 (MNASNet: ReLU) layers.
     "tv_mobilenet_v2": lambda: torchvision.models.mobilenet_v2(num_classes=10),
     "tv_mnasnet0_5": lambda: torchvision.models.mnasnet0_5(num_classes=10),
@@ -157,7 +160,8 @@ def test_mobilenet_v2_family_every_conv_fused(name):
     assert (counts["dwconv"]["fused"], counts["pwconv"]["fused"], counts["conv"]["fused"]) == (n_dw, n_pw, 1)
     assert n_dw + n_pw + 1 == len(convs)  # the stem is the only other conv
     want_act = "relu" if "mnasnet" in name else "relu6"
-    assert {e.shape.rsplit("act=", 1)[1] for e in report.fused() if e.kind != "linear"} == {want_act, "none"}
+    assert {e.shape.rsplit("act=", 1)[1] for e in report.fused() if e.kind not in ("linear", "block")} == {
+        want_act, "none"}
     mnv3_kernels.path_stats(reset=True)
     with torch.no_grad():
         for batch in (3, 0):
@@ -368,8 +372,9 @@ def test_unservable_parts_are_left_alone():
     report = model.mnv3_report
     fused = {e.path for e in report.fused()}
     timm_pw = {f"{b}.{c}" for b in ("ir_sigmoid", "ir_same", "ir_ok") for c in ("conv_pw", "conv_pwl")}
+    # Each layer that can be served is fused; a block runs as a whole only when all of it is.
     assert fused == {"good", "relu6", "hardtanh06", "flat.0", "flat.3", "flat.9", "se_good",
-                     "ir_sigmoid.conv_dw", "ir_ok.conv_dw", "ir_ok.se", "ir_silu.conv_pwl"} | timm_pw
+                     "ir_sigmoid.conv_dw", "ir_ok.conv_dw", "ir_ok.se", "ir_silu.conv_pwl", "ir_ok"} | timm_pw
     assert model.relu6.activation == model.hardtanh06.activation == "relu6"
     skipped = {e.path: e.reason for e in report.skipped()}
     assert "padding_mode" in skipped["reflect"]
@@ -391,6 +396,10 @@ def test_unservable_parts_are_left_alone():
     assert "SiLU" in skipped["ir_silu.conv_dw"]
     assert "SiLU" in skipped["ir_silu.se"]
     assert "Conv2dSame" in skipped["ir_same.conv_dw"]
+    assert "se layer 'se' is SqueezeExcite" in skipped["ir_sigmoid"]
+    assert "expand layer 'conv_pw' is Conv2d" in skipped["ir_silu"]
+    assert "dw layer 'conv_dw' is Conv2dSame" in skipped["ir_same"]
+    assert isinstance(model.ir_ok, M.FusedInvertedResidual)
     for path in ("reflect", "grouped", "no_stats", "hardtanh", "se_sigmoid", "ir_silu", "flat.6", "flat.7", "flat.8"):
         assert type(model.get_submodule(path)) is type(ref.get_submodule(path))
     assert type(model.ir_same.conv_dw) is Conv2dSame
@@ -409,7 +418,7 @@ def test_report_helpers():
     assert mnv3_kernels.conversion_report(model) is report
     del model.mnv3_report
     rebuilt = conversion_report(model)
-    assert {e.kind for e in rebuilt.fused()} == {"conv", "dwconv", "pwconv", "se"}
+    assert {e.kind for e in rebuilt.fused()} == {"conv", "dwconv", "pwconv", "se", "block"}
     assert sorted((e.path, e.kind) for e in rebuilt.fused()) == sorted((e.path, e.kind) for e in report.fused())
     assert "squeeze-excite" in str(rebuilt)
 

@@ -171,6 +171,19 @@ def test_aoti_package_from_python(tmp_path):
     assert rel_err(got, want) <= 1e-4
 
 
+@needs_cpu
+def test_torch_export_of_converted_timm():
+    """torch.export traces timm's blocks layer by layer (its own forward on the head/tail pairs):
+    every fused layer of the report becomes one of our operators."""
+    original, converted = original_and_converted("mobilenetv3_small_050")
+    assert converted.mnv3_report.fused("block")
+    x = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        program = torch.export.export(converted, (x,))
+        assert len(mnv3_nodes(program.graph)) == sum(expected_onnx_ops(converted))
+        assert rel_err(program.module()(x), original(x)) <= 1e-4
+
+
 # ----------------------------------------------------------------------------------------------
 # torch.save / torch.load of the whole model, copy.deepcopy
 # ----------------------------------------------------------------------------------------------
