@@ -30,8 +30,8 @@ Recognized structures (everything else is left untouched):
   between the depthwise conv and the projection) and no space-to-depth conv ->
   ``FusedInvertedResidual``; where it cannot run whole, its layers stay fused one by one.
 - torchvision ``SqueezeExcitation`` and timm ``SqueezeExcite`` -> ``FusedSqueezeExcite``.
-- ``nn.Linear`` (the classifier) -> ``FusedLinear``: the packed GEMM kernels, whose
-  matrix-vector product at batch 1 splits the weights over the threads.
+- ``nn.Linear`` (the classifier; timm's ``Linear`` too) -> ``FusedLinear``: the packed GEMM
+  kernels, whose matrix-vector product at batch 1 splits the weights over the threads.
 
 The depthwise conv's BatchNorm may also be torchvision's ``FrozenBatchNorm2d`` (detection
 backbones built for pretrained weights): it always folds.
@@ -217,7 +217,7 @@ def _torchvision_frozen_bn():
 
 def _timm_classes():
     try:
-        from timm.layers import DropPath
+        from timm.layers import DropPath, Linear
         from timm.layers.norm_act import BatchNormAct2d
         from timm.models._efficientnet_blocks import (
             ConvBnAct, DepthwiseSeparableConv, InvertedResidual, SqueezeExcite)
@@ -244,7 +244,7 @@ def _timm_classes():
     blocks = {DepthwiseSeparableConv: dict(dw="conv_dw", se="se", project="conv_pw"),
               InvertedResidual: dict(expand="conv_pw", dw="conv_dw", se="se", project="conv_pwl")}
     return {"bn_act": BatchNormAct2d, "pairs": pairs, "blocks": blocks, "se": SqueezeExcite,
-            "drop_path": DropPath}
+            "drop_path": DropPath, "linear": Linear}  # Linear: the classifier, F.linear outside TorchScript
 
 
 def _own_methods(module, cls, names) -> bool:
@@ -320,7 +320,7 @@ class _Converter:
         elif isinstance(module, M.FusedLinear):
             module.backend = self.backend
             self.add(path, "linear", "already fused", f"{module.in_features}->{module.out_features}")
-        elif type(module) is nn.Linear:
+        elif type(module) is nn.Linear or (self.timm is not None and type(module) is self.timm["linear"]):
             self.visit_linear(path, module)
         elif self.tv_ir is not None and isinstance(module, self.tv_ir):
             self.visit_tv_block(path, module)
@@ -678,5 +678,7 @@ def conversion_report(model: nn.Module) -> ConversionReport:
             report.entries.append(ConversionEntry(path, "block", "fused", _fused_block_shape(m)))
         elif isinstance(m, M.FusedConvBNAct):
             report.entries.append(ConversionEntry(path, "conv", "fused", f"{m[0].in_channels}->{m.out_channels}"))
+        elif isinstance(m, M.FusedLinear):
+            report.entries.append(ConversionEntry(path, "linear", "fused", f"{m.in_features}->{m.out_features}"))
     return report
 

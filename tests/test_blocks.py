@@ -374,6 +374,7 @@ def test_timm_convert_fuses_every_block(one_thread, name, blocks, pw):
     # Every 1x1 conv with a BN: the blocks' expansions and projections, and ConvBnAct's.
     assert counts["pwconv"] == {"fused": pw, "skipped": 0, "already fused": 0}
     assert isinstance(model.blocks[-1][0].conv, M.PointwiseConvBNActHead)
+    assert isinstance(model.classifier, M.FusedLinear) and counts["linear"]["fused"] == 1
     assert sum(isinstance(m, M.FusedInvertedResidual) for m in model.modules()) == blocks
     assert list(model.state_dict()) == list(state)
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
@@ -402,7 +403,8 @@ def test_timm_converted_blocks_match_float64_original(one_thread, fmt, name, sha
     blocks = 15 if name == "large" else 11
     assert mnv3_kernels.path_stats() == {("FusedInvertedResidual", "fused", "cpu"): blocks,
                                          ("DenseConvBNActHead", "fused", "cpu"): 1,
-                                         ("PointwiseConvBNActHead", "fused", "cpu"): 1}
+                                         ("PointwiseConvBNActHead", "fused", "cpu"): 1,
+                                         ("FusedLinear", "fused", "cpu"): 1}
 
 
 def test_timm_block_fast_path_runs(monkeypatch, one_thread):

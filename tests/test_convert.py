@@ -418,7 +418,7 @@ def test_report_helpers():
     assert mnv3_kernels.conversion_report(model) is report
     del model.mnv3_report
     rebuilt = conversion_report(model)
-    assert {e.kind for e in rebuilt.fused()} == {"conv", "dwconv", "pwconv", "se", "block"}
+    assert {e.kind for e in rebuilt.fused()} == {"conv", "dwconv", "pwconv", "se", "block", "linear"}
     assert sorted((e.path, e.kind) for e in rebuilt.fused()) == sorted((e.path, e.kind) for e in report.fused())
     assert "squeeze-excite" in str(rebuilt)
 
