@@ -19,7 +19,8 @@ the tensors the fused path reads.
     eval mode with running statistics, the head computes conv+BN+activation in one fused call
     and the tail passes its input through; otherwise the head is a plain conv and the tail is
     BN (+ dropout) + activation, exactly as the original. Both decide from the BN's state
-    alone, so they agree.
+    alone, so they agree. A conv with no BN pairs with its activation module instead
+    (``ActivationTail``; the state that decides: its training flag).
 
 ``FusedSqueezeExcite``
     ``x * hardsigmoid(fc2(relu(fc1(mean_hw(x)))))`` with 1x1-conv FC layers, as one fused call.
@@ -84,6 +85,7 @@ __all__ = [
     "PointwiseConvBNActHead",
     "DenseConvBNActHead",
     "BatchNormActTail",
+    "ActivationTail",
     "ActivationSlot",
     "FusedSqueezeExcite",
     "FusedPointwiseConvBNAct",
@@ -210,8 +212,11 @@ def depthwise_unsupported_reason(conv, bn, act=None) -> Optional[str]:
 
 
 def _norm_act_reason(conv, bn, act, frozen_ok: bool) -> Optional[str]:
-    """The BN and activation rules every fused conv shares."""
-    if is_frozen_batch_norm(bn):
+    """The BN and activation rules every fused conv shares. `bn` None: no normalization (the
+    conv's own weight and bias, then the activation)."""
+    if bn is None:
+        pass
+    elif is_frozen_batch_norm(bn):
         if not frozen_ok:
             return f"{type(bn).__name__} is folded into depthwise convs only"
         if any(bn._buffers[n].numel() != conv.out_channels for n in _FROZEN_BN_TENSORS):
@@ -401,21 +406,29 @@ class FusedModule:
 class _FoldCacheMixin(FusedModule):
     """Folds an eval BN into a depthwise conv and caches the result (see the module docstring)."""
 
-    def _folded(self, conv_weight, conv_bias, bn: _BatchNorm):
-        sources = (conv_weight, conv_bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    def _folded(self, conv_weight, conv_bias, bn: Optional[_BatchNorm]):
+        """The conv's weight and bias with `bn` folded in; `bn` None: the conv's own (cached
+        under the same rule, so that the packing derived from them is too)."""
+        if bn is None:
+            sources = (conv_weight, conv_bias)
+        else:
+            sources = (conv_weight, conv_bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
         if torch.compiler.is_compiling() or (
             torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in sources)
         ):
-            return fold_bn(*sources, bn.eps)
+            return (conv_weight, conv_bias) if bn is None else fold_bn(*sources, bn.eps)
         stamp = _stamp(sources)
-        context = (bn.eps, torch.is_inference_mode_enabled())
+        context = (None if bn is None else bn.eps, torch.is_inference_mode_enabled())
         cache = self._cache()
         cached = cache.get("fold")
         # cached[0] keeps the sources alive: their ids in the stamp stay theirs.
         if cached is not None and stamp is not None and cached[1] == stamp and cached[2] == context:
             return cached[3], cached[4]
         with torch.no_grad():
-            weight, bias = fold_bn(*sources, bn.eps)
+            if bn is None:
+                weight, bias = conv_weight.detach(), None if conv_bias is None else conv_bias.detach()
+            else:
+                weight, bias = fold_bn(*sources, bn.eps)
         if stamp is not None:
             cache["fold"] = (sources, stamp, context, weight, bias)
         return weight, bias
@@ -558,6 +571,10 @@ class BatchNormActTail(nn.BatchNorm2d):
             x = self.act(x)
         return x
 
+    def fusable(self) -> bool:
+        """Whether the head applies BN + activation (then this tail passes its input through)."""
+        return _bn_fusable(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _bn_fusable(self):
             return x  # the head already applied BN + activation
@@ -565,6 +582,34 @@ class BatchNormActTail(nn.BatchNorm2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", activation={self.activation}, fused_into_head={_bn_fusable(self)}"
+
+
+class ActivationTail(nn.Module):
+    """The activation half of a head/tail pair whose conv has no BN (timm's ``conv_head`` ->
+    ``act2``): it replaces the activation module and holds it as child ``act``. In eval mode the
+    head has applied the activation and the tail returns its input; in training mode it is the
+    activation."""
+
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        self.activation = activation_name(act)
+        if act is None or self.activation is None:
+            raise ValueError(f"activation {_describe(act)} is not {_ACTIVATIONS_TEXT}")
+        self.act = act
+        self.train(act.training)
+
+    def fusable(self) -> bool:
+        """Whether the head applies the activation (then this tail passes its input through)."""
+        return not self.training
+
+    def apply_unfused(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if not self.training else self.act(x)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation}, fused_into_head={not self.training}"
 
 
 class ActivationSlot(nn.Module):
@@ -597,8 +642,9 @@ class _ConvBNActHead(_FoldCacheMixin, nn.Conv2d):
     def _unsupported_reason(conv, bn, act) -> Optional[str]:
         raise NotImplementedError
 
-    def __init__(self, conv: nn.Conv2d, tail: BatchNormActTail, *, backend: str = "auto"):
-        reason = self._unsupported_reason(conv, tail, tail._modules.get("act"))
+    def __init__(self, conv: nn.Conv2d, tail, *, backend: str = "auto"):
+        bn = tail if isinstance(tail, BatchNormActTail) else None  # an ActivationTail: no BN
+        reason = self._unsupported_reason(conv, bn, tail._modules.get("act"))
         if reason is not None:
             raise ValueError(f"cannot fuse this {self._what}: {reason}")
         super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
@@ -607,12 +653,13 @@ class _ConvBNActHead(_FoldCacheMixin, nn.Conv2d):
         self._parameters["weight"] = conv._parameters["weight"]
         self._parameters["bias"] = conv._parameters.get("bias")
         self.__dict__["_tail"] = tail
+        self.__dict__["_bn"] = bn
         self.backend = backend
         self.train(conv.training)
 
     @property
-    def tail(self) -> BatchNormActTail:
-        """The BN + activation module this head fuses (not a registered child)."""
+    def tail(self):
+        """The ``BatchNormActTail`` or ``ActivationTail`` this head fuses (not a registered child)."""
         return self.__dict__["_tail"]
 
     @property
@@ -620,12 +667,12 @@ class _ConvBNActHead(_FoldCacheMixin, nn.Conv2d):
         return self.__dict__["_tail"].activation
 
     def _conv_and_bn(self):
-        return self, self.__dict__["_tail"]
+        return self, self.__dict__["_bn"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tail = self.__dict__["_tail"]
-        if not _bn_fusable(tail):
-            self._count("unfused", "BatchNorm in training mode")
+        if not tail.fusable():
+            self._count("unfused", "training mode" if self.__dict__["_bn"] is None else "BatchNorm in training mode")
             return self._conv_forward(x, self.weight, self.bias)
         why = _unfused_reason(x, self.weight)
         if why is not None:
@@ -646,8 +693,8 @@ class DepthwiseConvBNActHead(_ConvBNActHead):
     _what = "depthwise conv + BN + activation"
     _unsupported_reason = staticmethod(depthwise_unsupported_reason)
 
-    def _fused(self, x: torch.Tensor, tail: BatchNormActTail) -> torch.Tensor:
-        weight, bias = self._folded(self.weight, self.bias, tail)
+    def _fused(self, x: torch.Tensor, tail) -> torch.Tensor:
+        weight, bias = self._folded(self.weight, self.bias, self.__dict__["_bn"])
         stride, padding, dilation = _conv_geometry(self)
         return ops._dwconv_bn_act_on(self._run_backend(x), x, weight, bias, stride, padding, dilation,
                                      tail.activation)
@@ -658,7 +705,7 @@ class DepthwiseConvBNActHead(_ConvBNActHead):
                 f"activation={self.tail.activation}, backend={self.backend!r}")
 
 
-def fused_conv_bn_act_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None,
+def fused_conv_bn_act_pair(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], act: Optional[nn.Module] = None,
                            drop: Optional[nn.Module] = None, *, backend: str = "auto"):
     """Build (head, tail) replacing sibling modules ``conv`` and ``bn`` of a block.
 
@@ -672,9 +719,17 @@ def fused_conv_bn_act_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn
     a sibling of its own (``nn.Sequential(conv, bn, act, ...)``) moves into the tail: put an
     ``ActivationSlot`` in its place.
 
+    `bn` None: a conv followed directly by the activation module `act`, ``x = act(conv(x))``; the
+    tail is an ``ActivationTail`` and replaces `act` (``block.<act name> = tail``).
+
     Note: forward hooks on the head see conv+BN+act output in eval mode.
     """
-    tail = BatchNormActTail(bn, act=act, drop=drop)
+    if bn is None:
+        if drop is not None:
+            raise ValueError("drop goes with a BN (bn is None)")
+        tail = ActivationTail(act)
+    else:
+        tail = BatchNormActTail(bn, act=act, drop=drop)
     head = head_class(conv)(conv, tail, backend=backend)
     return head, tail
 
@@ -880,6 +935,11 @@ def _untracked(*tensors) -> bool:
     return not any(t is not None and t.requires_grad for t in tensors)
 
 
+def _params(conv, bn) -> tuple:
+    """The trainable tensors of a conv and its BN (None: no BN)."""
+    return (conv.weight, conv.bias) if bn is None else (conv.weight, conv.bias, bn.weight, bn.bias)
+
+
 class _PackCacheMixin(_FoldCacheMixin):
     """The folded weights of a fused conv + BN (a Sequential(conv, bn[, act]) or a head) packed
     into the CPU GEMM kernels' panels, cached with the fold (so refreshed on the same changes,
@@ -1018,13 +1078,14 @@ class PointwiseConvBNActHead(_PackCacheMixin, _ConvBNActHead):
     _what = "pointwise conv + BN + activation"
     _unsupported_reason = staticmethod(pointwise_unsupported_reason)
 
-    def _fused(self, x: torch.Tensor, tail: BatchNormActTail) -> torch.Tensor:
+    def _fused(self, x: torch.Tensor, tail) -> torch.Tensor:
         chosen = self._run_backend(x, op="pointwise_conv_bn_act")
+        bn = self.__dict__["_bn"]
         if (chosen == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-                and _untracked(x, self.weight, self.bias, tail.weight, tail.bias)):
+                and _untracked(x, *_params(self, bn))):
             return ops._pointwise_packed_trusted(x, self._packed(), self.out_channels, tail.activation,
                                                  None, None)
-        weight, bias = self._folded(self.weight, self.bias, tail)
+        weight, bias = self._folded(self.weight, self.bias, bn)
         return ops.pointwise_conv_bn_act(x, weight, bias, tail.activation, backend=chosen)
 
 
@@ -1035,14 +1096,15 @@ class DenseConvBNActHead(_PackCacheMixin, _ConvBNActHead):
     _what = "conv + BN + activation"
     _unsupported_reason = staticmethod(dense_unsupported_reason)
 
-    def _fused(self, x: torch.Tensor, tail: BatchNormActTail) -> torch.Tensor:
+    def _fused(self, x: torch.Tensor, tail) -> torch.Tensor:
         stride, padding, dilation = _conv_geometry(self)
         chosen = self._run_backend(x, op="dense_conv_bn_act")
+        bn = self.__dict__["_bn"]
         if (chosen == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-                and _untracked(x, self.weight, self.bias, tail.weight, tail.bias)):
+                and _untracked(x, *_params(self, bn))):
             return ops._dense_packed_trusted(x, self._packed(), self.out_channels, list(self.kernel_size),
                                              stride, padding, dilation, tail.activation)
-        weight, bias = self._folded(self.weight, self.bias, tail)
+        weight, bias = self._folded(self.weight, self.bias, bn)
         return ops.dense_conv_bn_act(x, weight, bias, stride, padding, dilation, tail.activation,
                                      backend=chosen)
 
@@ -1116,6 +1178,8 @@ class FusedInvertedResidual(FusedModule, nn.Module):
             if path is not None and not isinstance(part, _BLOCK_PARTS[role]):
                 kinds = " or ".join(t.__name__ for t in _BLOCK_PARTS[role])
                 reason = reason or f"its {role} layer {path!r} is {type(part).__name__}, not {kinds}"
+            elif role != "se" and part is not None and part._conv_and_bn()[1] is None:
+                reason = reason or f"its {role} layer {path!r} has no BatchNorm"
             parts.append(part)
         if reason is None and parts[3].activation != "none":
             reason = f"the projection has activation {parts[3].activation}"

@@ -362,7 +362,7 @@ def _timm(name):
     return randomize_model_bn_(model)
 
 
-@pytest.mark.parametrize("name,blocks,pw", [("large", 15, 30), ("small", 11, 22)])
+@pytest.mark.parametrize("name,blocks,pw", [("large", 15, 31), ("small", 11, 23)])
 def test_timm_convert_fuses_every_block(one_thread, name, blocks, pw):
     model = _timm(name)
     state = copy.deepcopy(model.state_dict())
@@ -371,9 +371,12 @@ def test_timm_convert_fuses_every_block(one_thread, name, blocks, pw):
     assert counts["block"] == {"fused": blocks, "skipped": 0, "already fused": 0}
     assert counts["conv"] == {"fused": 1, "skipped": 0, "already fused": 0}  # the stem
     assert isinstance(model.conv_stem, M.DenseConvBNActHead) and model.conv_stem.tail is model.bn1
-    # Every 1x1 conv with a BN: the blocks' expansions and projections, and ConvBnAct's.
+    # Every 1x1 conv: the blocks' expansions and projections, ConvBnAct's, and the head's conv_head
+    # (no BN: its tail replaces act2).
     assert counts["pwconv"] == {"fused": pw, "skipped": 0, "already fused": 0}
     assert isinstance(model.blocks[-1][0].conv, M.PointwiseConvBNActHead)
+    assert isinstance(model.conv_head, M.PointwiseConvBNActHead) and model.conv_head.tail is model.act2
+    assert isinstance(model.act2, M.ActivationTail) and model.conv_head.activation == "hardswish"
     assert isinstance(model.classifier, M.FusedLinear) and counts["linear"]["fused"] == 1
     assert sum(isinstance(m, M.FusedInvertedResidual) for m in model.modules()) == blocks
     assert list(model.state_dict()) == list(state)
@@ -403,7 +406,7 @@ def test_timm_converted_blocks_match_float64_original(one_thread, fmt, name, sha
     blocks = 15 if name == "large" else 11
     assert mnv3_kernels.path_stats() == {("FusedInvertedResidual", "fused", "cpu"): blocks,
                                          ("DenseConvBNActHead", "fused", "cpu"): 1,
-                                         ("PointwiseConvBNActHead", "fused", "cpu"): 1,
+                                         ("PointwiseConvBNActHead", "fused", "cpu"): 2,
                                          ("FusedLinear", "fused", "cpu"): 1}
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import mnv3_kernels
 from mnv3_kernels import modules as M
 from mnv3_kernels import ops
 
@@ -401,6 +402,47 @@ def test_pair_float64():
         block.double()
         ref.double()
         assert rel_err(block(x.double()), ref(x.double())) <= 1e-6  # fold_bn computes in fp32
+
+
+class ConvThenAct(nn.Module):
+    """A 1x1 conv with a bias, an identity, then the activation (timm's classifier head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_head = nn.Conv2d(48, 80, 1)
+        self.norm_head = nn.Identity()
+        self.act2 = nn.Hardswish()
+
+    def forward(self, x):
+        return self.act2(self.norm_head(self.conv_head(x)))
+
+
+def test_pair_without_bn_pairs_the_conv_with_its_activation():
+    block = ConvThenAct().eval()
+    ref = copy.deepcopy(block)
+    block.conv_head, block.act2 = M.fused_conv_bn_act_pair(block.conv_head, None, act=block.act2)
+    assert isinstance(block.conv_head, M.PointwiseConvBNActHead) and isinstance(block.act2, M.ActivationTail)
+    assert list(block.state_dict()) == list(ref.state_dict())
+    mnv3_kernels.path_stats(reset=True)
+    for shape in [(1, 48, 1, 1), (3, 48, 5, 7)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            assert rel_err(block(x).double(), copy.deepcopy(ref).double()(x.double())) <= 1e-5
+            block.conv_head.weight.mul_(-0.5)  # in place: the packed weights follow
+            ref.conv_head.weight.mul_(-0.5)
+            assert rel_err(block(x), ref(x)) <= 1e-5
+    assert {p for (name, p, _) in mnv3_kernels.path_stats() if name == "PointwiseConvBNActHead"} == {
+        "fused" if "cpu" in ops.backends() else "reference"}
+    x = torch.randn(2, 48, 3, 3, requires_grad=True)  # eval with autograd: gradients of the fused op
+    got = torch.autograd.grad(block(x).sum(), (x, block.conv_head.weight))
+    want = torch.autograd.grad(ref(x).sum(), (x, ref.conv_head.weight))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    block.train()
+    ref.train()
+    assert torch.equal(block(x), ref(x))  # the plain conv, then the activation module
+    with pytest.raises(ValueError, match="SiLU"):
+        M.fused_conv_bn_act_pair(nn.Conv2d(4, 4, 1), None, act=nn.SiLU())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from test_convert import MODELS, make, outputs
 pytestmark = [pytest.mark.usefixtures("one_thread")]
 SIZE = 64
 FUSED_TYPES = (M.FusedDepthwiseConvBNAct, M.DepthwiseConvBNActHead, M.PointwiseConvBNActHead, M.DenseConvBNActHead,
-               M.BatchNormActTail, M.ActivationSlot, M.FusedSqueezeExcite)
+               M.BatchNormActTail, M.ActivationSlot, M.FusedSqueezeExcite, M.ActivationTail,
+               M.FusedPointwiseConvBNAct, M.FusedConvBNAct, M.FusedInvertedResidual, M.FusedLinear)
 
 
 def structure(model):
