@@ -1208,9 +1208,10 @@ class FusedInvertedResidual(FusedModule, nn.Module):
         self.backend = "auto"  # the layers keep their own backends; this one is not used
         self.train(block.training)
 
-    def _why_layer_by_layer(self, x: torch.Tensor) -> Optional[str]:
+    def _why_layer_by_layer(self, x: torch.Tensor, conv_bns: Optional[tuple] = None) -> Optional[str]:
         """None when the whole block can run as one fused sequence on x, else why not. Runs on
-        every call: module dicts are read directly (nn.Module.__getattr__ costs ~0.3 us a name)."""
+        every call: module dicts are read directly (nn.Module.__getattr__ costs ~0.3 us a name).
+        `conv_bns`: what _conv_bns() returns, when the caller has it already."""
         expand, dw, se, project = self.__dict__["_parts"]
         if self.training:
             return "training mode"
@@ -1223,15 +1224,15 @@ class FusedInvertedResidual(FusedModule, nn.Module):
         for modules, known in self.__dict__["_children"]:
             if len(modules) != len(known) or any(a is not b for a, b in zip(modules.values(), known)):
                 return "the block's layers were replaced after conversion"
-        for m in (expand, dw, project):
-            if m is None:
-                continue
-            bn = m._conv_and_bn()[1]
+        for _, bn in conv_bns or self._conv_bns():
             if bn.training or bn._buffers.get("running_mean") is None or bn._buffers.get("running_var") is None:
                 return "BatchNorm in training mode"
+        for m in (expand, dw, project):
             # On a float32 CPU tensor, "auto" and "cpu" both mean the CPU kernels.
-            if m.__dict__["_backend"] not in ("auto", "cpu") or not ops._extension.LOADED:
+            if m is not None and m.__dict__["_backend"] not in ("auto", "cpu"):
                 return "a layer's backend is not the CPU kernels"
+        if not _extension.LOADED:
+            return "the compiled library is not loaded"
         if se is not None and se.training and not se.train_fused:
             return "squeeze-excite in training mode"
         if any(m.training for m in self.__dict__["_passthrough"]):
@@ -1249,20 +1250,21 @@ class FusedInvertedResidual(FusedModule, nn.Module):
         se = self.__dict__["_parts"][2]
         out = []
         for conv, bn in conv_bns or self._conv_bns():
-            out += [conv._parameters["weight"], conv._parameters.get("bias"), bn._parameters.get("weight"),
-                    bn._parameters.get("bias"), bn._buffers["running_mean"], bn._buffers["running_var"]]
+            cp, bp, bb = conv._parameters, bn._parameters, bn._buffers
+            out += (cp["weight"], cp.get("bias"), bp.get("weight"), bp.get("bias"), bb["running_mean"],
+                    bb["running_var"])
         if se is not None:
             for role in ("fc1", "fc2"):
-                fc = se._modules[se._roles[role]]
-                out += [fc._parameters["weight"], fc._parameters.get("bias")]
-        return tuple(t for t in out if t is not None)
+                fp = se._modules[se._roles[role]]._parameters
+                out += (fp["weight"], fp.get("bias"))
+        return tuple(out)  # absent biases stay as None: the stamp takes them
 
-    def _plan(self):
+    def _plan(self, conv_bns: Optional[tuple] = None):
         """The block's fused calls with their folded/packed weights, rebuilt when any source
         tensor changed (same rule as the layers' own caches: version counter and storage address
         of every source, the objects themselves, and the BN eps)."""
         expand, dw, se, project = self.__dict__["_parts"]
-        conv_bns = self._conv_bns()
+        conv_bns = conv_bns or self._conv_bns()
         sources = self._sources(conv_bns)
         stamp = _stamp(sources)
         if stamp is not None:
@@ -1288,13 +1290,14 @@ class FusedInvertedResidual(FusedModule, nn.Module):
         return plan
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        why = self._why_layer_by_layer(x)
+        conv_bns = self._conv_bns()
+        why = self._why_layer_by_layer(x, conv_bns)
         if why is not None:
             self._count("layer by layer", why)
             return self.__dict__["_original_type"].forward(self, x)
         self._count("fused", "cpu")
         # One call for the whole block (csrc/cpu/inverted_residual.cpp): channels_last out.
-        return _OPS["block"](x, *self._plan())
+        return _OPS["block"](x, *self._plan(conv_bns))
 
     def extra_repr(self) -> str:
         expand, dw, se, project = self.__dict__["_parts"]
