@@ -243,6 +243,8 @@ def skip_unless_fused(backend: str, dev: str) -> None:
 # Inputs and layouts
 # ----------------------------------------------------------------------------------------------
 def memory_format(layout: str) -> torch.memory_format:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     return torch.channels_last if layout == "channels_last" else torch.contiguous_format
 
 

@@ -93,7 +93,8 @@ def _estimates(n, cin, h, w, args, oh, ow):
 @pytest.mark.parametrize("index,n", [pytest.param(*g, id=f"block{g[0]}-b{g[1]}") for g in _groups()])
 def test_block_interleaved(benchmark, dev, index, n):
     block, original, (cin, h, w) = _blocks()[index]
-    x = common.make_input((n, cin, h, w), "nhwc", dev, common.seed_of("blk-input", index, n))
+    x = common.make_input((n, cin, h, w), "channels_last", dev, common.seed_of("blk-input", index, n))
+    assert x.is_contiguous(memory_format=torch.channels_last) or h * w == 1
     with torch.no_grad():
         ref = original.double()(x.double()).float()
         original.float()
@@ -115,7 +116,7 @@ def test_block_interleaved(benchmark, dev, index, n):
         "-se" if args[9] is not None else "")
     info = dict(op="inverted_residual", baseline="eager", compare="layer-by-layer", flops=2 * macs,
                 bytes=bytes_fused, bytes_layer=bytes_layer, bytes_fused=bytes_fused, shape=f"{n}x{cin}x{h}x{w}",
-                layout="nhwc", dtype="float32", layer=name, block=index, model="large", batch=n, channels=cin,
+                layout="channels_last", dtype="float32", layer=name, block=index, model="large", batch=n, channels=cin,
                 size=h)
     with torch.inference_mode():
         common.run_interleaved(benchmark, dev, providers, group=f"blk-il {name} b{n} {dev}", kind="blk-il",

@@ -70,7 +70,7 @@ def _sample():
     interb = {p: {"median": t, "q1": t, "q3": t * 1.01, "min": t, "max": t * 1.1, "rounds": 20}
               for p, t in [("eager", 400e-6), ("layer-by-layer", 300e-6), ("fused-block", 200e-6)]}
     b.append(_bench("blk-il block1-16-64-24-112-k3-s2 b8 cpu", "round-robin", "blk-il", 0.02, "eager",
-                    compare="layer-by-layer", layer="block1-16-64-24-112-k3-s2", block=1, batch=8, layout="nhwc",
+                    compare="layer-by-layer", layer="block1-16-64-24-112-k3-s2", block=1, batch=8, layout="channels_last",
                     flops=2e8, bytes_layer=40e6, bytes_fused=12.5e6, interleaved=interb))
     return {"machine_info": {"python_version": "3.11.7"}, "commit_info": {"id": "0123456789abcdef", "dirty": True},
             "benchmarks": b, "datetime": "2026-01-01T00:00:00", "version": "5.2.3"}
