@@ -11,9 +11,11 @@
 // never exists in full: it lives in a few rows of L2.
 //
 // With squeeze-excite the projection needs the gate, i.e. the mean of the whole depthwise
-// output: phase 1 writes the depthwise output (per-thread buffer) and sums each group's channels
-// while they are in cache, the gate MLP runs on the sums, phase 2 projects with the gate folded
-// in as the GEMM's input scale.
+// output. When whole samples are the items (batch >= threads), a thread writes a sample's
+// depthwise output into its own buffer (it stays in L2), sums each group's channels while they
+// are in cache, runs the gate MLP and projects the sample with the gate folded in as the GEMM's
+// input scale. Otherwise (a sample split over threads) phase 1 writes the depthwise output and
+// the sums, the threads meet at a barrier, and phase 2 runs the gate and the projection.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -81,6 +83,12 @@ struct Block {
   // Two-phase blocks (squeeze-excite, or channels split over threads): phase 1 writes the
   // depthwise output here, phase 2 projects it.
   float* dw_out;           // (N, OH, OW, Ce) or null: each group is projected at once
+  // Squeeze-excite with whole samples as items (batch >= threads): a thread keeps a sample's
+  // depthwise output in its own buffer (L2), computes that sample's gate and projects it; no
+  // phase 2, no barrier.
+  bool se_per_sample;
+  const float *w1, *b1, *w2, *b2;
+  int64_t R;
   bool in_place;           // no expand conv, and depthwise kernels that read x's rows in place
   // Row buffer geometry.
   int64_t G;               // output rows per group
@@ -96,8 +104,10 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
   const PointwiseKernels& pk = pointwise_kernels();
   const DwConvParams& p = b.p;
   const int64_t Ce = b.Ce, OW = b.OW;
-  const int64_t group_floats = b.dw_out == nullptr ? b.G * OW * Ce : 0;
-  float* ring = thread_buffer(0, b.cap * b.rowp + group_floats + Ce + 16);
+  const bool per_sample = b.se_per_sample;  // then [oa, ob) is the whole sample
+  const int64_t group_floats =
+      per_sample ? b.OH * OW * Ce : (b.dw_out == nullptr ? b.G * OW * Ce : 0);
+  float* ring = thread_buffer(0, b.cap * b.rowp + group_floats + 2 * Ce + b.R + 48);
   float* group = ring + b.cap * b.rowp;
   float* tmp = group + group_floats;
   // The padding columns of every buffer row are zeros; the expansion writes only [PW, PW + Wv).
@@ -184,10 +194,12 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
       d.valid_hi = b.H - buf_lo;
     }
     d.rows = g;
-    d.y = b.dw_out != nullptr ? b.dw_out + ((n * b.OH + oy0) * OW) * Ce : group;
+    d.y = b.dw_out != nullptr ? b.dw_out + ((n * b.OH + oy0) * OW) * Ce
+          : per_sample         ? group + oy0 * OW * Ce
+                               : group;
     kt.dw_band(d);
 
-    if (b.dw_out != nullptr) {  // the projection comes later (phase 2)
+    if (b.dw_out != nullptr || per_sample) {  // the projection comes after the last row
       if (sums != nullptr) {    // squeeze-excite: sum the rows while they are in cache
         kt.se_pixel_sums(d.y, tmp, Ce, g * OW, c0, c1);
         for (int64_t c = c0; c < c1; ++c) sums[c] += tmp[c];
@@ -200,6 +212,19 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
     o.residual = b.residual ? b.x + ((n * b.H + oy0) * b.W) * b.Cin : nullptr;
     pk.nhwc(o, 0, 0, g * OW, 0, Po, nullptr);
   }
+  if (!per_sample) return;
+  // The sample's gate (fc1 + relu -> fc2 + hardsigmoid on its channel means), then its
+  // projection with the gate folded in, while its depthwise output is in this core's cache.
+  float* gate = tmp + Ce;
+  float* hidden = gate + Ce;
+  kt.se_fc1(sums, 1.0f / static_cast<float>(b.OH * OW), b.w1, b.b1, hidden, 1, Ce, b.R, 0, b.R);
+  kt.se_fc2(hidden, b.w2, b.b2, gate, 1, Ce, b.R, 0, Ce);
+  o.HW = b.OH * OW;
+  o.x = group;
+  o.y = b.out + n * b.OH * OW * b.Cout;
+  o.residual = b.residual ? b.x + n * b.H * b.W * b.Cin : nullptr;
+  o.scale = gate;
+  pk.nhwc(o, 0, 0, b.OH * OW, 0, Po, gemm_thread_scratch(pointwise_scratch_floats(Ce)));
 }
 
 void check_float(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
@@ -375,7 +400,15 @@ at::Tensor inverted_residual_packed_cpu(
   b.cap = std::max(b.min_rows, std::min(band_need, kBufferFloats / std::max<int64_t>(1, b.rowp)));
 
   std::vector<float> sums, pooled, hidden, gate;
-  if (has_se || by_channels) b.dw_out = thread_buffer(1, N * p.OH * p.OW * Ce);
+  b.se_per_sample = has_se && bands == 1 && !by_channels;
+  if (has_se) {
+    b.w1 = w1.const_data_ptr<float>();
+    b.b1 = b1.const_data_ptr<float>();
+    b.w2 = w2.const_data_ptr<float>();
+    b.b2 = b2.const_data_ptr<float>();
+    b.R = R;
+  }
+  if ((has_se && !b.se_per_sample) || by_channels) b.dw_out = thread_buffer(1, N * p.OH * p.OW * Ce);
   if (has_se) {
     sums.assign(items * Ce, 0.0f);
     pooled.assign(N * Ce, 0.0f);
