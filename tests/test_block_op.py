@@ -1,7 +1,8 @@
 """The whole-block operator mnv3::inverted_residual[_packed] (CPU: row bands with the expanded
-rows in a per-thread buffer, or channel parts on small images; squeeze-excite in two phases),
-against the layer-by-layer reference in float64, on every ISA, over MobileNetV3's blocks and
-awkward shapes."""
+rows in a per-thread buffer, or channel parts on small images; blocks without an expand conv
+reading x in place; squeeze-excite per sample, or in two phases when a sample is split over
+threads), against the layer-by-layer reference in float64, on every ISA, over MobileNetV3's
+blocks and awkward shapes."""
 import pytest
 import torch
 

@@ -121,8 +121,10 @@ def test_converted_blocks_match_float64_original(one_thread, fmt, shape):
         assert rel_err(got.double(), want) < 1e-4
 
 
-def test_the_block_fast_path_runs(monkeypatch, one_thread):
-    model = mnv3_kernels.convert(_tv("small"))
+def _block_calls(model, monkeypatch) -> dict:
+    """Runs model once at batch 1 with the operators a fused block could call counted: one
+    block call per block, no layer op outside them (1x1 calls on one pixel per sample are the
+    classifier's FusedLinear)."""
     calls = {"block": 0, "se": 0, "expand": 0, "layer": 0, "linear": 0}
     real_block, real_packed = M._OPS["block"], M._OPS["pointwise_packed"]
 
@@ -137,7 +139,7 @@ def test_the_block_fast_path_runs(monkeypatch, one_thread):
         raise AssertionError("a layer op ran outside the block call")
 
     def packed(x, *args):
-        if x.shape[2:] != (1, 1):  # only FusedLinear's (N, K) as (N, K, 1, 1)
+        if x.shape[2:] != (1, 1):
             return layer()
         calls["linear"] += 1
         return real_packed(x, *args)
@@ -148,8 +150,13 @@ def test_the_block_fast_path_runs(monkeypatch, one_thread):
         monkeypatch.setitem(M._OPS, name, layer)
     with torch.inference_mode():
         model(torch.randn(1, 3, 96, 96))
+    return calls
+
+
+def test_the_block_fast_path_runs(monkeypatch, one_thread):
     # Small's 11 blocks, one call each: 10 with an expand conv, 9 with squeeze-excite; the
     # classifier's two Linear layers.
+    calls = _block_calls(mnv3_kernels.convert(_tv("small")), monkeypatch)
     assert calls == {"block": 11, "se": 9, "expand": 10, "layer": 0, "linear": 2}
 
 
@@ -411,28 +418,10 @@ def test_timm_converted_blocks_match_float64_original(one_thread, fmt, name, sha
 
 
 def test_timm_block_fast_path_runs(monkeypatch, one_thread):
-    model = mnv3_kernels.convert(_timm("small"))
-    calls = {"block": 0, "se": 0, "expand": 0, "layer": 0}
-    real_block = M._OPS["block"]
-
-    def block(*args):
-        calls["block"] += 1
-        calls["expand"] += args[1] is not None
-        calls["se"] += args[10] is not None  # se_fc1_weight: the gate computed inside the call
-        return real_block(*args)
-
-    def layer(*args):
-        calls["layer"] += 1
-        raise AssertionError("a layer op ran outside the block call")
-
-    monkeypatch.setitem(M._OPS, "block", block)
-    for name in ("gate", "dwconv"):
-        monkeypatch.setitem(M._OPS, name, layer)
-    with torch.inference_mode():
-        model(torch.randn(1, 3, 96, 96))
     # Small's 11 blocks, one call each: the DepthwiseSeparableConv and 10 InvertedResiduals (with
-    # an expand conv); 9 with squeeze-excite.
-    assert calls == {"block": 11, "se": 9, "expand": 10, "layer": 0}
+    # an expand conv); 9 with squeeze-excite; the classifier's Linear.
+    calls = _block_calls(mnv3_kernels.convert(_timm("small")), monkeypatch)
+    assert calls == {"block": 11, "se": 9, "expand": 10, "layer": 0, "linear": 1}
 
 
 def test_timm_gradients_and_train_mode_are_the_original(one_thread):
