@@ -8,7 +8,9 @@
 // expands the input rows its depthwise taps need into a per-thread row buffer (rows already
 // there from the previous group are kept: the buffer slides down the image), runs the depthwise
 // rows from it, and projects them at once (+ the residual, read from x), so the expanded tensor
-// never exists in full: it lives in a few rows of L2.
+// never exists in full: it lives in a few rows of L2. Where the depthwise shape has compile-time
+// kernels (which skip padding columns) the buffer rows hold the image columns only and a group's
+// new rows are one GEMM call; otherwise each row is stored between zero padding columns.
 //
 // With squeeze-excite the projection needs the gate, i.e. the mean of the whole depthwise
 // output. When whole samples are the items (batch >= threads), a thread writes a sample's
@@ -90,6 +92,9 @@ struct Block {
   const float *w1, *b1, *w2, *b2;
   int64_t R;
   bool in_place;           // no expand conv, and depthwise kernels that read x's rows in place
+  // Buffer rows are the image's columns only (no padding columns): the depthwise kernels skip
+  // the padding themselves, and consecutive expanded rows are one GEMM call.
+  bool unpadded;
   // Row buffer geometry.
   int64_t G;               // output rows per group
   int64_t Wp, Wv, rowp;    // buffer row: Wp pixels, image columns [0, Wv) at PW..; rowp floats
@@ -110,9 +115,10 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
   float* ring = thread_buffer(0, b.cap * b.rowp + group_floats + 2 * Ce + b.R + 48);
   float* group = ring + b.cap * b.rowp;
   float* tmp = group + group_floats;
-  // The padding columns of every buffer row are zeros; the expansion writes only [PW, PW + Wv).
+  // The padding columns of every padded buffer row are zeros; the expansion writes only
+  // [PW, PW + Wv).
   const int64_t left = std::min(p.PW, b.Wp), right0 = std::min(b.Wp, p.PW + b.Wv);
-  for (int64_t r = 0; r < (b.in_place ? 0 : b.cap); ++r) {
+  for (int64_t r = 0; r < (b.in_place || b.unpadded ? 0 : b.cap); ++r) {
     float* row = ring + r * b.rowp;
     std::memset(row, 0, left * Ce * sizeof(float));
     std::memset(row + right0 * Ce, 0, (b.Wp - right0) * Ce * sizeof(float));
@@ -154,6 +160,8 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
     d.rowp = b.W * b.Cin;
     d.valid_lo = 0;
     d.valid_hi = b.H;
+  }
+  if (b.in_place || b.unpadded) {  // the kernels skip the padding columns
     d.col0 = -p.PW;
     d.cols = b.W;
   }
@@ -170,13 +178,23 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
       buf_lo = lo;
       filled = std::max(filled, lo);
     }
-    for (int64_t iy = std::max(filled, lo); iy < hi && !b.in_place; ++iy) {
+    if (b.unpadded) {  // the new image rows, one GEMM call (they are consecutive in x and here)
+      const int64_t ra = std::max<int64_t>({filled, lo, 0}), rb = std::min(hi, b.H);
+      if (ra < rb) {
+        e.x = b.x + ((n * b.H + ra) * b.W) * b.Cin;
+        e.y = ring + (ra - buf_lo) * b.rowp;
+        e.HW = (rb - ra) * b.W;
+        pk.nhwc(e, 0, 0, e.HW, p0, p1, nullptr);
+      }
+    }
+    for (int64_t iy = std::max(filled, lo); iy < hi && !b.in_place && !b.unpadded; ++iy) {
       if (iy < 0 || iy >= b.H || b.Wv == 0) continue;  // padding rows are never read
       const float* src = b.x + ((n * b.H + iy) * b.W) * b.Cin;
       float* dst = ring + (iy - buf_lo) * b.rowp + p.PW * Ce;
       if (b.expand != nullptr) {
         e.x = src;
         e.y = dst;
+        e.HW = b.Wv;
         pk.nhwc(e, 0, 0, b.Wv, p0, p1, nullptr);
       } else if (c1 - c0 == Ce) {
         std::memcpy(dst, src, b.Wv * Ce * sizeof(float));
@@ -375,8 +393,9 @@ at::Tensor inverted_residual_packed_cpu(
 
   b.in_place = !has_expand && kt.dw_band_in_place(p);
   b.G = std::max<int64_t>(1, std::min(p.OH, cdiv(kGroupPixels, p.OW)));
-  b.Wp = (p.OW - 1) * p.SW + span_w;
-  b.Wv = std::max<int64_t>(0, std::min(W, b.Wp - p.PW));
+  b.unpadded = has_expand && kt.dw_band_in_place(p);
+  b.Wp = b.unpadded ? W : (p.OW - 1) * p.SW + span_w;
+  b.Wv = b.unpadded ? W : std::max<int64_t>(0, std::min(W, b.Wp - p.PW));
   b.rowp = b.Wp * Ce;
   b.min_rows = (b.G - 1) * p.SH + span_h;
 
