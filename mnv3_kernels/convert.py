@@ -380,37 +380,30 @@ class _Converter:
         reason = M.depthwise_unsupported_reason(conv, bn, act)
         if reason is None and frozen and type(bn).forward is not self.tv_frozen_bn.forward:
             reason = f"{type(bn).__name__} overrides FrozenBatchNorm2d's forward"
-        elif reason is None and not frozen and type(bn).forward is not nn.BatchNorm2d.forward:
-            reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
+        elif reason is None and not frozen:
+            reason = M.bn_forward_reason(bn)
+        self.fuse_sequential(path, seq, "dwconv", shape, reason, M.FusedDepthwiseConvBNAct)
+
+    def fuse_sequential(self, path: str, seq: nn.Sequential, kind: str, shape: str, reason: Optional[str],
+                        fused_type) -> None:
+        """Replace the Sequential(conv, bn[, act]) at `path` with `fused_type`, or report why not."""
         if reason is None:
             reason = _placement_reason(path, seq)
         if reason is not None:
-            self.add(path, "dwconv", "skipped", shape, reason)
+            self.add(path, kind, "skipped", shape, reason)
             return
-        fused = M.FusedDepthwiseConvBNAct.from_sequential(seq, backend=self.backend)
+        fused = fused_type.from_sequential(seq, backend=self.backend)
         # Keep public attributes such a Sequential carries (torchvision: out_channels).
         for key, value in vars(seq).items():
             if not key.startswith("_") and key not in ("training",) and key not in vars(fused):
                 setattr(fused, key, value)
         self.replace(path, fused)
-        self.add(path, "dwconv", "fused", shape)
+        self.add(path, kind, "fused", shape)
 
     def visit_pointwise(self, path: str, seq: nn.Sequential, conv, bn, act) -> None:
         shape = _pw_shape(conv, M.activation_name(act) or type(act).__name__)
-        reason = M.pointwise_unsupported_reason(conv, bn, act)
-        if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
-            reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
-        if reason is None:
-            reason = _placement_reason(path, seq)
-        if reason is not None:
-            self.add(path, "pwconv", "skipped", shape, reason)
-            return
-        fused = M.FusedPointwiseConvBNAct.from_sequential(seq, backend=self.backend)
-        for key, value in vars(seq).items():
-            if not key.startswith("_") and key not in ("training",) and key not in vars(fused):
-                setattr(fused, key, value)
-        self.replace(path, fused)
-        self.add(path, "pwconv", "fused", shape)
+        reason = M.pointwise_unsupported_reason(conv, bn, act) or M.bn_forward_reason(bn)
+        self.fuse_sequential(path, seq, "pwconv", shape, reason, M.FusedPointwiseConvBNAct)
 
     def visit_linear(self, path: str, linear: nn.Linear) -> None:
         shape = f"{linear.in_features}->{linear.out_features}"
@@ -423,20 +416,8 @@ class _Converter:
 
     def visit_dense(self, path: str, seq: nn.Sequential, conv, bn, act) -> None:
         shape = _dense_shape(conv, _act_label(act))
-        reason = M.dense_unsupported_reason(conv, bn, act)
-        if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
-            reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
-        if reason is None:
-            reason = _placement_reason(path, seq)
-        if reason is not None:
-            self.add(path, "conv", "skipped", shape, reason)
-            return
-        fused = M.FusedConvBNAct.from_sequential(seq, backend=self.backend)
-        for key, value in vars(seq).items():
-            if not key.startswith("_") and key not in ("training",) and key not in vars(fused):
-                setattr(fused, key, value)
-        self.replace(path, fused)
-        self.add(path, "conv", "fused", shape)
+        reason = M.dense_unsupported_reason(conv, bn, act) or M.bn_forward_reason(bn)
+        self.fuse_sequential(path, seq, "conv", shape, reason, M.FusedConvBNAct)
 
     # -- conv -> BN [-> act] runs among the children of any other Sequential ---------------------
     def visit_layer_runs(self, path: str, seq: nn.Sequential) -> None:

@@ -211,6 +211,13 @@ def depthwise_unsupported_reason(conv, bn, act=None) -> Optional[str]:
     return _norm_act_reason(conv, bn, act, frozen_ok=True)
 
 
+def bn_forward_reason(bn) -> Optional[str]:
+    """Why a BatchNorm2d subclass cannot be folded like BatchNorm2d (it overrides forward)."""
+    if type(bn).forward is not nn.BatchNorm2d.forward:
+        return f"{type(bn).__name__} overrides BatchNorm2d's forward"
+    return None
+
+
 def _norm_act_reason(conv, bn, act, frozen_ok: bool) -> Optional[str]:
     """The BN and activation rules every fused conv shares. `bn` None: no normalization (the
     conv's own weight and bias, then the activation)."""
@@ -498,8 +505,8 @@ class FusedDepthwiseConvBNAct(_ConvBNActSequential, _FoldCacheMixin, nn.Sequenti
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None,
                  *, backend: str = "auto"):
         reason = depthwise_unsupported_reason(conv, bn, act)
-        if reason is None and isinstance(bn, _BatchNorm) and type(bn).forward is not nn.BatchNorm2d.forward:
-            reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
+        if reason is None and isinstance(bn, _BatchNorm):
+            reason = bn_forward_reason(bn)
         self._adopt(conv, bn, act, backend, reason, "depthwise conv + BN + activation")
 
     @classmethod
@@ -974,8 +981,8 @@ class FusedPointwiseConvBNAct(_ConvBNActSequential, _PackCacheMixin, nn.Sequenti
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None,
                  *, backend: str = "auto"):
         reason = pointwise_unsupported_reason(conv, bn, act)
-        if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
-            reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
+        if reason is None:
+            reason = bn_forward_reason(bn)
         self._adopt(conv, bn, act, backend, reason, "pointwise conv + BN + activation")
 
     def fusable(self) -> bool:
@@ -1045,8 +1052,8 @@ class FusedConvBNAct(_ConvBNActSequential, _PackCacheMixin, nn.Sequential):
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[nn.Module] = None,
                  *, backend: str = "auto"):
         reason = dense_unsupported_reason(conv, bn, act)
-        if reason is None and type(bn).forward is not nn.BatchNorm2d.forward:
-            reason = f"{type(bn).__name__} overrides BatchNorm2d's forward"
+        if reason is None:
+            reason = bn_forward_reason(bn)
         self._adopt(conv, bn, act, backend, reason, "conv + BN + activation")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
