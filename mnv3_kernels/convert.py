@@ -36,6 +36,9 @@ Recognized structures (everything else is left untouched):
 - torchvision ``SqueezeExcitation`` and timm ``SqueezeExcite`` -> ``FusedSqueezeExcite``.
 - ``nn.Linear`` (the classifier; timm's ``Linear`` too) -> ``FusedLinear``: the packed GEMM
   kernels, whose matrix-vector product at batch 1 splits the weights over the threads.
+- Last, a plain ``nn.Sequential`` whose children all ended up fused as stems, 1x1 convs, blocks
+  or such Sequentials (torchvision's ``features``, timm's ``blocks`` and their stages) ->
+  ``FusedSequential``: in eval mode without autograd its layers run as one C++ call.
 
 The depthwise conv's BatchNorm may also be torchvision's ``FrozenBatchNorm2d`` (detection
 backbones built for pretrained weights): it always folds.
@@ -66,7 +69,8 @@ __all__ = ["convert", "conversion_report", "ConversionReport", "ConversionEntry"
 # ----------------------------------------------------------------------------------------------
 KINDS = {"conv": "dense conv+BN+act (stem)", "dwconv": "depthwise conv+BN+act",
          "pwconv": "pointwise conv+BN+act",
-         "se": "squeeze-excite", "block": "inverted-residual block", "linear": "linear (classifier)"}
+         "se": "squeeze-excite", "block": "inverted-residual block", "linear": "linear (classifier)",
+         "sequence": "sequence of fused layers (one call)"}
 
 
 @dataclass
@@ -74,7 +78,7 @@ class ConversionEntry:
     """One candidate: where it is, what it is, and whether it was fused (else why not)."""
 
     path: str
-    kind: str            # "conv" | "dwconv" | "pwconv" | "se" | "block" | "linear"
+    kind: str            # "conv" | "dwconv" | "pwconv" | "se" | "block" | "linear" | "sequence"
     status: str          # "fused" | "skipped" | "already fused"
     shape: str           # e.g. "C=72 k=5x5 stride=2 dilation=1 act=relu" or "C=72 squeeze=24"
     reason: str = ""
@@ -299,7 +303,24 @@ class _Converter:
             if id(module) not in self.done:
                 self.visit(path, module)
         self.leftovers()
+        self.chain_sequences()
         return self.report
+
+    def chain_sequences(self) -> None:
+        """Plain Sequentials made only of fused stems, 1x1 convs and blocks -> FusedSequential,
+        innermost first (a stage inside timm's ``blocks`` joins its parent's chain)."""
+        for path, module in reversed(list(self.model.named_modules(remove_duplicate=True))):
+            if type(module) is not nn.Sequential or not len(module):
+                continue
+            if not all(isinstance(m, M.CHAINABLE) for m in module._modules.values()):
+                continue
+            shape = f"{len(module)} layers"
+            reason = _placement_reason(path, module)
+            if reason is not None:
+                self.add(path, "sequence", "skipped", shape, reason)
+                continue
+            self.replace(path, M.FusedSequential(module))
+            self.add(path, "sequence", "fused", shape)
 
     def visit(self, path: str, module: nn.Module) -> None:
         if isinstance(module, _FUSED_DW):
@@ -327,6 +348,8 @@ class _Converter:
         elif isinstance(module, M.FusedLinear):
             module.backend = self.backend
             self.add(path, "linear", "already fused", f"{module.in_features}->{module.out_features}")
+        elif isinstance(module, M.FusedSequential):
+            self.add(path, "sequence", "already fused", f"{len(module)} layers")
         elif type(module) is nn.Linear or (self.timm is not None and type(module) is self.timm["linear"]):
             self.visit_linear(path, module)
         elif self.tv_ir is not None and isinstance(module, self.tv_ir):
@@ -702,5 +725,7 @@ def conversion_report(model: nn.Module) -> ConversionReport:
             report.entries.append(ConversionEntry(path, "conv", "fused", f"{m[0].in_channels}->{m.out_channels}"))
         elif isinstance(m, M.FusedLinear):
             report.entries.append(ConversionEntry(path, "linear", "fused", f"{m.in_features}->{m.out_features}"))
+        elif isinstance(m, M.FusedSequential):
+            report.entries.append(ConversionEntry(path, "sequence", "fused", f"{len(m)} layers"))
     return report
 

@@ -70,6 +70,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as _nn_module
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import _extension, ops
@@ -91,6 +92,7 @@ __all__ = [
     "FusedPointwiseConvBNAct",
     "FusedConvBNAct",
     "FusedInvertedResidual",
+    "FusedSequential",
     "Hardswish",
     "Hardsigmoid",
     "fused_conv_bn_act_pair",
@@ -301,6 +303,7 @@ def _conv_geometry(conv: nn.Conv2d):
 # ----------------------------------------------------------------------------------------------
 # (module class, path, detail) -> calls; see path_stats().
 _PATHS: Counter = Counter()
+_REFRESHES = [0]  # refresh() calls so far: part of every layer chain's cache key
 
 
 def path_stats(reset: bool = False) -> dict:
@@ -378,6 +381,7 @@ class FusedModule:
     def refresh(self) -> None:
         """Drop the cached derived data (recomputed on the next call)."""
         self.__dict__.pop("_mnv3_cache", None)
+        _REFRESHES[0] += 1  # a FusedSequential holding this layer rebuilds its chain
 
     def _cache(self) -> dict:
         return self.__dict__.setdefault("_mnv3_cache", {})
@@ -479,6 +483,15 @@ class _ConvBNActSequential:
         if not _bn_fusable(self[1]):
             return "BatchNorm in training mode"
         return _unfused_reason(x, self[0].weight)
+
+    def _chain_why(self, x: torch.Tensor) -> Optional[str]:
+        """Why this layer cannot be a step of a LayerChain on x (None: it can)."""
+        why = self._unfused_why(x)
+        if why is None and ops._resolve_cached(self.backend, x) != "cpu":
+            why = f"backend {self.backend!r} does not run the CPU kernels on this input"
+        if why is None and not _untracked(x, *_params(self[0], self[1])):
+            why = "autograd records the call"
+        return why
 
 
 class FusedDepthwiseConvBNAct(_ConvBNActSequential, _FoldCacheMixin, nn.Sequential):
@@ -1013,6 +1026,14 @@ class FusedPointwiseConvBNAct(_ConvBNActSequential, _PackCacheMixin, nn.Sequenti
             return super().forward(x)
         return self.fused_forward(x, chosen=self._run_backend(x, op="pointwise_conv_bn_act"))
 
+    def _chain_into(self, chain, x: torch.Tensor) -> Optional[str]:
+        """Add this layer to a LayerChain (see FusedSequential); else why it cannot be."""
+        why = self._chain_why(x)
+        if why is None:
+            chain.add_pointwise(self._packed(), self.out_channels, self.activation)
+            why = _watch_layer(chain, self, *self._conv_and_bn())
+        return why
+
     def extra_repr(self) -> str:
         conv = self[0]
         return (f"{conv.in_channels}->{conv.out_channels}, activation={self.activation}, "
@@ -1071,6 +1092,16 @@ class FusedConvBNAct(_ConvBNActSequential, _PackCacheMixin, nn.Sequential):
         weight, bias = self._folded(conv.weight, conv.bias, bn)
         return ops.dense_conv_bn_act(x, weight, bias, stride, padding, dilation, self.activation,
                                      backend=chosen)
+
+    def _chain_into(self, chain, x: torch.Tensor) -> Optional[str]:
+        """Add this layer to a LayerChain (see FusedSequential); else why it cannot be."""
+        why = self._chain_why(x)
+        if why is None:
+            conv = self[0]
+            chain.add_dense(self._packed(), self.out_channels, list(conv.kernel_size), *_conv_geometry(conv),
+                            self.activation)
+            why = _watch_layer(chain, self, conv, self[1])
+        return why
 
     def extra_repr(self) -> str:
         conv = self[0]
@@ -1246,6 +1277,13 @@ class FusedInvertedResidual(FusedModule, nn.Module):
             return "a layer in training mode"
         return None
 
+    def refresh(self) -> None:
+        """Drop the cached plan and its layers' folded and packed weights."""
+        super().refresh()
+        for part in self.__dict__["_parts"]:
+            if part is not None:
+                part.refresh()
+
     def _conv_bns(self) -> tuple:
         """(conv, bn) of each conv part present: expand, dw, project."""
         expand, dw, _, project = self.__dict__["_parts"]
@@ -1306,10 +1344,170 @@ class FusedInvertedResidual(FusedModule, nn.Module):
         # One call for the whole block (csrc/cpu/inverted_residual.cpp): channels_last out.
         return _OPS["block"](x, *self._plan(conv_bns))
 
+    def _chain_into(self, chain, x: torch.Tensor) -> Optional[str]:
+        """Add this block to a LayerChain (see FusedSequential); else why it cannot be. The chain
+        watches what _why_layer_by_layer and _plan read, so it is rebuilt whenever they could
+        change their answer."""
+        conv_bns = self._conv_bns()
+        why = self._why_layer_by_layer(x, conv_bns)
+        if why is not None:
+            return why
+        chain.add_block(*self._plan(conv_bns))
+        d = self.__dict__
+        expand, dw, se, project = d["_parts"]
+        why = _watch_hooks(chain, self)
+        chain.watch_value(d, "training")
+        for modules, _ in d["_children"]:
+            chain.watch_members(modules)
+        for part in (expand, dw, project):
+            if part is not None:
+                chain.watch_value(part.__dict__, "_backend")
+        for conv, bn in conv_bns:
+            why = why or _watch_conv_bn(chain, conv, bn)
+        if se is not None:
+            chain.watch_value(se.__dict__, "training")
+            chain.watch_members(se._modules)
+            for role in ("fc1", "fc2"):
+                why = why or _watch_params(chain, se._modules[se._roles[role]])
+        for m in d["_passthrough"]:
+            chain.watch_value(m.__dict__, "training")
+        return why
+
     def extra_repr(self) -> str:
         expand, dw, se, project = self.__dict__["_parts"]
         parts = ["expand"] * (expand is not None) + ["depthwise"] + ["se"] * (se is not None) + ["project"]
         return " -> ".join(parts) + (" + input" if self.__dict__["_residual"] else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# A Sequential of fused layers as one call
+# ----------------------------------------------------------------------------------------------
+def _watch_hooks(chain, module: nn.Module) -> Optional[str]:
+    """The chain skips the layer's __call__: it must have no forward hooks, now or later."""
+    d = module.__dict__
+    chain.watch_members(d["_forward_hooks"])
+    chain.watch_members(d["_forward_pre_hooks"])
+    chain.watch_value(d, "forward")  # an instance attribute replacing forward
+    if d["_forward_hooks"] or d["_forward_pre_hooks"] or "forward" in d:
+        return "a layer has forward hooks or a replaced forward"
+    return None
+
+
+def _watch_params(chain, module: nn.Module, buffers: bool = False) -> Optional[str]:
+    """Watch a module's parameters (and buffers): the same tensors, unchanged contents."""
+    dicts = (module._parameters, module._buffers) if buffers else (module._parameters,)
+    for d in dicts:
+        chain.watch_members(d)
+        for t in d.values():
+            if t is not None and not chain.watch_tensor(t):
+                return "a parameter is an inference tensor (nothing derived from it is cached)"
+    return None
+
+
+def _watch_conv_bn(chain, conv: nn.Module, bn: nn.Module) -> Optional[str]:
+    chain.watch_value(bn.__dict__, "training")
+    chain.watch_value(bn.__dict__, "eps")
+    return _watch_params(chain, conv) or _watch_params(chain, bn, buffers=True)
+
+
+def _watch_layer(chain, layer: nn.Module, conv: nn.Module, bn: nn.Module) -> Optional[str]:
+    """What a fused conv + BN + act Sequential's step depends on."""
+    d = layer.__dict__
+    chain.watch_value(d, "training")
+    chain.watch_value(d, "_backend")
+    chain.watch_members(d["_modules"])
+    return _watch_hooks(chain, layer) or _watch_conv_bn(chain, conv, bn)
+
+
+class FusedSequential(FusedModule, nn.Sequential):
+    """An ``nn.Sequential`` of fused layers (a model's feature extractor: stem, inverted-residual
+    blocks, head conv) that runs them in one call from Python.
+
+    ``FusedSequential(seq)`` adopts `seq`'s children under their names (the state_dict is
+    unchanged). Its children are ``FusedConvBNAct``, ``FusedPointwiseConvBNAct``,
+    ``FusedInvertedResidual`` or ``FusedSequential`` (``CHAINABLE``).
+
+    In eval mode on a float32 CPU tensor, with no gradient to record (``torch.no_grad()`` or
+    ``torch.inference_mode()``), the children's fused calls are collected once into a
+    ``LayerChain`` (csrc/python/layer_chain.cpp) that runs them back to back in C++: no Python,
+    no dispatcher and no idle OpenMP workers between the layers. The chain records what the
+    children's own checks read -- training flags, which layers and parameters the modules hold,
+    each weight's version counter and storage, BN eps, backends, forward hooks -- and is rebuilt
+    when any of it changes (or after ``refresh()`` of any fused layer). Otherwise (training,
+    autograd, tracing, another device or dtype, a child that cannot be chained) it is an
+    ``nn.Sequential``: each child runs on its own path.
+    """
+
+    def __init__(self, seq: nn.Sequential):
+        nn.Sequential.__init__(self)
+        bad = [f"{name} ({type(m).__name__})" for name, m in seq._modules.items() if not isinstance(m, CHAINABLE)]
+        if bad or not seq._modules:
+            raise ValueError("FusedSequential: every child must be one of "
+                             f"{', '.join(t.__name__ for t in CHAINABLE)}; got {', '.join(bad) or 'none'}")
+        for name, child in seq._modules.items():
+            self._modules[name] = child
+        self.backend = "auto"  # the layers keep their own backends; this one is not used
+        self.train(seq.training)
+
+    def _chain(self, x: torch.Tensor):
+        """The LayerChain serving x, or why none can."""
+        d = self.__dict__
+        if d["training"]:
+            return "training mode"
+        if not (x.is_cpu and x.dtype == torch.float32 and x.dim() == 4):
+            return f"{x.dim()}-D {str(x.dtype).replace('torch.', '')} input on {x.device.type}"
+        if torch.is_grad_enabled():
+            return "autograd is enabled (torch.no_grad() or torch.inference_mode() runs one chain)"
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return "traced (torch.compile, torch.export or ONNX export)"
+        if _global_forward_hooks():
+            return "global forward hooks"
+        key = (_REFRESHES[0], torch.is_inference_mode_enabled(), tuple(d["_modules"].values()))
+        cache = self._cache()
+        cached = cache.get("chain")
+        if cached is not None and cached[0] == key and cached[1].valid():
+            return cached[1]
+        cache.pop("chain", None)
+        if not _extension.LOADED:
+            return "the compiled library is not loaded"
+        chain = _extension._C.LayerChain()
+        why = self._chain_children(chain, x)
+        if why is not None:
+            return why
+        cache["chain"] = (key, chain)
+        return chain
+
+    def _chain_children(self, chain, x: torch.Tensor) -> Optional[str]:
+        for name, child in self.__dict__["_modules"].items():
+            why = child._chain_into(chain, x) if isinstance(child, CHAINABLE) else "not a fused layer"
+            if why is not None:
+                return f"layer {name}: {why}"
+        return None
+
+    def _chain_into(self, chain, x: torch.Tensor) -> Optional[str]:
+        """As a child of another FusedSequential: its layers join the parent's chain."""
+        d = self.__dict__
+        chain.watch_value(d, "training")
+        chain.watch_members(d["_modules"])
+        chain.watch_value(d, "_modules")
+        if d["training"]:
+            return "training mode"
+        return _watch_hooks(chain, self) or self._chain_children(chain, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        chain = self._chain(x)
+        if isinstance(chain, str):
+            self._count("layer by layer", chain)
+            return nn.Sequential.forward(self, x)
+        self._count("fused", "cpu")
+        return chain(x)
+
+
+def _global_forward_hooks() -> bool:
+    return bool(_nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks)
+
+
+CHAINABLE = (FusedConvBNAct, FusedPointwiseConvBNAct, FusedInvertedResidual, FusedSequential)
 
 
 def _submodule(module: nn.Module, path: str) -> Optional[nn.Module]:

@@ -124,7 +124,8 @@ def test_converted_blocks_match_float64_original(one_thread, fmt, shape):
 def _block_calls(model, monkeypatch) -> dict:
     """Runs model once at batch 1 with the operators a fused block could call counted: one
     block call per block, no layer op outside them (1x1 calls on one pixel per sample are the
-    classifier's FusedLinear)."""
+    classifier's FusedLinear). Blocks inside a FusedSequential run in its LayerChain: they are
+    counted from the chain's steps."""
     calls = {"block": 0, "se": 0, "expand": 0, "layer": 0, "linear": 0}
     real_block, real_packed = M._OPS["block"], M._OPS["pointwise_packed"]
 
@@ -150,14 +151,28 @@ def _block_calls(model, monkeypatch) -> dict:
         monkeypatch.setitem(M._OPS, name, layer)
     with torch.inference_mode():
         model(torch.randn(1, 3, 96, 96))
+    for m in model.modules():
+        cached = m.__dict__.get("_mnv3_cache", {}).get("chain")
+        for step in cached[1].describe() if cached else ():
+            if step[0] == "block":
+                calls["block"] += 1
+                calls["expand"] += step[1]
+                calls["se"] += step[2]
     return calls
 
 
 def test_the_block_fast_path_runs(monkeypatch, one_thread):
     # Small's 11 blocks, one call each: 10 with an expand conv, 9 with squeeze-excite; the
     # classifier's two Linear layers.
-    calls = _block_calls(mnv3_kernels.convert(_tv("small")), monkeypatch)
+    model = mnv3_kernels.convert(_tv("small"))
+    mnv3_kernels.path_stats(reset=True)
+    calls = _block_calls(model, monkeypatch)
     assert calls == {"block": 11, "se": 9, "expand": 10, "layer": 0, "linear": 2}
+    # All of features (stem, 11 blocks, head conv) ran as one chain.
+    assert mnv3_kernels.path_stats() == {("FusedSequential", "fused", "cpu"): 1, ("FusedLinear", "fused", "cpu"): 2}
+    chain = model.features._cache()["chain"][1]
+    assert [s[0] for s in chain.describe()] == ["dense"] + ["block"] * 11 + ["pointwise"]
+    assert sum(s[3] for s in chain.describe()[1:-1]) == 6  # blocks with a residual
 
 
 def test_block_gradients_and_train_mode_are_the_original(one_thread):
@@ -225,6 +240,10 @@ def test_refresh_drops_packed_weights_and_path_stats_count_blocks(one_thread):
     with torch.inference_mode():
         model(x)
     stats = mnv3_kernels.path_stats()
+    assert stats == {("FusedSequential", "fused", "cpu"): 1, ("FusedLinear", "fused", "cpu"): 2}
+    model.requires_grad_(False)
+    model(x)  # autograd on, nothing to record: no chain, each layer on its own fused path
+    stats = mnv3_kernels.path_stats(reset=True)
     assert stats[("FusedInvertedResidual", "fused", "cpu")] == 11
     assert stats[("FusedConvBNAct", "fused", "cpu")] == 1
     model.train()
@@ -411,10 +430,15 @@ def test_timm_converted_blocks_match_float64_original(one_thread, fmt, name, sha
     if shape[0]:
         assert rel_err(got.double(), want) < 1e-4
     blocks = 15 if name == "large" else 11
-    assert mnv3_kernels.path_stats() == {("FusedInvertedResidual", "fused", "cpu"): blocks,
+    # Every stage of blocks but the last (a ConvBnAct) is one chain of its blocks.
+    stages = len(model.blocks) - 1
+    assert [type(s).__name__ for s in model.blocks] == ["FusedSequential"] * stages + ["Sequential"]
+    assert mnv3_kernels.path_stats() == {("FusedSequential", "fused", "cpu"): stages,
                                          ("DenseConvBNActHead", "fused", "cpu"): 1,
                                          ("PointwiseConvBNActHead", "fused", "cpu"): 2,
                                          ("FusedLinear", "fused", "cpu"): 1}
+    chained = [s[0] for stage in model.blocks[:stages] for s in stage._cache()["chain"][1].describe()]
+    assert chained == ["block"] * blocks
 
 
 def test_timm_block_fast_path_runs(monkeypatch, one_thread):

@@ -160,7 +160,7 @@ def test_mobilenet_v2_family_every_conv_fused(name):
     assert (counts["dwconv"]["fused"], counts["pwconv"]["fused"], counts["conv"]["fused"]) == (n_dw, n_pw, 1)
     assert n_dw + n_pw + 1 == len(convs)  # the stem is the only other conv
     want_act = "relu" if "mnasnet" in name else "relu6"
-    assert {e.shape.rsplit("act=", 1)[1] for e in report.fused() if e.kind not in ("linear", "block")} == {
+    assert {e.shape.rsplit("act=", 1)[1] for e in report.fused() if e.kind not in ("linear", "block", "sequence")} == {
         want_act, "none"}
     mnv3_kernels.path_stats(reset=True)
     with torch.no_grad():
@@ -418,7 +418,7 @@ def test_report_helpers():
     assert mnv3_kernels.conversion_report(model) is report
     del model.mnv3_report
     rebuilt = conversion_report(model)
-    assert {e.kind for e in rebuilt.fused()} == {"conv", "dwconv", "pwconv", "se", "block", "linear"}
+    assert {e.kind for e in rebuilt.fused()} == {"conv", "dwconv", "pwconv", "se", "block", "linear", "sequence"}
     assert sorted((e.path, e.kind) for e in rebuilt.fused()) == sorted((e.path, e.kind) for e in report.fused())
     assert "squeeze-excite" in str(rebuilt)
 

@@ -13,6 +13,7 @@
 
 #include "../common/activation.h"
 #include "../common/checks.h"
+#include "packed_ops.h"
 #include "pointwise.h"
 
 namespace mnv3 {

@@ -32,6 +32,7 @@
 #include "../common/activation.h"
 #include "../common/checks.h"
 #include "kernels.h"
+#include "packed_ops.h"
 #include "pointwise.h"
 #include "threading.h"
 

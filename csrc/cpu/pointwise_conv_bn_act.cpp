@@ -19,6 +19,7 @@
 #include "../common/activation.h"
 #include "../common/checks.h"
 #include "isa.h"
+#include "packed_ops.h"
 #include "pointwise.h"
 
 namespace mnv3 {

@@ -1,7 +1,7 @@
 // The Python face of the compiled library: loading it registers the operators (csrc/ops.cpp and
 // the per-backend TORCH_LIBRARY_IMPL blocks); this module adds what is not an operator.
 // Plain pybind11 (not torch/extension.h): the full torch headers cost minutes of compile time;
-// stamp.cpp, the one function that reads tensors, includes only the Python tensor binding.
+// stamp.cpp and layer_chain.cpp, which read tensors, include only the Python tensor binding.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -10,6 +10,7 @@
 
 namespace mnv3 {
 pybind11::object source_stamp(const pybind11::sequence& sources);  // stamp.cpp
+void bind_layer_chain(pybind11::module_& m);                         // layer_chain.cpp
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -22,4 +23,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_source_stamp", &mnv3::source_stamp,
         "(id, version, storage address) of each tensor (zeros for None), flattened; None if a "
         "tensor is an inference tensor. What the fused modules' caches compare.");
+  mnv3::bind_layer_chain(m);
 }

@@ -1,0 +1,231 @@
+"""FusedSequential: a converted feature extractor runs its layers as one LayerChain call
+(csrc/python/layer_chain.cpp). Every change the layers' own checks would see must make the chain
+rebuild or step aside; results are compared with the same layers called one by one (the same
+kernels: bit-identical) and with the float64 original."""
+import copy
+import gc
+from collections import OrderedDict
+import weakref
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+import mnv3_kernels
+from mnv3_kernels import _extension, modules as M
+
+from conftest import randomize_model_bn_, rel_err
+
+pytestmark = pytest.mark.skipif(not _extension.LOADED, reason="compiled library not loaded")
+
+
+def _pair(name="small"):
+    """(converted model, the same model with features called layer by layer, float64 original)."""
+    model = randomize_model_bn_(getattr(torchvision.models, f"mobilenet_v3_{name}")().eval())
+    want = copy.deepcopy(model).double()
+    conv = mnv3_kernels.convert(model)
+    layers = copy.deepcopy(conv)
+    layers.features = nn.Sequential(OrderedDict(layers.features._modules))  # same fused layers, no chain
+    return conv, layers, want
+
+
+def _run(model, x):
+    mnv3_kernels.path_stats(reset=True)
+    with torch.inference_mode():
+        y = model(x)
+    return y, mnv3_kernels.path_stats(reset=True)
+
+
+def _chain_ran(stats) -> bool:
+    return stats.get(("FusedSequential", "fused", "cpu"), 0) == 1
+
+
+def _chain(model):
+    return model.features._cache()["chain"][1]
+
+
+@pytest.mark.parametrize("name", ["large", "small"])
+@pytest.mark.parametrize("shape,fmt", [((1, 3, 224, 224), torch.contiguous_format),
+                                       ((3, 3, 97, 131), torch.channels_last),
+                                       ((2, 3, 33, 1), torch.contiguous_format),
+                                       ((0, 3, 64, 64), torch.contiguous_format)])
+def test_chain_matches_layers_and_original(one_thread, name, shape, fmt):
+    conv, layers, want = _pair(name)
+    assert isinstance(conv.features, M.FusedSequential)
+    assert [e.shape for e in conv.mnv3_report.fused("sequence")] == [f"{len(conv.features)} layers"]
+    x = torch.randn(*shape).contiguous(memory_format=fmt)
+    got, stats = _run(conv, x)
+    assert _chain_ran(stats), stats
+    ref, _ = _run(layers, x)
+    assert torch.equal(got, ref)
+    assert got.shape == (shape[0], 1000)
+    if shape[0]:
+        with torch.no_grad():
+            assert rel_err(got.double(), want(x.double())) < 1e-4
+    with torch.no_grad():  # no_grad serves it too, and reuses the inference-mode-free plan
+        again = conv(x)
+    assert torch.equal(again, got)
+
+
+def test_chain_is_reused_and_the_state_dict_is_unchanged(one_thread):
+    model = randomize_model_bn_(torchvision.models.mobilenet_v3_small().eval())
+    keys = list(model.state_dict())
+    conv = mnv3_kernels.convert(model)
+    assert list(conv.state_dict()) == keys
+    x = torch.randn(1, 3, 64, 64)
+    _run(conv, x)
+    chain = _chain(conv)
+    _run(conv, x)
+    assert _chain(conv) is chain  # nothing changed: not rebuilt
+    assert len(chain) == len(conv.features)
+
+
+def _edits():
+    """(what, edit(model)) pairs: each changes what the chain computes or must call."""
+    def inplace(m):
+        with torch.no_grad():
+            m.features[4].block[0][0].weight.mul_(1.5)
+
+    def new_param(m):
+        conv = m.features[6].block[3][0]
+        conv.weight = nn.Parameter(conv.weight.detach() * -1.0)
+
+    def data_refresh(m):
+        m.features[8].block[1][1].weight.data.mul_(-1.0)  # no version bump: refresh() tells
+        if isinstance(m.features[8], M.FusedModule):
+            m.features[8].refresh()  # the block's refresh covers its layers' caches
+
+    def eps(m):
+        m.features[9].block[1][1].eps = 0.5
+
+    def buffer(m):
+        bn = m.features[3].block[1][1]
+        bn.running_mean = bn.running_mean * 0 + 0.25
+
+    def replace_block(m):
+        m.features[5] = copy.deepcopy(m.features[6])
+
+    def se_weight(m):
+        with torch.no_grad():
+            m.features[1].block[1].fc2.bias.add_(1.0)
+
+    def stem(m):
+        with torch.no_grad():
+            m.features[0][1].running_var.mul_(4.0)
+
+    return [("in-place weight", inplace), ("new Parameter", new_param), (".data + refresh", data_refresh),
+            ("BN eps", eps), ("BN buffer replaced", buffer), ("block replaced", replace_block),
+            ("squeeze-excite bias", se_weight), ("stem statistics", stem)]
+
+
+@pytest.mark.parametrize("what,edit", _edits(), ids=[w for w, _ in _edits()])
+def test_chain_sees_every_change(one_thread, what, edit):
+    conv, layers, _ = _pair("small")
+    x = torch.randn(2, 3, 48, 40)
+    before, _ = _run(conv, x)
+    edit(conv)
+    edit(layers)
+    got, stats = _run(conv, x)
+    want, _ = _run(layers, x)
+    assert _chain_ran(stats), stats
+    assert not torch.equal(got, before), what
+    assert torch.equal(got, want), what
+
+
+def test_a_layer_in_train_mode_runs_the_features_layer_by_layer(one_thread):
+    conv, layers, _ = _pair("small")
+    x = torch.randn(2, 3, 48, 40)
+    _run(conv, x)
+    conv.features[3].train()
+    layers.features[3].train()
+    got, stats = _run(conv, x)
+    assert stats[("FusedSequential", "layer by layer", "layer 3: training mode")] == 1
+    assert stats[("FusedInvertedResidual", "layer by layer", "training mode")] == 1
+    assert torch.equal(got, _run(layers, x)[0])
+    conv.features[3].eval()
+    assert _chain_ran(_run(conv, x)[1])
+
+
+def test_hooks_added_after_conversion_run(one_thread):
+    conv, _, _ = _pair("small")
+    x = torch.randn(1, 3, 48, 48)
+    _run(conv, x)
+    seen = []
+    handle = conv.features[5].register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    _, stats = _run(conv, x)
+    assert len(seen) == 1 and not _chain_ran(stats)
+    assert "forward hooks" in next(k[2] for k in stats if k[0] == "FusedSequential")
+    handle.remove()
+    assert _chain_ran(_run(conv, x)[1])
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, a, out: seen.append(1))
+    try:
+        _, stats = _run(conv, x)
+    finally:
+        handle.remove()
+    assert stats[("FusedSequential", "layer by layer", "global forward hooks")] == 1
+    assert len(seen) > 2
+
+
+def test_backend_change_and_autograd_leave_the_chain(one_thread):
+    conv, layers, _ = _pair("small")
+    x = torch.randn(1, 3, 48, 48)
+    conv.features[0].backend = "reference"
+    _, stats = _run(conv, x)
+    assert not _chain_ran(stats)
+    assert any(k[:2] == ("FusedConvBNAct", "reference") for k in stats), stats
+    conv.features[0].backend = "auto"
+    assert _chain_ran(_run(conv, x)[1])
+    # Autograd on: the features run layer by layer and gradients flow as in the original.
+    mnv3_kernels.path_stats(reset=True)
+    xg = x.clone().requires_grad_()
+    conv(xg).sum().backward()
+    assert any(k[:2] == ("FusedSequential", "layer by layer") for k in mnv3_kernels.path_stats())
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+
+
+def test_bad_input_raises_as_the_layers_do(one_thread):
+    conv, _, _ = _pair("small")
+    with torch.inference_mode(), pytest.raises(ValueError, match="channels"):
+        conv.features(torch.randn(1, 5, 32, 32))
+    with torch.inference_mode(), pytest.raises(ValueError):
+        conv.features(torch.randn(1, 3, 0, 32))
+
+
+def test_inference_tensor_weights_are_not_cached(one_thread):
+    with torch.inference_mode():
+        model = randomize_model_bn_(torchvision.models.mobilenet_v3_small().eval())
+        want = copy.deepcopy(model)
+        mnv3_kernels.convert(model)
+        x = torch.randn(1, 3, 40, 40)
+        got = model(x)
+        assert "chain" not in model.features._cache()
+        torch.testing.assert_close(got, want(x), rtol=1e-4, atol=1e-4)
+
+
+def test_no_reference_cycle_keeps_the_model_alive(one_thread):
+    conv, _, _ = _pair("small")
+    _run(conv, torch.randn(1, 3, 32, 32))
+    assert "chain" in conv.features._cache()
+    ref = weakref.ref(conv.features)
+    del conv
+    gc.collect()
+    assert ref() is None
+
+
+def test_copy_revert_and_construction(one_thread):
+    conv, layers, _ = _pair("small")
+    x = torch.randn(1, 3, 40, 40)
+    first, _ = _run(conv, x)
+    clone = copy.deepcopy(conv)
+    assert "chain" not in clone.features._cache()
+    assert torch.equal(_run(clone, x)[0], first)
+    mnv3_kernels.revert(conv)
+    assert type(conv.features) is nn.Sequential
+    assert not any(isinstance(m, M.FusedModule) for m in conv.modules())
+    with pytest.raises(ValueError, match="every child must be one of"):
+        M.FusedSequential(nn.Sequential(nn.ReLU()))
+    # Converting a converted model again reports the sequence as already fused.
+    again = mnv3_kernels.convert(layers).mnv3_report
+    assert again.counts()["sequence"]["fused"] == 1
+    assert mnv3_kernels.convert(layers).mnv3_report.counts()["sequence"]["already fused"] == 1
