@@ -350,6 +350,14 @@ at::Tensor pointwise_packed_autograd(const at::Tensor& x, const at::Tensor& pack
   return op.call(x, packed, out_channels, activation, residual, input_scale);
 }
 
+// Untracked: the fused kernel; tracked: ATen's mean, which carries the gradient.
+at::Tensor global_avg_pool_autograd(const at::Tensor& x) {
+  if (track({&x})) return x.mean({2, 3}, /*keepdim=*/true);
+  static const auto op = op_handle<at::Tensor(const at::Tensor&)>("mnv3::global_avg_pool");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(x);
+}
+
 // The gate feeds a fused block's inference path only; gradients go through squeeze_excite.
 at::Tensor squeeze_excite_gate_autograd(const at::Tensor& x, const at::Tensor& w1,
                                         const at::Tensor& b1, const at::Tensor& w2,
@@ -466,6 +474,7 @@ TORCH_LIBRARY_IMPL(mnv3, Autograd, m) {
   m.impl("dense_conv_bn_act_packed", &dense_packed_autograd);
   m.impl("inverted_residual", &inverted_residual_autograd);
   m.impl("inverted_residual_packed", &inverted_residual_packed_autograd);
+  m.impl("global_avg_pool", &global_avg_pool_autograd);
 }
 
 TORCH_LIBRARY_IMPL(mnv3, ADInplaceOrView, m) {

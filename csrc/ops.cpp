@@ -47,6 +47,9 @@ TORCH_LIBRARY(mnv3, m) {
   m.def(
       "pointwise_conv_bn_act_packed(Tensor x, Tensor packed, int out_channels, str activation, "
       "Tensor? residual, Tensor? input_scale) -> Tensor");
+  // Global average pool: the (N, C, 1, 1) means of x over H and W (as adaptive_avg_pool2d(x, 1);
+  // NaN for an empty H*W, as there). What a model's classifier head pools its features with.
+  m.def("global_avg_pool(Tensor x) -> Tensor");
   // A whole inverted-residual block in one call:
   //   h = act_e(expand(x)) (or x) -> d = act_d(depthwise(h)) -> [d *= se_gate(d)]
   //   -> y = project(d) [+ x]

@@ -36,6 +36,7 @@ Recognized structures (everything else is left untouched):
 - torchvision ``SqueezeExcitation`` and timm ``SqueezeExcite`` -> ``FusedSqueezeExcite``.
 - ``nn.Linear`` (the classifier; timm's ``Linear`` too) -> ``FusedLinear``: the packed GEMM
   kernels, whose matrix-vector product at batch 1 splits the weights over the threads.
+- torchvision ``MobileNetV3``'s ``avgpool`` -> ``FusedGlobalAvgPool`` (``ops.global_avg_pool``).
 - Last, a plain ``nn.Sequential`` whose children all ended up fused as stems, 1x1 convs, blocks
   or such Sequentials (torchvision's ``features``, timm's ``blocks`` and their stages) ->
   ``FusedSequential``: in eval mode without autograd its layers run as one C++ call.
@@ -70,7 +71,7 @@ __all__ = ["convert", "conversion_report", "ConversionReport", "ConversionEntry"
 KINDS = {"conv": "dense conv+BN+act (stem)", "dwconv": "depthwise conv+BN+act",
          "pwconv": "pointwise conv+BN+act",
          "se": "squeeze-excite", "block": "inverted-residual block", "linear": "linear (classifier)",
-         "sequence": "sequence of fused layers (one call)"}
+         "sequence": "sequence of fused layers (one call)", "pool": "global average pool"}
 
 
 @dataclass
@@ -78,7 +79,7 @@ class ConversionEntry:
     """One candidate: where it is, what it is, and whether it was fused (else why not)."""
 
     path: str
-    kind: str            # "conv" | "dwconv" | "pwconv" | "se" | "block" | "linear" | "sequence"
+    kind: str            # "conv" | "dwconv" | "pwconv" | "se" | "block" | "linear" | "sequence" | "pool"
     status: str          # "fused" | "skipped" | "already fused"
     shape: str           # e.g. "C=72 k=5x5 stride=2 dilation=1 act=relu" or "C=72 squeeze=24"
     reason: str = ""
@@ -215,6 +216,14 @@ def _torchvision_inverted_residual():
     return InvertedResidual
 
 
+def _torchvision_mobilenet_v3():
+    try:
+        from torchvision.models.mobilenetv3 import MobileNetV3
+    except Exception:  # noqa: BLE001
+        return None
+    return MobileNetV3
+
+
 def _torchvision_frozen_bn():
     try:
         from torchvision.ops.misc import FrozenBatchNorm2d
@@ -304,7 +313,27 @@ class _Converter:
                 self.visit(path, module)
         self.leftovers()
         self.chain_sequences()
+        self.global_pools()
         return self.report
+
+    def global_pools(self) -> None:
+        """torchvision MobileNetV3's ``avgpool`` (after the features, before the classifier) ->
+        FusedGlobalAvgPool."""
+        tv = _torchvision_mobilenet_v3()
+        for path, module in list(self.model.named_modules()) if tv is not None else ():
+            pool = module._modules.get("avgpool") if isinstance(module, tv) else None
+            if pool is None or isinstance(pool, M.FusedGlobalAvgPool):
+                if pool is not None:
+                    pool.backend = self.backend
+                    self.add(f"{path}.avgpool" if path else "avgpool", "pool", "already fused", "global")
+                continue
+            where = f"{path}.avgpool" if path else "avgpool"
+            reason = M.global_pool_unsupported_reason(pool) or _placement_reason(where, pool)
+            if reason is not None:
+                self.add(where, "pool", "skipped", "global", reason)
+                continue
+            self.replace(where, M.FusedGlobalAvgPool(pool, backend=self.backend))
+            self.add(where, "pool", "fused", "global")
 
     def chain_sequences(self) -> None:
         """Plain Sequentials made only of fused stems, 1x1 convs and blocks -> FusedSequential,
@@ -727,5 +756,7 @@ def conversion_report(model: nn.Module) -> ConversionReport:
             report.entries.append(ConversionEntry(path, "linear", "fused", f"{m.in_features}->{m.out_features}"))
         elif isinstance(m, M.FusedSequential):
             report.entries.append(ConversionEntry(path, "sequence", "fused", f"{len(m)} layers"))
+        elif isinstance(m, M.FusedGlobalAvgPool):
+            report.entries.append(ConversionEntry(path, "pool", "fused", "global"))
     return report
 

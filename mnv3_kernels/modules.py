@@ -93,6 +93,7 @@ __all__ = [
     "FusedConvBNAct",
     "FusedInvertedResidual",
     "FusedSequential",
+    "FusedGlobalAvgPool",
     "Hardswish",
     "Hardsigmoid",
     "fused_conv_bn_act_pair",
@@ -1161,7 +1162,8 @@ class _LazyOps(dict):
     torch.ops costs about as much as a small kernel)."""
 
     _NAMES = {"pointwise_packed": "pointwise_conv_bn_act_packed", "dwconv": "dwconv_bn_act",
-              "gate": "squeeze_excite_gate", "block": "inverted_residual_packed"}
+              "gate": "squeeze_excite_gate", "block": "inverted_residual_packed",
+              "pool": "global_avg_pool"}
 
     def __missing__(self, key):
         op = self[key] = getattr(torch.ops.mnv3, self._NAMES[key]).default
@@ -1377,6 +1379,45 @@ class FusedInvertedResidual(FusedModule, nn.Module):
         expand, dw, se, project = self.__dict__["_parts"]
         parts = ["expand"] * (expand is not None) + ["depthwise"] + ["se"] * (se is not None) + ["project"]
         return " -> ".join(parts) + (" + input" if self.__dict__["_residual"] else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# Global average pool
+# ----------------------------------------------------------------------------------------------
+def global_pool_unsupported_reason(pool: nn.Module) -> Optional[str]:
+    """Why `pool` is not an ``nn.AdaptiveAvgPool2d`` to a 1x1 map (None if it is one)."""
+    if type(pool) is not nn.AdaptiveAvgPool2d:
+        return f"{type(pool).__name__} is not an nn.AdaptiveAvgPool2d"
+    size = pool.output_size
+    if size not in (1, (1, 1), [1, 1]):
+        return f"output_size={size!r} (only a global pool, output_size=1, is fused)"
+    return None
+
+
+class FusedGlobalAvgPool(FusedModule, nn.AdaptiveAvgPool2d):
+    """``nn.AdaptiveAvgPool2d(1)`` on the fused kernel (``ops.global_avg_pool``): on the CPU in
+    float32 the per-(n, c) means are taken by all threads (PyTorch's pools a 1-sample
+    channels_last map on one). No parameters; anywhere else (other devices or dtypes, tracing)
+    it is the original pool."""
+
+    def __init__(self, pool: nn.AdaptiveAvgPool2d, *, backend: str = "auto"):
+        reason = global_pool_unsupported_reason(pool)
+        if reason is not None:
+            raise ValueError(f"cannot fuse this pool: {reason}")
+        nn.AdaptiveAvgPool2d.__init__(self, pool.output_size)
+        self.backend = backend
+        self.train(pool.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return F.adaptive_avg_pool2d(x, self.output_size)
+        if x.dim() != 4:
+            self._count("unfused", f"{x.dim()}-D input")
+            return F.adaptive_avg_pool2d(x, self.output_size)
+        chosen = self._run_backend(x, conv_like=False, op="global_avg_pool")
+        if chosen == "reference":
+            return F.adaptive_avg_pool2d(x, self.output_size)
+        return _OPS["pool"](x)
 
 
 # ----------------------------------------------------------------------------------------------

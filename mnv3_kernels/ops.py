@@ -315,7 +315,7 @@ def _check_pointwise(x, weight, bias, activation, residual, input_scale):
 # The ops that only some backends implement; the others run the reference path under "auto" and
 # refuse an explicit request.
 _OP_BACKENDS = {"pointwise_conv_bn_act": ("cpu", "reference"), "dense_conv_bn_act": ("cpu", "reference"),
-                "inverted_residual": ("cpu", "reference")}
+                "inverted_residual": ("cpu", "reference"), "global_avg_pool": ("cpu", "reference")}
 
 
 def _resolve_for(op: str, backend: str, x: torch.Tensor) -> str:
@@ -613,6 +613,19 @@ def _pointwise_packed_trusted(x, packed, out_channels, activation, residual, inp
                                                       input_scale)
 
 
+def global_avg_pool(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """(N, C, 1, 1) means of x over H and W, as ``F.adaptive_avg_pool2d(x, 1)`` (what a
+    classifier head pools its features with); channels_last in, channels_last out."""
+    _check_tensor(x, "x")
+    _check_floating(x)
+    if x.dim() != 4:
+        raise ValueError(f"global_avg_pool: x must be 4-D (N, C, H, W), got {x.dim()}-D")
+    chosen = _resolve_for("global_avg_pool", backend, x)
+    if chosen == "reference":
+        return reference.global_avg_pool(x)
+    return _op("global_avg_pool", chosen)(x)
+
+
 def hardswish(x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Single-pass piecewise h-swish: 0 for x <= -3, x for x >= 3, x(x+3)/6 between."""
     _check_tensor(x, "x")
@@ -852,6 +865,8 @@ _FAKES = {
     "squeeze_excite_gate": lambda x, w1, b1, w2, b2: x.new_empty((x.shape[0], x.shape[1])),
     "inverted_residual": _fake_block,
     "inverted_residual_packed": _fake_block_packed,
+    "global_avg_pool": lambda x: x.new_empty((x.shape[0], x.shape[1], 1, 1)).contiguous(
+        memory_format=output_memory_format(x)),
 }
 
 

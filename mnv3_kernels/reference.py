@@ -158,6 +158,10 @@ def inverted_residual(
     return y.contiguous(memory_format=torch.channels_last)
 
 
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    return F.adaptive_avg_pool2d(x, 1)
+
+
 def hardswish(x: torch.Tensor) -> torch.Tensor:
     return F.hardswish(x)
 
