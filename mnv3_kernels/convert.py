@@ -38,8 +38,10 @@ Recognized structures (everything else is left untouched):
   kernels, whose matrix-vector product at batch 1 splits the weights over the threads.
 - torchvision ``MobileNetV3``'s ``avgpool`` -> ``FusedGlobalAvgPool`` (``ops.global_avg_pool``).
 - Last, a plain ``nn.Sequential`` whose children all ended up fused as stems, 1x1 convs, blocks
-  or such Sequentials (torchvision's ``features``, timm's ``blocks`` and their stages) ->
-  ``FusedSequential``: in eval mode without autograd its layers run as one C++ call.
+  or such Sequentials (torchvision's ``features``, timm's ``blocks`` and their stages), or as
+  ``FusedLinear`` with activations and dropout between them (torchvision MobileNetV3's
+  ``classifier``) -> ``FusedSequential``: in eval mode without autograd its layers run as one
+  C++ call.
 
 The depthwise conv's BatchNorm may also be torchvision's ``FrozenBatchNorm2d`` (detection
 backbones built for pretrained weights): it always folds.
@@ -339,9 +341,7 @@ class _Converter:
         """Plain Sequentials made only of fused stems, 1x1 convs and blocks -> FusedSequential,
         innermost first (a stage inside timm's ``blocks`` joins its parent's chain)."""
         for path, module in reversed(list(self.model.named_modules(remove_duplicate=True))):
-            if type(module) is not nn.Sequential or not len(module):
-                continue
-            if not all(isinstance(m, M.CHAINABLE) for m in module._modules.values()):
+            if type(module) is not nn.Sequential or M.chain_unsupported_reason(module) is not None:
                 continue
             shape = f"{len(module)} layers"
             reason = _placement_reason(path, module)

@@ -898,6 +898,15 @@ class FusedLinear(FusedModule, nn.Linear):
             cache["pack"] = (sources, stamp, packed)
         return packed
 
+    def _chain_into(self, chain, x: torch.Tensor) -> Optional[str]:
+        """Add this layer to a LayerChain over (N, features) inputs (see FusedSequential)."""
+        why = self._why_unfused(x)
+        if why is None:
+            chain.add_pointwise(self._packed(), self.out_features, "none")
+            chain.watch_value(self.__dict__, "_backend")
+            why = _watch_hooks(chain, self) or _watch_params(chain, self)
+        return why
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         why = self._why_unfused(x)
         if why is not None:
@@ -1466,7 +1475,10 @@ class FusedSequential(FusedModule, nn.Sequential):
 
     ``FusedSequential(seq)`` adopts `seq`'s children under their names (the state_dict is
     unchanged). Its children are ``FusedConvBNAct``, ``FusedPointwiseConvBNAct``,
-    ``FusedInvertedResidual`` or ``FusedSequential`` (``CHAINABLE``).
+    ``FusedInvertedResidual`` or ``FusedSequential`` (``CHAINABLE``) on 4-D inputs, or
+    ``FusedLinear`` on (N, features) (a classifier: Linear -> Hardswish -> Dropout -> Linear);
+    after the first, activation modules (applied in the previous 1x1 step's epilogue) and
+    ``nn.Dropout`` (the identity in eval mode) too.
 
     In eval mode on a float32 CPU tensor, with no gradient to record (``torch.no_grad()`` or
     ``torch.inference_mode()``), the children's fused calls are collected once into a
@@ -1481,10 +1493,9 @@ class FusedSequential(FusedModule, nn.Sequential):
 
     def __init__(self, seq: nn.Sequential):
         nn.Sequential.__init__(self)
-        bad = [f"{name} ({type(m).__name__})" for name, m in seq._modules.items() if not isinstance(m, CHAINABLE)]
-        if bad or not seq._modules:
-            raise ValueError("FusedSequential: every child must be one of "
-                             f"{', '.join(t.__name__ for t in CHAINABLE)}; got {', '.join(bad) or 'none'}")
+        reason = chain_unsupported_reason(seq)
+        if reason is not None:
+            raise ValueError(f"FusedSequential: {reason}")
         for name, child in seq._modules.items():
             self._modules[name] = child
         self.backend = "auto"  # the layers keep their own backends; this one is not used
@@ -1495,7 +1506,7 @@ class FusedSequential(FusedModule, nn.Sequential):
         d = self.__dict__
         if d["training"]:
             return "training mode"
-        if not (x.is_cpu and x.dtype == torch.float32 and x.dim() == 4):
+        if not (x.is_cpu and x.dtype == torch.float32 and x.dim() in (2, 4)):
             return f"{x.dim()}-D {str(x.dtype).replace('torch.', '')} input on {x.device.type}"
         if torch.is_grad_enabled():
             return "autograd is enabled (torch.no_grad() or torch.inference_mode() runs one chain)"
@@ -1503,7 +1514,7 @@ class FusedSequential(FusedModule, nn.Sequential):
             return "traced (torch.compile, torch.export or ONNX export)"
         if _global_forward_hooks():
             return "global forward hooks"
-        key = (_REFRESHES[0], torch.is_inference_mode_enabled(), tuple(d["_modules"].values()))
+        key = (_REFRESHES[0], torch.is_inference_mode_enabled(), x.dim(), tuple(d["_modules"].values()))
         cache = self._cache()
         cached = cache.get("chain")
         if cached is not None and cached[0] == key and cached[1].valid():
@@ -1519,8 +1530,23 @@ class FusedSequential(FusedModule, nn.Sequential):
         return chain
 
     def _chain_children(self, chain, x: torch.Tensor) -> Optional[str]:
-        for name, child in self.__dict__["_modules"].items():
-            why = child._chain_into(chain, x) if isinstance(child, CHAINABLE) else "not a fused layer"
+        for i, (name, child) in enumerate(self.__dict__["_modules"].items()):
+            if isinstance(child, CHAINABLE):
+                why = child._chain_into(chain, x)
+            elif i and type(child) is nn.Dropout:
+                chain.watch_value(child.__dict__, "training")
+                why = "training mode" if child.training else _watch_hooks(chain, child)
+            elif i and _chain_activation(child) is not None:
+                why = _watch_hooks(chain, child)
+                for key in ("min_val", "max_val"):  # a Hardtanh's bounds name its activation
+                    chain.watch_value(child.__dict__, key)
+                if why is None:
+                    try:
+                        chain.merge_activation(_chain_activation(child))
+                    except ValueError:
+                        why = "an activation that no 1x1 layer right before it can apply"
+            else:
+                why = "not a fused layer"
             if why is not None:
                 return f"layer {name}: {why}"
         return None
@@ -1541,14 +1567,43 @@ class FusedSequential(FusedModule, nn.Sequential):
             self._count("layer by layer", chain)
             return nn.Sequential.forward(self, x)
         self._count("fused", "cpu")
+        if x.dim() == 2:  # (N, K) as (N, K, 1, 1): one pixel per sample, what the 1x1 kernels read
+            n = x.shape[0]
+            y = chain(x.reshape(n, x.shape[1], 1, 1))
+            return y.view(n, y.shape[1])
         return chain(x)
+
+
+def _chain_activation(m: nn.Module) -> Optional[str]:
+    """The epilogue name of an activation module a chain can merge (None: it cannot)."""
+    if type(m) is Hardswish:
+        return "hardswish"
+    name = activation_name(m)
+    return name if name not in (None, "none") else None
+
+
+def chain_unsupported_reason(seq: nn.Sequential) -> Optional[str]:
+    """Why `seq` cannot be a FusedSequential (None if it can): its first child must be one of
+    CHAINABLE, every layer on the same kind of input (feature maps or (N, features)), and the
+    others chainable layers, activations or dropout."""
+    children = list(seq._modules.items())
+    if not children or not isinstance(children[0][1], CHAINABLE):
+        first = type(children[0][1]).__name__ if children else "nothing"
+        return f"the first child must be one of {', '.join(t.__name__ for t in CHAINABLE)}, got {first}"
+    layers = [m for _, m in children if isinstance(m, CHAINABLE)]
+    if any(isinstance(m, FusedLinear) for m in layers) and not all(isinstance(m, FusedLinear) for m in layers):
+        return "it mixes FusedLinear with layers on feature maps"
+    for name, m in children[1:]:
+        if not (isinstance(m, CHAINABLE) or type(m) is nn.Dropout or _chain_activation(m) is not None):
+            return f"child {name} ({type(m).__name__}) is not a fused layer, an activation or nn.Dropout"
+    return None
 
 
 def _global_forward_hooks() -> bool:
     return bool(_nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks)
 
 
-CHAINABLE = (FusedConvBNAct, FusedPointwiseConvBNAct, FusedInvertedResidual, FusedSequential)
+CHAINABLE = (FusedConvBNAct, FusedPointwiseConvBNAct, FusedInvertedResidual, FusedSequential, FusedLinear)
 
 
 def _submodule(module: nn.Module, path: str) -> Optional[nn.Module]:

@@ -154,6 +154,7 @@ def _block_calls(model, monkeypatch) -> dict:
     for m in model.modules():
         cached = m.__dict__.get("_mnv3_cache", {}).get("chain")
         for step in cached[1].describe() if cached else ():
+            calls["linear"] += isinstance(m[0], M.FusedLinear)  # a classifier's chain
             if step[0] == "block":
                 calls["block"] += 1
                 calls["expand"] += step[1]
@@ -168,11 +169,14 @@ def test_the_block_fast_path_runs(monkeypatch, one_thread):
     mnv3_kernels.path_stats(reset=True)
     calls = _block_calls(model, monkeypatch)
     assert calls == {"block": 11, "se": 9, "expand": 10, "layer": 0, "linear": 2}
-    # All of features (stem, 11 blocks, head conv) ran as one chain.
-    assert mnv3_kernels.path_stats() == {("FusedSequential", "fused", "cpu"): 1, ("FusedLinear", "fused", "cpu"): 2}
+    # features (stem, 11 blocks, head conv) and classifier ran as two chains.
+    assert mnv3_kernels.path_stats() == {("FusedSequential", "fused", "cpu"): 2,
+                                         ("FusedGlobalAvgPool", "fused", "cpu"): 1}
     chain = model.features._cache()["chain"][1]
     assert [s[0] for s in chain.describe()] == ["dense"] + ["block"] * 11 + ["pointwise"]
     assert sum(s[3] for s in chain.describe()[1:-1]) == 6  # blocks with a residual
+    # Linear -> Hardswish -> Dropout -> Linear: two 1x1 steps, the h-swish in the first's epilogue.
+    assert model.classifier._cache()["chain"][1].describe() == [("pointwise", "hardswish"), ("pointwise", "none")]
 
 
 def test_block_gradients_and_train_mode_are_the_original(one_thread):
@@ -240,7 +244,7 @@ def test_refresh_drops_packed_weights_and_path_stats_count_blocks(one_thread):
     with torch.inference_mode():
         model(x)
     stats = mnv3_kernels.path_stats()
-    assert stats == {("FusedSequential", "fused", "cpu"): 1, ("FusedLinear", "fused", "cpu"): 2}
+    assert stats == {("FusedSequential", "fused", "cpu"): 2, ("FusedGlobalAvgPool", "fused", "cpu"): 1}
     model.requires_grad_(False)
     model(x)  # autograd on, nothing to record: no chain, each layer on its own fused path
     stats = mnv3_kernels.path_stats(reset=True)

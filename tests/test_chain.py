@@ -38,7 +38,8 @@ def _run(model, x):
 
 
 def _chain_ran(stats) -> bool:
-    return stats.get(("FusedSequential", "fused", "cpu"), 0) == 1
+    """Both chains ran: features and classifier."""
+    return stats.get(("FusedSequential", "fused", "cpu"), 0) == 2
 
 
 def _chain(model):
@@ -53,7 +54,9 @@ def _chain(model):
 def test_chain_matches_layers_and_original(one_thread, name, shape, fmt):
     conv, layers, want = _pair(name)
     assert isinstance(conv.features, M.FusedSequential)
-    assert [e.shape for e in conv.mnv3_report.fused("sequence")] == [f"{len(conv.features)} layers"]
+    assert isinstance(conv.classifier, M.FusedSequential)
+    assert {e.path: e.shape for e in conv.mnv3_report.fused("sequence")} == {
+        "features": f"{len(conv.features)} layers", "classifier": "4 layers"}
     x = torch.randn(*shape).contiguous(memory_format=fmt)
     got, stats = _run(conv, x)
     assert _chain_ran(stats), stats
@@ -154,7 +157,7 @@ def test_hooks_added_after_conversion_run(one_thread):
     seen = []
     handle = conv.features[5].register_forward_hook(lambda m, a, out: seen.append(out.shape))
     _, stats = _run(conv, x)
-    assert len(seen) == 1 and not _chain_ran(stats)
+    assert len(seen) == 1 and stats[("FusedSequential", "fused", "cpu")] == 1  # the classifier's
     assert "forward hooks" in next(k[2] for k in stats if k[0] == "FusedSequential")
     handle.remove()
     assert _chain_ran(_run(conv, x)[1])
@@ -163,7 +166,7 @@ def test_hooks_added_after_conversion_run(one_thread):
         _, stats = _run(conv, x)
     finally:
         handle.remove()
-    assert stats[("FusedSequential", "layer by layer", "global forward hooks")] == 1
+    assert stats[("FusedSequential", "layer by layer", "global forward hooks")] == 2
     assert len(seen) > 2
 
 
@@ -172,7 +175,7 @@ def test_backend_change_and_autograd_leave_the_chain(one_thread):
     x = torch.randn(1, 3, 48, 48)
     conv.features[0].backend = "reference"
     _, stats = _run(conv, x)
-    assert not _chain_ran(stats)
+    assert stats[("FusedSequential", "fused", "cpu")] == 1  # the classifier's
     assert any(k[:2] == ("FusedConvBNAct", "reference") for k in stats), stats
     conv.features[0].backend = "auto"
     assert _chain_ran(_run(conv, x)[1])
@@ -223,9 +226,52 @@ def test_copy_revert_and_construction(one_thread):
     mnv3_kernels.revert(conv)
     assert type(conv.features) is nn.Sequential
     assert not any(isinstance(m, M.FusedModule) for m in conv.modules())
-    with pytest.raises(ValueError, match="every child must be one of"):
+    with pytest.raises(ValueError, match="first child must be one of"):
         M.FusedSequential(nn.Sequential(nn.ReLU()))
     # Converting a converted model again reports the sequence as already fused.
     again = mnv3_kernels.convert(layers).mnv3_report
-    assert again.counts()["sequence"]["fused"] == 1
-    assert mnv3_kernels.convert(layers).mnv3_report.counts()["sequence"]["already fused"] == 1
+    assert again.counts()["sequence"]["fused"] == 1  # the features (the classifier was one already)
+    assert mnv3_kernels.convert(layers).mnv3_report.counts()["sequence"]["already fused"] == 2
+
+
+def _mlp(*layers):
+    model = nn.Sequential(nn.Sequential(*layers)).eval()  # convert replaces children, not the root
+    want = copy.deepcopy(model)
+    return mnv3_kernels.convert(model), want
+
+
+def test_linear_chains_merge_activations_and_skip_dropout():
+    model, want = _mlp(nn.Linear(24, 40), nn.Hardswish(), nn.Dropout(0.3), nn.Linear(40, 17), nn.ReLU6())
+    seq = model[0]
+    assert isinstance(seq, M.FusedSequential)
+    for n in (3, 1, 0):
+        x = torch.randn(n, 24)
+        mnv3_kernels.path_stats(reset=True)
+        with torch.no_grad():
+            got = model(x)
+            torch.testing.assert_close(got, want(x), rtol=1e-5, atol=1e-5)
+        assert mnv3_kernels.path_stats() == {("FusedSequential", "fused", "cpu"): 1}
+        assert got.shape == (n, 17)
+    assert seq._cache()["chain"][1].describe() == [("pointwise", "hardswish"), ("pointwise", "relu6")]
+    # Dropout in train mode: not the identity, so not chained.
+    seq[2].train()
+    mnv3_kernels.path_stats(reset=True)
+    with torch.no_grad():
+        model(torch.randn(2, 24))
+    assert mnv3_kernels.path_stats()[("FusedSequential", "layer by layer", "layer 2: training mode")] == 1
+
+
+def test_what_a_chain_cannot_hold():
+    # Two activations in a row: the second has no 1x1 step of its own to go into.
+    model, want = _mlp(nn.Linear(8, 8), nn.ReLU(), nn.Hardswish(), nn.Linear(8, 4))
+    x = torch.randn(2, 8)
+    mnv3_kernels.path_stats(reset=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want(x), rtol=1e-5, atol=1e-5)
+    assert ("FusedSequential", "layer by layer",
+            "layer 2: an activation that no 1x1 layer right before it can apply") in mnv3_kernels.path_stats()
+    # An activation first, or something that is not a layer, an activation or dropout: not converted.
+    for layers in ((nn.ReLU(), nn.Linear(8, 4)), (nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 4))):
+        model, _ = _mlp(*layers)
+        assert type(model[0]) is nn.Sequential
+        assert M.chain_unsupported_reason(model[0]) is not None

@@ -102,6 +102,13 @@ class LayerChain {
     steps_.push_back(std::move(s));
   }
 
+  // An activation module right after a 1x1 step: applied in that step's epilogue.
+  void merge_activation(std::string activation) {
+    if (steps_.empty() || steps_.back().kind != Step::kPointwise || steps_.back().activation != "none")
+      throw py::value_error("LayerChain: an activation merges only into a 1x1 step without one");
+    steps_.back().activation = std::move(activation);
+  }
+
   void watch_value(py::dict d, py::str key) {
     PyObject* v = PyDict_GetItemWithError(d.ptr(), key.ptr());  // borrowed; null if absent
     if (v == nullptr && PyErr_Occurred()) throw py::error_already_set();
@@ -166,14 +173,15 @@ class LayerChain {
 
   size_t size() const { return steps_.size(); }
 
-  // What each step runs: ("block", has_expand, has_se, residual), ("dense",) or ("pointwise",).
+  // What each step runs: ("block", has_expand, has_se, residual), ("dense", activation) or
+  // ("pointwise", activation).
   py::list describe() const {
     py::list out;
     for (const Step& s : steps_) {
       if (s.kind == Step::kBlock)
         out.append(py::make_tuple("block", s.expand_packed.has_value(), s.fc1_w.has_value(), s.residual));
       else
-        out.append(py::make_tuple(s.kind == Step::kDense ? "dense" : "pointwise"));
+        out.append(py::make_tuple(s.kind == Step::kDense ? "dense" : "pointwise", s.activation));
     }
     return out;
   }
@@ -229,6 +237,7 @@ void bind_layer_chain(py::module_& m) {
       .def("add_block", &LayerChain::add_block)
       .def("add_dense", &LayerChain::add_dense)
       .def("add_pointwise", &LayerChain::add_pointwise)
+      .def("merge_activation", &LayerChain::merge_activation)
       .def("watch_value", &LayerChain::watch_value)
       .def("watch_members", &LayerChain::watch_members)
       .def("watch_tensor", &LayerChain::watch_tensor)
