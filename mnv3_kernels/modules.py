@@ -1,6 +1,6 @@
 """Drop-in fused modules.
 
-Three building blocks, all generic (built from plain ``nn.Conv2d`` / ``nn.BatchNorm2d`` /
+The building blocks, all generic (built from plain ``nn.Conv2d`` / ``nn.BatchNorm2d`` /
 activation modules) and all ``state_dict``-preserving: they adopt the original Parameter and
 buffer objects under the original names, so a converted model has the same keys and values,
 ``load_state_dict`` keeps working, and an optimizer built before the conversion still updates
@@ -28,6 +28,15 @@ the tensors the fused path reads.
 ``FusedInvertedResidual``
     A whole inverted-residual block whose layers are fused modules (Sequential or head/tail
     forms), run as one fused call in eval mode on the CPU.
+
+``FusedSequential``
+    An ``nn.Sequential`` of such layers (a feature extractor: stem, blocks, head conv; or a
+    classifier of ``FusedLinear`` layers with activations and dropout between them) that, in
+    eval mode without autograd, runs all of them as one C++ call (a ``LayerChain``, checked per
+    call against everything the layers' own checks read).
+
+``FusedLinear`` / ``FusedGlobalAvgPool``
+    ``nn.Linear`` and ``nn.AdaptiveAvgPool2d(1)`` on the CPU kernels.
 
 ``Hardswish`` / ``Hardsigmoid``
     Drop-ins for ``nn.Hardswish`` / ``nn.Hardsigmoid`` on the single-pass kernels, in place when
