@@ -296,12 +296,16 @@ def headline_lines(groups) -> List[str]:
     for g in gs:
         r0 = next(iter(g.values()))
         for p in sorted(g, key=provider_key):
-            if p.startswith("converted-") and "+" not in p:
+            if p.startswith("converted-") and "+" not in p and not p.endswith("-layers"):
                 base = "eager-cl" if p.endswith("-cl") and "eager-cl" in g else "eager"
                 v = speedup(g, p, base)
                 if v:
                     lines.append(f"- mobilenet_v3_{r0.ei.get('model')} b{r0.ei.get('batch')} {r0.device}, {p} "
                                  f"vs {base} ({how}, no_grad): **{v:.2f}×**")
+        if "converted-cpu" in g and "converted-cpu-layers" in g:
+            lines.append(f"- mobilenet_v3_{r0.ei.get('model')} b{r0.ei.get('batch')} {r0.device}, features and "
+                         f"classifier as one call each (converted-cpu) vs every layer called from Python "
+                         f"(converted-cpu-layers, {how}): **{speedup(g, 'converted-cpu', 'converted-cpu-layers'):.2f}×**")
         peer_lines = _peer_lines(g, how)
         lines += peer_lines
     for g in _of_kind(groups, "grad-il"):
@@ -324,7 +328,7 @@ def _peer_lines(g, how) -> List[str]:
     peers = [p for p in ("onnxruntime", "openvino") if p in g]
     out = []
     for p in sorted(g, key=provider_key):
-        if not (p.startswith("converted-") and "+" not in p and not p.endswith("-cl")):
+        if not (p.startswith("converted-") and "+" not in p and not p.endswith(("-cl", "-layers"))):
             continue
         parts = []
         if peers:

@@ -6,6 +6,8 @@ model groups, providers:
     compile, compile-freezing           torch.compile (freezing: CPU only)
     converted-<b>, converted-<b>-cl     mnv3_kernels.convert(model, backend=b)
     converted-<b>+compile               the converted model under torch.compile
+    converted-cpu-layers                the converted model with its FusedSequentials back to
+                                        plain Sequentials: every layer called from Python
     onnxruntime, openvino               the original model exported to ONNX, run by ONNX Runtime /
                                         OpenVINO with torch's thread count (CPU; benchmarks/peers.py)
 table5 groups (the same network, activation swapped; relative to all-relu like the paper):
@@ -26,6 +28,8 @@ interleaved groups (kinds model-il, table5-il, grad-il): every provider of a gro
     round-robin in one case (common.run_interleaved). The per-provider medians go to
     extra_info["interleaved"]; the report leads with them.
 """
+from collections import OrderedDict
+
 import pytest
 import torch
 import torch.nn as nn
@@ -52,6 +56,16 @@ def _converted(model, backend):
     return converted
 
 
+def _unchained(model):
+    """A converted model with every FusedSequential back to a plain nn.Sequential of the same
+    fused layers: each layer called from Python, one op call each -- what the chains save."""
+    for _, parent in reversed(list(model.named_modules())):  # innermost first
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, modules.FusedSequential):
+                parent._modules[name] = nn.Sequential(OrderedDict(child._modules))
+    return model
+
+
 def _model_cases():
     dev = common.device()
     cases = []
@@ -64,6 +78,8 @@ def _model_cases():
                 providers += ["compile"] + (["compile-freezing"] if dev == "cpu" else [])
             for b in common.fused_backends(dev):
                 providers += [f"converted-{b}", f"converted-{b}-cl"]
+                if b == "cpu":
+                    providers.append("converted-cpu-layers")
                 if with_compile:
                     providers.append(f"converted-{b}+compile")
             if dev == "cpu":
@@ -87,6 +103,8 @@ def _model_provider(name, n, provider, dev):
     elif provider.startswith("converted-"):
         backend = provider[len("converted-"):].split("-")[0].split("+")[0]
         model = common.to_layout(_converted(base, backend), layout)
+        if provider.endswith("-layers"):
+            model = _unchained(model)
         fn = common.compiled(key + (provider,), model) if provider.endswith("+compile") else model
     else:
         model = common.to_layout(base, layout)
