@@ -322,14 +322,17 @@ class _Converter:
         """torchvision MobileNetV3's ``avgpool`` (after the features, before the classifier) ->
         FusedGlobalAvgPool."""
         tv = _torchvision_mobilenet_v3()
-        for path, module in list(self.model.named_modules()) if tv is not None else ():
+        if tv is None:
+            return
+        for path, module in list(self.model.named_modules()):
             pool = module._modules.get("avgpool") if isinstance(module, tv) else None
-            if pool is None or isinstance(pool, M.FusedGlobalAvgPool):
-                if pool is not None:
-                    pool.backend = self.backend
-                    self.add(f"{path}.avgpool" if path else "avgpool", "pool", "already fused", "global")
+            if pool is None:
                 continue
             where = f"{path}.avgpool" if path else "avgpool"
+            if isinstance(pool, M.FusedGlobalAvgPool):  # converting twice: only the backend changes
+                pool.backend = self.backend
+                self.add(where, "pool", "already fused", "global")
+                continue
             reason = M.global_pool_unsupported_reason(pool) or _placement_reason(where, pool)
             if reason is not None:
                 self.add(where, "pool", "skipped", "global", reason)
