@@ -15,7 +15,7 @@ import torchvision
 import mnv3_kernels
 from mnv3_kernels import _extension, modules as M
 
-from conftest import randomize_model_bn_, rel_err
+from conftest import cpu_isas, randomize_model_bn_, rel_err
 
 pytestmark = pytest.mark.skipif(not _extension.LOADED, reason="compiled library not loaded")
 
@@ -69,6 +69,44 @@ def test_chain_matches_layers_and_original(one_thread, name, shape, fmt):
     with torch.no_grad():  # no_grad serves it too, and reuses the inference-mode-free plan
         again = conv(x)
     assert torch.equal(again, got)
+
+
+def test_chain_packs_depthwise_weights_for_the_kernels_it_runs(one_thread):
+    # A chain packs each block's depthwise weights once, in the format of the instruction set
+    # active when it was built; switched to another one, it must not read that format.
+    isas = cpu_isas()
+    if len(isas) < 2:
+        pytest.skip("this CPU supports one instruction set")
+    conv, layers, want = _pair("small")
+    x = torch.randn(2, 3, 96, 80)
+    before = _extension._C.build_info()["cpu_isa"]
+    try:
+        _extension._C._set_cpu_isa(isas[0])
+        first, stats = _run(conv, x)
+        assert _chain_ran(stats), stats
+        chain = _chain(conv)
+        for other in isas[1:]:
+            _extension._C._set_cpu_isa(other)
+            got, stats = _run(conv, x)
+            assert _chain_ran(stats) and _chain(conv) is chain  # the same chain, other kernels
+            ref, _ = _run(layers, x)
+            assert torch.equal(got, ref), other
+        with torch.no_grad():
+            assert rel_err(got.double(), want(x.double())) < 1e-4
+    finally:
+        _extension._C._set_cpu_isa(before)
+
+
+def test_profile_times_every_step(one_thread):
+    conv, layers, _ = _pair("small")
+    x = torch.randn(1, 3, 64, 64)
+    _run(conv, x)
+    chain = _chain(conv)
+    seconds = chain.profile(x, 3)
+    assert len(seconds) == len(chain) == len(chain.describe())
+    assert all(s > 0 for s in seconds)
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        chain.profile(x, 0)
 
 
 def test_chain_is_reused_and_the_state_dict_is_unchanged(one_thread):

@@ -56,14 +56,16 @@ constexpr int64_t kBufferFloats = 64 * 1024;
 constexpr int64_t kSerialMacs = int64_t(1) << 18;
 
 // Per-thread 64-byte aligned buffers, reused across calls. Slot 0: a band's row buffer and
-// group output (worker threads); slot 1: the squeeze-excite block's depthwise output (the
-// calling thread, which is also worker 0, so the two must not share).
+// group output (worker threads); on the calling thread, which is also worker 0 (so none may
+// share): slot 1 the squeeze-excite block's depthwise output, slot 2 the gate's sums, means,
+// hidden units and gate, slot 3 the depthwise weights packed for this call.
+enum Slot { kBandSlot, kDwOutSlot, kGateSlot, kDwPackSlot, kSlots };
 float* thread_buffer(int slot, int64_t floats) {
   struct Buf {
     std::unique_ptr<float[]> base;
     int64_t cap = 0;
   };
-  thread_local Buf bufs[2];
+  thread_local Buf bufs[kSlots];
   Buf& b = bufs[slot];
   if (b.cap < floats) {
     b.base.reset(new float[floats + 16]);
@@ -113,7 +115,7 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
   const bool per_sample = b.se_per_sample;  // then [oa, ob) is the whole sample
   const int64_t group_floats =
       per_sample ? b.OH * OW * Ce : (b.dw_out == nullptr ? b.G * OW * Ce : 0);
-  float* ring = thread_buffer(0, b.cap * b.rowp + group_floats + 2 * Ce + b.R + 48);
+  float* ring = thread_buffer(kBandSlot, b.cap * b.rowp + group_floats + 2 * Ce + b.R + 48);
   float* group = ring + b.cap * b.rowp;
   float* tmp = group + group_floats;
   // The padding columns of every padded buffer row are zeros; the expansion writes only
@@ -278,14 +280,49 @@ void check_pair(const char* op, const char* name, at::IntArrayRef v, int64_t min
 
 }  // namespace
 
-at::Tensor inverted_residual_packed_cpu(
+DwBandPacked pack_dw_band(const at::Tensor& dw_weight, const c10::optional<at::Tensor>& dw_bias) {
+  DwBandPacked out;
+  const at::Tensor& w = dw_weight;
+  if (!(w.defined() && w.dim() == 4 && w.size(1) == 1 && w.size(0) >= 1 && w.numel() > 0 &&
+        w.scalar_type() == at::kFloat && w.device().is_cpu())) {
+    return out;
+  }
+  const int64_t C = w.size(0), taps = w.size(2) * w.size(3);
+  if (dw_bias.has_value() && !(dw_bias->scalar_type() == at::kFloat && dw_bias->device().is_cpu() &&
+                               dw_bias->dim() == 1 && dw_bias->size(0) == C)) {
+    return out;
+  }
+  const KernelTable& kt = kernels();
+  const at::Tensor wc = w.contiguous();
+  at::Tensor bc;
+  if (dw_bias.has_value()) bc = dw_bias->contiguous();
+  const int64_t floats = dw_band_packed_floats(C, taps, kt.lanes);
+  out.mem.reset(new float[floats + 16]);
+  float* data = out.mem.get();
+  data += ((64 - reinterpret_cast<uintptr_t>(data) % 64) % 64) / sizeof(float);
+  DwBandArgs d{};
+  d.p.C = C;
+  d.p.KH = w.size(2);
+  d.p.KW = w.size(3);
+  d.w = wc.const_data_ptr<float>();
+  d.b = bc.defined() ? bc.const_data_ptr<float>() : nullptr;
+  kt.dw_band_pack(d, data);
+  out.data = data;
+  out.table = &kt;
+  out.channels = C;
+  out.taps = taps;
+  return out;
+}
+
+at::Tensor inverted_residual_prepacked_cpu(
     const at::Tensor& x_in, const c10::optional<at::Tensor>& expand_packed, int64_t expand_channels,
     c10::string_view expand_activation, const at::Tensor& dw_weight_in,
     const c10::optional<at::Tensor>& dw_bias_in, at::IntArrayRef stride, at::IntArrayRef padding,
     at::IntArrayRef dilation, c10::string_view dw_activation,
     const c10::optional<at::Tensor>& se_fc1_weight, const c10::optional<at::Tensor>& se_fc1_bias,
     const c10::optional<at::Tensor>& se_fc2_weight, const c10::optional<at::Tensor>& se_fc2_bias,
-    const at::Tensor& project_packed, int64_t out_channels, bool residual) {
+    const at::Tensor& project_packed, int64_t out_channels, bool residual,
+    const DwBandPacked* dw_prepacked) {
   const char* op = "mnv3::inverted_residual_packed (CPU)";
   TORCH_CHECK_VALUE(x_in.dim() == 4, op, ": x must be 4-D (N, C, H, W), got ", x_in.dim(), "-D");
   TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat, op, ": x must be float32, got ",
@@ -378,19 +415,21 @@ at::Tensor inverted_residual_packed_cpu(
   b.residual = residual;
   b.out = out.mutable_data_ptr<float>();
 
-  // The depthwise weights in the row kernels' tile format, once per call.
+  // The depthwise weights in the row kernels' tile format: a chain's, packed when it was built
+  // for the kernels active now, or packed here.
   const int64_t taps = p.KH * p.KW;
-  std::vector<float> dw_pack_mem(dw_band_packed_floats(Ce, taps, kt.lanes) + 16);
-  float* dw_packed = dw_pack_mem.data();
-  dw_packed += ((64 - reinterpret_cast<uintptr_t>(dw_packed) % 64) % 64) / sizeof(float);
-  {
+  if (dw_prepacked != nullptr && dw_prepacked->data != nullptr && dw_prepacked->table == &kt &&
+      dw_prepacked->channels == Ce && dw_prepacked->taps == taps) {
+    b.dw_packed = dw_prepacked->data;
+  } else {
+    float* dw_packed = thread_buffer(kDwPackSlot, dw_band_packed_floats(Ce, taps, kt.lanes));
     DwBandArgs d{};
     d.p = p;
     d.w = dw_w.const_data_ptr<float>();
     d.b = dw_b.defined() ? dw_b.const_data_ptr<float>() : nullptr;
     kt.dw_band_pack(d, dw_packed);
+    b.dw_packed = dw_packed;
   }
-  b.dw_packed = dw_packed;
 
   b.in_place = !has_expand && kt.dw_band_in_place(p);
   b.G = std::max<int64_t>(1, std::min(p.OH, cdiv(kGroupPixels, p.OW)));
@@ -419,7 +458,7 @@ at::Tensor inverted_residual_packed_cpu(
   const int64_t band_need = (band_rows - 1) * p.SH + span_h;
   b.cap = std::max(b.min_rows, std::min(band_need, kBufferFloats / std::max<int64_t>(1, b.rowp)));
 
-  std::vector<float> sums, pooled, hidden, gate;
+  float *sums = nullptr, *pooled = nullptr, *hidden = nullptr, *gate = nullptr;
   b.se_per_sample = has_se && bands == 1 && !by_channels;
   if (has_se) {
     b.w1 = w1.const_data_ptr<float>();
@@ -428,12 +467,15 @@ at::Tensor inverted_residual_packed_cpu(
     b.b2 = b2.const_data_ptr<float>();
     b.R = R;
   }
-  if ((has_se && !b.se_per_sample) || by_channels) b.dw_out = thread_buffer(1, N * p.OH * p.OW * Ce);
-  if (has_se) {
-    sums.assign(items * Ce, 0.0f);
-    pooled.assign(N * Ce, 0.0f);
-    hidden.resize(N * R);
-    gate.resize(N * Ce);
+  if ((has_se && !b.se_per_sample) || by_channels) {
+    b.dw_out = thread_buffer(kDwOutSlot, N * p.OH * p.OW * Ce);
+  }
+  if (has_se) {  // items x Ce sums (zero where an item has no channels), N x Ce means, ...
+    sums = thread_buffer(kGateSlot, (items + 2 * N) * Ce + N * R + 3 * 16);
+    std::fill(sums, sums + items * Ce, 0.0f);
+    pooled = sums + cdiv(items * Ce, 16) * 16;
+    gate = pooled + cdiv(N * Ce, 16) * 16;
+    hidden = gate + cdiv(N * Ce, 16) * 16;
   }
   const int64_t per_n = items / N;  // items of a sample: row bands, or channel parts
   const float inv_hw = 1.0f / static_cast<float>(p.OH * p.OW);
@@ -447,7 +489,7 @@ at::Tensor inverted_residual_packed_cpu(
   o.y = b.out;
   o.packed = b.project;
   o.residual = residual ? b.x : nullptr;
-  o.scale = has_se ? gate.data() : nullptr;
+  o.scale = gate;
 
   // Every phase split over the threads of one parallel region, with barriers between: a
   // fork/join per phase (up to five for a squeeze-excite block) costs more than a phase of a
@@ -456,7 +498,7 @@ at::Tensor inverted_residual_packed_cpu(
     int64_t i0, i1;
     split(items, tid, nt, i0, i1);
     for (int64_t i = i0; i < i1; ++i) {
-      float* item_sums = has_se ? sums.data() + i * Ce : nullptr;
+      float* item_sums = has_se ? sums + i * Ce : nullptr;
       if (by_channels) {
         const int64_t n = i / threads, part = i % threads;
         const int64_t c0 = panels * part / threads * kPanel;
@@ -482,12 +524,12 @@ at::Tensor inverted_residual_packed_cpu(
       }
       barrier();
       split(R, tid, nt, j0, j1);
-      kt.se_fc1(pooled.data(), inv_hw, w1.const_data_ptr<float>(), b1.const_data_ptr<float>(),
-                hidden.data(), N, Ce, R, j0, j1);
+      kt.se_fc1(pooled, inv_hw, w1.const_data_ptr<float>(), b1.const_data_ptr<float>(), hidden,
+                N, Ce, R, j0, j1);
       barrier();
       split(Ce, tid, nt, j0, j1);
-      kt.se_fc2(hidden.data(), w2.const_data_ptr<float>(), b2.const_data_ptr<float>(), gate.data(),
-                N, Ce, R, j0, j1);
+      kt.se_fc2(hidden, w2.const_data_ptr<float>(), b2.const_data_ptr<float>(), gate, N, Ce, R,
+                j0, j1);
       barrier();
     }
     pointwise_nhwc_part(o, tid, nt);
@@ -503,6 +545,21 @@ at::Tensor inverted_residual_packed_cpu(
 #endif
   phases(0, 1, [] {});
   return out;
+}
+
+at::Tensor inverted_residual_packed_cpu(
+    const at::Tensor& x, const c10::optional<at::Tensor>& expand_packed, int64_t expand_channels,
+    c10::string_view expand_activation, const at::Tensor& dw_weight,
+    const c10::optional<at::Tensor>& dw_bias, at::IntArrayRef stride, at::IntArrayRef padding,
+    at::IntArrayRef dilation, c10::string_view dw_activation,
+    const c10::optional<at::Tensor>& se_fc1_weight, const c10::optional<at::Tensor>& se_fc1_bias,
+    const c10::optional<at::Tensor>& se_fc2_weight, const c10::optional<at::Tensor>& se_fc2_bias,
+    const at::Tensor& project_packed, int64_t out_channels, bool residual) {
+  return inverted_residual_prepacked_cpu(x, expand_packed, expand_channels, expand_activation,
+                                         dw_weight, dw_bias, stride, padding, dilation,
+                                         dw_activation, se_fc1_weight, se_fc1_bias, se_fc2_weight,
+                                         se_fc2_bias, project_packed, out_channels, residual,
+                                         nullptr);
 }
 
 at::Tensor pack_pointwise_weight(const at::Tensor& weight, const c10::optional<at::Tensor>& bias);

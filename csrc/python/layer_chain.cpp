@@ -16,6 +16,7 @@
 #include <pybind11/stl.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include <chrono>
 #include <string>
 #include <utility>
 #include <vector>
@@ -45,6 +46,7 @@ struct Step {
   std::vector<int64_t> kernel_size, stride, padding, dilation;
   std::string activation, dw_activation;
   bool residual = false;
+  cpu::DwBandPacked dw_packed;  // blocks: packed once here, not on every call
 };
 
 class LayerChain {
@@ -73,6 +75,7 @@ class LayerChain {
     s.project_packed = tensor_arg(project_packed, "project_packed");
     s.out_channels = out_channels;
     s.residual = residual;
+    s.dw_packed = cpu::pack_dw_band(s.dw_weight, s.dw_bias);
     steps_.push_back(std::move(s));
   }
 
@@ -171,6 +174,25 @@ class LayerChain {
     return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(h)));
   }
 
+  // Seconds each step took, summed over `repeats` runs of the whole chain on x: where a chain
+  // spends its time with the caches as a real forward leaves them (the benchmarks' per-block
+  // table; a step timed alone runs with its weights and input already in cache).
+  std::vector<double> profile(py::handle x_obj, int64_t repeats) const {
+    if (repeats < 1) throw py::value_error("LayerChain.profile: repeats must be >= 1, got " + std::to_string(repeats));
+    const at::Tensor x = tensor_arg(x_obj, "x");
+    std::vector<double> seconds(steps_.size(), 0.0);
+    py::gil_scoped_release no_gil;
+    for (int64_t r = 0; r < repeats; ++r) {
+      at::Tensor h = x;
+      for (size_t i = 0; i < steps_.size(); ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        h = run_step(steps_[i], h);
+        seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      }
+    }
+    return seconds;
+  }
+
   size_t size() const { return steps_.size(); }
 
   // What each step runs: ("block", has_expand, has_se, residual), ("dense", activation) or
@@ -207,10 +229,10 @@ class LayerChain {
   static at::Tensor run_step(const Step& s, const at::Tensor& x) {
     switch (s.kind) {
       case Step::kBlock:
-        return cpu::inverted_residual_packed_cpu(
+        return cpu::inverted_residual_prepacked_cpu(
             x, s.expand_packed, s.channels, s.activation, s.dw_weight, s.dw_bias, s.stride,
             s.padding, s.dilation, s.dw_activation, s.fc1_w, s.fc1_b, s.fc2_w, s.fc2_b,
-            s.project_packed, s.out_channels, s.residual);
+            s.project_packed, s.out_channels, s.residual, &s.dw_packed);
       case Step::kDense:
         return cpu::dense_conv_bn_act_packed_cpu(x, s.packed, s.out_channels, s.kernel_size,
                                                  s.stride, s.padding, s.dilation, s.activation);
@@ -243,6 +265,7 @@ void bind_layer_chain(py::module_& m) {
       .def("watch_tensor", &LayerChain::watch_tensor)
       .def("valid", &LayerChain::valid)
       .def("__call__", &LayerChain::run)
+      .def("profile", &LayerChain::profile, py::arg("x"), py::arg("repeats") = 1)
       .def("__len__", &LayerChain::size)
       .def("describe", &LayerChain::describe);
 }
