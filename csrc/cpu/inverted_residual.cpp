@@ -54,6 +54,9 @@ constexpr int64_t kGroupPixels = 32;
 constexpr int64_t kBufferFloats = 64 * 1024;
 // Below this many multiply-adds a block runs on the calling thread (fork/join costs a few us).
 constexpr int64_t kSerialMacs = int64_t(1) << 18;
+// Threads that split a block's expanded channels take multiples of this many (a multiple of
+// every ISA's vector width and GEMM slice): half panels, so 15 panels split 7.5 / 7.5.
+constexpr int64_t kChannelStep = 16;
 
 // Per-thread 64-byte aligned buffers, reused across calls. Slot 0: a band's row buffer and
 // group output (worker threads); on the calling thread, which is also worker 0 (so none may
@@ -104,8 +107,8 @@ struct Block {
   int64_t min_rows, cap;   // rows a group needs; rows the buffer holds
 };
 
-// Output rows [oa, ob) of sample n, expanded channels [c0, c1) (one work item). c0 is a whole
-// number of GEMM panels; c1 too, or Ce.
+// Output rows [oa, ob) of sample n, expanded channels [c0, c1) (one work item). c0 is a
+// multiple of kChannelStep; c1 too, or Ce.
 void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int64_t c1,
               float* sums) {
   const KernelTable& kt = kernels();
@@ -135,6 +138,8 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
   e.Cout = Ce;
   e.act = b.expand_act;
   e.packed = b.expand;
+  e.col_lo = c0;
+  e.col_hi = c1;
   const int64_t p0 = c0 / kPanel, p1 = pointwise_panels(c1), Po = pointwise_panels(b.Cout);
   const int64_t lanes = kt.lanes;
 
@@ -450,9 +455,9 @@ at::Tensor inverted_residual_prepacked_cpu(
   // images (14x14, k = 5: 4 of 14 rows per extra band) the threads split the expanded channels
   // instead, each running its channels over the whole image, and the projection follows as a
   // second phase over all channels.
-  const int64_t panels = pointwise_panels(Ce);
+  const int64_t steps = cdiv(Ce, kChannelStep);
   const bool by_channels =
-      bands > 1 && (bands - 1) * std::max<int64_t>(0, span_h - p.SH) * 8 > H && panels >= threads;
+      bands > 1 && (bands - 1) * std::max<int64_t>(0, span_h - p.SH) * 8 > H && steps >= threads;
   const int64_t items = by_channels ? N * threads : N * bands;
   const int64_t band_rows = by_channels ? p.OH : cdiv(p.OH, bands);
   const int64_t band_need = (band_rows - 1) * p.SH + span_h;
@@ -501,8 +506,8 @@ at::Tensor inverted_residual_prepacked_cpu(
       float* item_sums = has_se ? sums + i * Ce : nullptr;
       if (by_channels) {
         const int64_t n = i / threads, part = i % threads;
-        const int64_t c0 = panels * part / threads * kPanel;
-        const int64_t c1 = std::min(Ce, panels * (part + 1) / threads * kPanel);
+        const int64_t c0 = steps * part / threads * kChannelStep;
+        const int64_t c1 = std::min(Ce, steps * (part + 1) / threads * kChannelStep);
         if (c0 < c1) run_band(b, n, 0, p.OH, c0, c1, item_sums);
       } else {
         const int64_t n = i / bands, band = i % bands;

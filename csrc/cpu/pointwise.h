@@ -30,6 +30,11 @@ struct PwArgs {
   const float* packed;      // pointwise_panels(Cout) panels of pointwise_panel_floats(K)
   const float* residual;    // added after the activation, layout of y; or null
   const float* scale;       // (N, K): x's channels scaled per sample; or null
+  // NHWC only: output channels [col_lo, col_hi) of the panels a call names, the rest untouched
+  // (both multiples of 16, or col_hi = Cout): a fused block's threads split its expand
+  // channels at 16-channel steps, not whole panels (15 panels: 7.5 each, not 7 and 8).
+  int64_t col_lo = 0;
+  int64_t col_hi = INT64_MAX;
 };
 
 // A small dense conv (groups = 1, any kernel) as the same GEMM: each register tile's input

@@ -121,8 +121,8 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
     }
     for (int64_t p = p0; p < p1; ++p) {
       const float* panel = a.packed + p * pf;
-      const int64_t cols = gmin(kPanel, Cout - p * kPanel);
-      for (int64_t s0 = 0; s0 < cols; s0 += kSlice) {
+      const int64_t cols = gmin(gmin(kPanel, Cout - p * kPanel), a.col_hi - p * kPanel);
+      for (int64_t s0 = gmax(0, a.col_lo - p * kPanel); s0 < cols; s0 += kSlice) {
         const int nc = static_cast<int>(gmin(kSlice, cols - s0));
         const float* pb = panel + s0;
         const int64_t yoff = p * kPanel + s0;
