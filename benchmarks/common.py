@@ -513,10 +513,14 @@ INTERLEAVED_ROUNDS = {"model": {"ci": 1, "quick": 8, "full": 20},
                       "layer": {"ci": 1, "quick": 25, "full": 50}}
 # A layer op can take a few microseconds: one sample is a burst of calls lasting about this long.
 _BURST_S = 2e-4
-# Whole models: a provider's turn starts with untimed calls. ONNX Runtime's and OpenVINO's
-# worker threads (and OpenMP's) keep spinning for a while after their last call; on a 2-core
-# machine they steal the next provider's cores. The untimed calls absorb that hand-over, for
-# every provider alike, so each is timed in its own steady state (as it runs in production).
+# Whole models: a provider's turn starts after an idle pause, then untimed calls. ONNX
+# Runtime's and OpenVINO's worker threads (and OpenMP's: libgomp spins up to a few ms before it
+# sleeps) keep spinning after their last call; on a 2-core machine they steal the next
+# provider's cores. Measured with Small at batch 1 (about 1 ms a call), 3 untimed calls did not
+# cover it: the converted model took 2.1 ms right after ONNX Runtime and 1.0 ms on its own, and
+# ONNX Runtime 1.8 ms after it. The pause lets every runtime's threads go to sleep, the untimed
+# calls wake them, so each provider is timed in its own steady state (as it runs in production).
+_MODEL_IDLE_S = 0.05
 _MODEL_SETTLE_CALLS = 3
 _MODEL_BURST_CALLS = 4
 
@@ -558,11 +562,14 @@ def run_interleaved(benchmark, dev: str, providers: Dict[str, tuple], *, group: 
     rng = random.Random(seed)
 
     settle = _MODEL_SETTLE_CALLS if scale == "model" else 0
+    idle = _MODEL_IDLE_S if scale == "model" else 0.0
 
     def one_round():
         rng.shuffle(order)
         for p in order:
             call, reps = calls[p], bursts[p]
+            if idle:
+                time.sleep(idle)
             for _ in range(settle):
                 call()
             t0 = time.perf_counter()
@@ -575,7 +582,7 @@ def run_interleaved(benchmark, dev: str, providers: Dict[str, tuple], *, group: 
     extra = env_info(dev)
     extra.update(info)
     extra.update({"kind": kind, "provider": "round-robin", "rounds_interleaved": rounds,
-                  "burst_calls": bursts, "settle_calls": settle})
+                  "burst_calls": bursts, "settle_calls": settle, "idle_s": idle})
     benchmark.extra_info.update(extra)
     benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
     benchmark.extra_info["interleaved"] = {p: dict(summary(v), max_rel_err=errors.get(p))
