@@ -514,13 +514,13 @@ INTERLEAVED_ROUNDS = {"model": {"ci": 1, "quick": 8, "full": 20},
 # A layer op can take a few microseconds: one sample is a burst of calls lasting about this long.
 _BURST_S = 2e-4
 # Whole models: a provider's turn starts after an idle pause, then untimed calls. ONNX
-# Runtime's and OpenVINO's worker threads (and OpenMP's: libgomp spins up to a few ms before it
-# sleeps) keep spinning after their last call; on a 2-core machine they steal the next
-# provider's cores. Measured with Small at batch 1 (about 1 ms a call), 3 untimed calls did not
-# cover it: the converted model took 2.1 ms right after ONNX Runtime and 1.0 ms on its own, and
-# ONNX Runtime 1.8 ms after it. The pause lets every runtime's threads go to sleep, the untimed
-# calls wake them, so each provider is timed in its own steady state (as it runs in production).
-_MODEL_IDLE_S = 0.05
+# Runtime's worker threads keep spinning for 20-50 ms after its last call (OpenMP's, libgomp's,
+# a few ms); on a 2-core machine they steal the next provider's cores. Measured: Large at batch 1
+# took 8.0-8.6 ms when called 0-20 ms after ONNX Runtime, 4.1 ms 50 ms after, 4.4 ms with no
+# peer in the process; Small at batch 1 2.1 ms after 3 untimed calls behind ONNX Runtime, 1.0 ms
+# on its own. The pause lets every runtime's threads go to sleep, the untimed calls wake them,
+# so each provider is timed in its own steady state (as it runs in production).
+_MODEL_IDLE_S = 0.1
 _MODEL_SETTLE_CALLS = 3
 _MODEL_BURST_CALLS = 4
 
