@@ -63,6 +63,10 @@ constexpr int64_t kChannelStep = 16;
 // share): slot 1 the squeeze-excite block's depthwise output, slot 2 the gate's sums, means,
 // hidden units and gate, slot 3 the depthwise weights packed for this call.
 enum Slot { kBandSlot, kDwOutSlot, kGateSlot, kDwPackSlot, kSlots };
+// The first 64-byte boundary at or after p (p has 16 spare floats behind it).
+float* align64(float* p) {
+  return p + ((64 - reinterpret_cast<uintptr_t>(p) % 64) % 64) / sizeof(float);
+}
 float* thread_buffer(int slot, int64_t floats) {
   struct Buf {
     std::unique_ptr<float[]> base;
@@ -74,8 +78,20 @@ float* thread_buffer(int slot, int64_t floats) {
     b.base.reset(new float[floats + 16]);
     b.cap = floats;
   }
-  const auto addr = reinterpret_cast<uintptr_t>(b.base.get());
-  return b.base.get() + ((64 - addr % 64) % 64) / sizeof(float);
+  return align64(b.base.get());
+}
+
+// The depthwise weights (C, 1, KH, KW) and bias (C) or undefined, contiguous, in the row
+// kernels' tile format (dw_band_packed_floats(C, KH * KW, kt.lanes) floats at dst).
+void dw_pack(const KernelTable& kt, int64_t C, int64_t KH, int64_t KW, const at::Tensor& w,
+             const at::Tensor& bias, float* dst) {
+  DwBandArgs d{};
+  d.p.C = C;
+  d.p.KH = KH;
+  d.p.KW = KW;
+  d.w = w.const_data_ptr<float>();
+  d.b = bias.defined() ? bias.const_data_ptr<float>() : nullptr;
+  kt.dw_band_pack(d, dst);
 }
 
 struct Block {
@@ -301,17 +317,9 @@ DwBandPacked pack_dw_band(const at::Tensor& dw_weight, const c10::optional<at::T
   const at::Tensor wc = w.contiguous();
   at::Tensor bc;
   if (dw_bias.has_value()) bc = dw_bias->contiguous();
-  const int64_t floats = dw_band_packed_floats(C, taps, kt.lanes);
-  out.mem.reset(new float[floats + 16]);
-  float* data = out.mem.get();
-  data += ((64 - reinterpret_cast<uintptr_t>(data) % 64) % 64) / sizeof(float);
-  DwBandArgs d{};
-  d.p.C = C;
-  d.p.KH = w.size(2);
-  d.p.KW = w.size(3);
-  d.w = wc.const_data_ptr<float>();
-  d.b = bc.defined() ? bc.const_data_ptr<float>() : nullptr;
-  kt.dw_band_pack(d, data);
+  out.mem.reset(new float[dw_band_packed_floats(C, taps, kt.lanes) + 16]);
+  float* data = align64(out.mem.get());
+  dw_pack(kt, C, w.size(2), w.size(3), wc, bc, data);
   out.data = data;
   out.table = &kt;
   out.channels = C;
@@ -428,11 +436,7 @@ at::Tensor inverted_residual_prepacked_cpu(
     b.dw_packed = dw_prepacked->data;
   } else {
     float* dw_packed = thread_buffer(kDwPackSlot, dw_band_packed_floats(Ce, taps, kt.lanes));
-    DwBandArgs d{};
-    d.p = p;
-    d.w = dw_w.const_data_ptr<float>();
-    d.b = dw_b.defined() ? dw_b.const_data_ptr<float>() : nullptr;
-    kt.dw_band_pack(d, dw_packed);
+    dw_pack(kt, Ce, p.KH, p.KW, dw_w, dw_b, dw_packed);
     b.dw_packed = dw_packed;
   }
 

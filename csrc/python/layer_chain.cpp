@@ -156,40 +156,31 @@ class LayerChain {
 
   py::object run(py::handle x_obj) const {
     at::Tensor h = tensor_arg(x_obj, "x");
-    {
-      py::gil_scoped_release no_gil;
-      try {
-        for (const Step& s : steps_) h = run_step(s, h);
-      } catch (const c10::ValueError& e) {
-        py::gil_scoped_acquire gil;
-        throw py::value_error(e.what_without_backtrace());
-      } catch (const c10::TypeError& e) {
-        py::gil_scoped_acquire gil;
-        throw py::type_error(e.what_without_backtrace());
-      } catch (const c10::Error& e) {
-        py::gil_scoped_acquire gil;
-        throw std::runtime_error(e.what_without_backtrace());
-      }
-    }
+    without_gil([&] {
+      for (const Step& s : steps_) h = run_step(s, h);
+    });
     return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(h)));
   }
 
   // Seconds each step took, summed over `repeats` runs of the whole chain on x: where a chain
-  // spends its time with the caches as a real forward leaves them (the benchmarks' per-block
-  // table; a step timed alone runs with its weights and input already in cache).
+  // spends its time with the caches as a real forward leaves them (a layer timed alone runs
+  // with its weights and input already in cache).
   std::vector<double> profile(py::handle x_obj, int64_t repeats) const {
-    if (repeats < 1) throw py::value_error("LayerChain.profile: repeats must be >= 1, got " + std::to_string(repeats));
+    if (repeats < 1) {
+      throw py::value_error("LayerChain.profile: repeats must be >= 1, got " + std::to_string(repeats));
+    }
     const at::Tensor x = tensor_arg(x_obj, "x");
     std::vector<double> seconds(steps_.size(), 0.0);
-    py::gil_scoped_release no_gil;
-    for (int64_t r = 0; r < repeats; ++r) {
-      at::Tensor h = x;
-      for (size_t i = 0; i < steps_.size(); ++i) {
-        const auto t0 = std::chrono::steady_clock::now();
-        h = run_step(steps_[i], h);
-        seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    without_gil([&] {
+      for (int64_t r = 0; r < repeats; ++r) {
+        at::Tensor h = x;
+        for (size_t i = 0; i < steps_.size(); ++i) {
+          const auto t0 = std::chrono::steady_clock::now();
+          h = run_step(steps_[i], h);
+          seconds[i] += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        }
       }
-    }
+    });
     return seconds;
   }
 
@@ -223,6 +214,25 @@ class LayerChain {
     int64_t version;
     const void* storage;
   };
+
+  // Runs f with the GIL released; the layers' c10 errors become the Python exceptions their
+  // registered operators raise (ValueError, TypeError, RuntimeError).
+  template <typename F>
+  static void without_gil(const F& f) {
+    py::gil_scoped_release no_gil;
+    try {
+      f();
+    } catch (const c10::ValueError& e) {
+      py::gil_scoped_acquire gil;
+      throw py::value_error(e.what_without_backtrace());
+    } catch (const c10::TypeError& e) {
+      py::gil_scoped_acquire gil;
+      throw py::type_error(e.what_without_backtrace());
+    } catch (const c10::Error& e) {
+      py::gil_scoped_acquire gil;
+      throw std::runtime_error(e.what_without_backtrace());
+    }
+  }
 
   static const void* storage_of(const at::Tensor& t) { return t.has_storage() ? t.data_ptr() : nullptr; }
 
