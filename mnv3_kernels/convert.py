@@ -42,6 +42,10 @@ Recognized structures (everything else is left untouched):
   ``FusedLinear`` with activations and dropout between them (torchvision MobileNetV3's
   ``classifier``) -> ``FusedSequential``: in eval mode without autograd its layers run as one
   C++ call.
+- Then torchvision's ``MobileNetV3`` itself (not a subclass), once its features, avgpool and
+  classifier are fused -> ``FusedMobileNetV3`` (``models.py``; the same object, its class
+  changed, ``revert`` changes it back): in eval mode without autograd features, pool and
+  classifier run as one C++ call.
 
 The depthwise conv's BatchNorm may also be torchvision's ``FrozenBatchNorm2d`` (detection
 backbones built for pretrained weights): it always folds.
@@ -73,7 +77,8 @@ __all__ = ["convert", "conversion_report", "ConversionReport", "ConversionEntry"
 KINDS = {"conv": "dense conv+BN+act (stem)", "dwconv": "depthwise conv+BN+act",
          "pwconv": "pointwise conv+BN+act",
          "se": "squeeze-excite", "block": "inverted-residual block", "linear": "linear (classifier)",
-         "sequence": "sequence of fused layers (one call)", "pool": "global average pool"}
+         "sequence": "sequence of fused layers (one call)", "pool": "global average pool",
+         "model": "whole model (one call)"}
 
 
 @dataclass
@@ -81,7 +86,7 @@ class ConversionEntry:
     """One candidate: where it is, what it is, and whether it was fused (else why not)."""
 
     path: str
-    kind: str            # "conv" | "dwconv" | "pwconv" | "se" | "block" | "linear" | "sequence" | "pool"
+    kind: str            # "conv" | "dwconv" | "pwconv" | "se" | "block" | "linear" | "sequence" | "pool" | "model"
     status: str          # "fused" | "skipped" | "already fused"
     shape: str           # e.g. "C=72 k=5x5 stride=2 dilation=1 act=relu" or "C=72 squeeze=24"
     reason: str = ""
@@ -316,7 +321,31 @@ class _Converter:
         self.leftovers()
         self.chain_sequences()
         self.global_pools()
+        self.whole_models()
         return self.report
+
+    def whole_models(self) -> None:
+        """torchvision's ``MobileNetV3`` whose features, pool and classifier all fused ->
+        ``FusedMobileNetV3`` (the same object, its class changed): one call for the model."""
+        tv = _torchvision_mobilenet_v3()
+        if tv is None:
+            return
+        for path, module in list(self.model.named_modules()):
+            if not isinstance(module, tv):
+                continue
+            from .models import FusedMobileNetV3, whole_model_unsupported_reason
+
+            shape = "features -> avgpool -> classifier"
+            if type(module) is FusedMobileNetV3:
+                self.add(path, "model", "already fused", shape)
+                continue
+            reason = whole_model_unsupported_reason(module)
+            if reason is not None:
+                self.add(path, "model", "skipped", shape, reason)
+                continue
+            module.__class__ = FusedMobileNetV3
+            module.backend = "auto"  # the parts keep their own backends; this one is not used
+            self.add(path, "model", "fused", shape)
 
     def global_pools(self) -> None:
         """torchvision MobileNetV3's ``avgpool`` (after the features, before the classifier) ->

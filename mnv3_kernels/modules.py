@@ -1437,6 +1437,18 @@ class FusedGlobalAvgPool(FusedModule, nn.AdaptiveAvgPool2d):
             return F.adaptive_avg_pool2d(x, self.output_size)
         return _OPS["pool"](x)
 
+    def _chain_into(self, chain, x: torch.Tensor) -> Optional[str]:
+        """Add this pool to a LayerChain after a model's features (see FusedMobileNetV3)."""
+        d = self.__dict__
+        chain.watch_value(d, "_backend")
+        chain.watch_value(d, "output_size")
+        if d["_backend"] not in ("auto", "cpu"):
+            return f"backend {d['_backend']!r} is not the CPU kernels"
+        if self.output_size not in (1, (1, 1), [1, 1]):
+            return f"output_size={self.output_size!r} is not a global pool"
+        chain.add_pool()
+        return _watch_hooks(chain, self)
+
 
 # ----------------------------------------------------------------------------------------------
 # A Sequential of fused layers as one call
@@ -1478,6 +1490,37 @@ def _watch_layer(chain, layer: nn.Module, conv: nn.Module, bn: nn.Module) -> Opt
     return _watch_hooks(chain, layer) or _watch_conv_bn(chain, conv, bn)
 
 
+def cached_chain(owner: nn.Module, x: torch.Tensor, dims: tuple, build):
+    """The LayerChain `owner` (a FusedModule) runs on x, or why none can: cached in owner's
+    cache and rebuilt with ``build(chain, x)`` (None, or why it cannot) whenever the chain's
+    checks (``valid()``), owner's children or any ``refresh()`` say it may be stale."""
+    d = owner.__dict__
+    if d["training"]:
+        return "training mode"
+    if not (x.is_cpu and x.dtype == torch.float32 and x.dim() in dims):
+        return f"{x.dim()}-D {str(x.dtype).replace('torch.', '')} input on {x.device.type}"
+    if torch.is_grad_enabled():
+        return "autograd is enabled (torch.no_grad() or torch.inference_mode() runs one chain)"
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return "traced (torch.compile, torch.export or ONNX export)"
+    if _global_forward_hooks():
+        return "global forward hooks"
+    key = (_REFRESHES[0], torch.is_inference_mode_enabled(), x.dim(), tuple(d["_modules"].values()))
+    cache = owner._cache()
+    cached = cache.get("chain")
+    if cached is not None and cached[0] == key and cached[1].valid():
+        return cached[1]
+    cache.pop("chain", None)
+    if not _extension.LOADED:
+        return "the compiled library is not loaded"
+    chain = _extension._C.LayerChain()
+    why = build(chain, x)
+    if why is not None:
+        return why
+    cache["chain"] = (key, chain)
+    return chain
+
+
 class FusedSequential(FusedModule, nn.Sequential):
     """An ``nn.Sequential`` of fused layers (a model's feature extractor: stem, inverted-residual
     blocks, head conv) that runs them in one call from Python.
@@ -1512,31 +1555,7 @@ class FusedSequential(FusedModule, nn.Sequential):
 
     def _chain(self, x: torch.Tensor):
         """The LayerChain serving x, or why none can."""
-        d = self.__dict__
-        if d["training"]:
-            return "training mode"
-        if not (x.is_cpu and x.dtype == torch.float32 and x.dim() in (2, 4)):
-            return f"{x.dim()}-D {str(x.dtype).replace('torch.', '')} input on {x.device.type}"
-        if torch.is_grad_enabled():
-            return "autograd is enabled (torch.no_grad() or torch.inference_mode() runs one chain)"
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return "traced (torch.compile, torch.export or ONNX export)"
-        if _global_forward_hooks():
-            return "global forward hooks"
-        key = (_REFRESHES[0], torch.is_inference_mode_enabled(), x.dim(), tuple(d["_modules"].values()))
-        cache = self._cache()
-        cached = cache.get("chain")
-        if cached is not None and cached[0] == key and cached[1].valid():
-            return cached[1]
-        cache.pop("chain", None)
-        if not _extension.LOADED:
-            return "the compiled library is not loaded"
-        chain = _extension._C.LayerChain()
-        why = self._chain_children(chain, x)
-        if why is not None:
-            return why
-        cache["chain"] = (key, chain)
-        return chain
+        return cached_chain(self, x, (2, 4), self._chain_children)
 
     def _chain_children(self, chain, x: torch.Tensor) -> Optional[str]:
         for i, (name, child) in enumerate(self.__dict__["_modules"].items()):

@@ -49,6 +49,12 @@ def revert(model: nn.Module) -> nn.Module:
     # layers go back into that dict before the block hands its children to the original.
     for parent, name, fused in reversed(slots):
         parent._modules[name] = _restore(fused, fused.__dict__[_ORIGINAL])
+    for m in model.modules():  # a whole model run as one call (models.py): its class back
+        original = getattr(type(m), "_mnv3_original_class", None)
+        if original is not None:
+            for key in ("_mnv3_cache", "_backend"):
+                m.__dict__.pop(key, None)
+            m.__class__ = original
     for key, hook in list(model._forward_hooks.items()):
         if getattr(hook, "_mnv3_layout", False):  # convert's output-layout hook
             del model._forward_hooks[key]

@@ -124,8 +124,9 @@ def test_converted_blocks_match_float64_original(one_thread, fmt, shape):
 def _block_calls(model, monkeypatch) -> dict:
     """Runs model once at batch 1 with the operators a fused block could call counted: one
     block call per block, no layer op outside them (1x1 calls on one pixel per sample are the
-    classifier's FusedLinear). Blocks inside a FusedSequential run in its LayerChain: they are
-    counted from the chain's steps."""
+    classifier's FusedLinear). Blocks inside a FusedSequential or a FusedMobileNetV3 run in its
+    LayerChain: they are counted from the chain's steps (1x1 steps after a pool or in a chain of
+    FusedLinear layers are the classifier's)."""
     calls = {"block": 0, "se": 0, "expand": 0, "layer": 0, "linear": 0}
     real_block, real_packed = M._OPS["block"], M._OPS["pointwise_packed"]
 
@@ -153,8 +154,10 @@ def _block_calls(model, monkeypatch) -> dict:
         model(torch.randn(1, 3, 96, 96))
     for m in model.modules():
         cached = m.__dict__.get("_mnv3_cache", {}).get("chain")
+        classifier = isinstance(m, nn.Sequential) and isinstance(m[0], M.FusedLinear)
         for step in cached[1].describe() if cached else ():
-            calls["linear"] += isinstance(m[0], M.FusedLinear)  # a classifier's chain
+            classifier = classifier or step[0] == "pool"
+            calls["linear"] += classifier and step[0] == "pointwise"
             if step[0] == "block":
                 calls["block"] += 1
                 calls["expand"] += step[1]
@@ -169,14 +172,13 @@ def test_the_block_fast_path_runs(monkeypatch, one_thread):
     mnv3_kernels.path_stats(reset=True)
     calls = _block_calls(model, monkeypatch)
     assert calls == {"block": 11, "se": 9, "expand": 10, "layer": 0, "linear": 2}
-    # features (stem, 11 blocks, head conv) and classifier ran as two chains.
-    assert mnv3_kernels.path_stats() == {("FusedSequential", "fused", "cpu"): 2,
-                                         ("FusedGlobalAvgPool", "fused", "cpu"): 1}
-    chain = model.features._cache()["chain"][1]
-    assert [s[0] for s in chain.describe()] == ["dense"] + ["block"] * 11 + ["pointwise"]
-    assert sum(s[3] for s in chain.describe()[1:-1]) == 6  # blocks with a residual
+    # features (stem, 11 blocks, head conv), pool and classifier ran as one chain.
+    assert mnv3_kernels.path_stats() == {("FusedMobileNetV3", "fused", "cpu"): 1}
+    steps = model._cache()["chain"][1].describe()
+    assert [s[0] for s in steps] == ["dense"] + ["block"] * 11 + ["pointwise", "pool", "pointwise", "pointwise"]
+    assert sum(s[3] for s in steps[1:12]) == 6  # blocks with a residual
     # Linear -> Hardswish -> Dropout -> Linear: two 1x1 steps, the h-swish in the first's epilogue.
-    assert model.classifier._cache()["chain"][1].describe() == [("pointwise", "hardswish"), ("pointwise", "none")]
+    assert steps[-2:] == [("pointwise", "hardswish"), ("pointwise", "none")]
 
 
 def test_block_gradients_and_train_mode_are_the_original(one_thread):
@@ -244,7 +246,7 @@ def test_refresh_drops_packed_weights_and_path_stats_count_blocks(one_thread):
     with torch.inference_mode():
         model(x)
     stats = mnv3_kernels.path_stats()
-    assert stats == {("FusedSequential", "fused", "cpu"): 2, ("FusedGlobalAvgPool", "fused", "cpu"): 1}
+    assert stats == {("FusedMobileNetV3", "fused", "cpu"): 1}  # features, pool, classifier: one chain
     model.requires_grad_(False)
     model(x)  # autograd on, nothing to record: no chain, each layer on its own fused path
     stats = mnv3_kernels.path_stats(reset=True)
@@ -368,7 +370,8 @@ def test_modules_with_forward_hooks_are_left_alone(one_thread):
     assert skipped["features.2"] == "forward hooks on features.2"
     assert skipped["features.4.block.1"] == "forward hooks on features.4.block.1.0"
     assert "not all fused" in skipped["features.4"]
-    assert len(skipped) == 3
+    assert skipped[""] == "features is not a FusedSequential"  # so the model is not one chain
+    assert len(skipped) == 4
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         assert rel_err(model(x), ref(x)) < 1e-4

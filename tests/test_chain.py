@@ -1,4 +1,5 @@
-"""FusedSequential: a converted feature extractor runs its layers as one LayerChain call
+"""FusedSequential and FusedMobileNetV3: a converted feature extractor, or a whole converted
+torchvision MobileNetV3 (features, pool, classifier), runs its layers as one LayerChain call
 (csrc/python/layer_chain.cpp). Every change the layers' own checks would see must make the chain
 rebuild or step aside; results are compared with the same layers called one by one (the same
 kernels: bit-identical) and with the float64 original."""
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.skipif(not _extension.LOADED, reason="compiled library 
 
 
 def _pair(name="small"):
-    """(converted model, the same model with features called layer by layer, float64 original)."""
+    """(converted model, the same model with features called layer by layer, float64 original).
+    Without a FusedSequential for its features, the second one runs torchvision's forward."""
     model = randomize_model_bn_(getattr(torchvision.models, f"mobilenet_v3_{name}")().eval())
     want = copy.deepcopy(model).double()
     conv = mnv3_kernels.convert(model)
@@ -38,12 +40,12 @@ def _run(model, x):
 
 
 def _chain_ran(stats) -> bool:
-    """Both chains ran: features and classifier."""
-    return stats.get(("FusedSequential", "fused", "cpu"), 0) == 2
+    """The whole model ran as one chain."""
+    return stats == {("FusedMobileNetV3", "fused", "cpu"): 1}
 
 
 def _chain(model):
-    return model.features._cache()["chain"][1]
+    return model._cache()["chain"][1]
 
 
 @pytest.mark.parametrize("name", ["large", "small"])
@@ -119,7 +121,10 @@ def test_chain_is_reused_and_the_state_dict_is_unchanged(one_thread):
     chain = _chain(conv)
     _run(conv, x)
     assert _chain(conv) is chain  # nothing changed: not rebuilt
-    assert len(chain) == len(conv.features)
+    # The features' layers, the pool, and the classifier's two linear layers (its hard-swish
+    # merged into the first, its dropout the identity).
+    assert len(chain) == len(conv.features) + 3
+    assert chain.describe()[-3:] == [("pool",), ("pointwise", "hardswish"), ("pointwise", "none")]
 
 
 def _edits():
@@ -240,15 +245,15 @@ def test_inference_tensor_weights_are_not_cached(one_thread):
         mnv3_kernels.convert(model)
         x = torch.randn(1, 3, 40, 40)
         got = model(x)
-        assert "chain" not in model.features._cache()
+        assert "chain" not in model._cache() and "chain" not in model.features._cache()
         torch.testing.assert_close(got, want(x), rtol=1e-4, atol=1e-4)
 
 
 def test_no_reference_cycle_keeps_the_model_alive(one_thread):
     conv, _, _ = _pair("small")
     _run(conv, torch.randn(1, 3, 32, 32))
-    assert "chain" in conv.features._cache()
-    ref = weakref.ref(conv.features)
+    assert "chain" in conv._cache()
+    ref = weakref.ref(conv)
     del conv
     gc.collect()
     assert ref() is None
@@ -313,3 +318,129 @@ def test_what_a_chain_cannot_hold():
         model, _ = _mlp(*layers)
         assert type(model[0]) is nn.Sequential
         assert M.chain_unsupported_reason(model[0]) is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole model as one chain (FusedMobileNetV3)
+# ----------------------------------------------------------------------------------------------
+def test_whole_model_class_report_state_dict_and_revert(one_thread, tmp_path):
+    from mnv3_kernels.models import FusedMobileNetV3
+    from torchvision.models.mobilenetv3 import MobileNetV3
+
+    model = randomize_model_bn_(torchvision.models.mobilenet_v3_large().eval())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 77, 64)
+    with torch.no_grad():
+        want = model(x)
+    conv = mnv3_kernels.convert(model)
+    assert conv is model and type(conv) is FusedMobileNetV3 and isinstance(conv, MobileNetV3)
+    assert [(e.path, e.status) for e in conv.mnv3_report.entries if e.kind == "model"] == [("", "fused")]
+    assert list(conv.state_dict()) == list(state)
+    got, stats = _run(conv, x)
+    assert _chain_ran(stats), stats
+    assert rel_err(got, want) < 1e-4
+    # Saved whole and loaded back, it is the same class and runs as one chain again.
+    torch.save(conv, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert type(loaded) is FusedMobileNetV3 and "chain" not in loaded._cache()
+    again, stats = _run(loaded, x)
+    assert _chain_ran(stats) and torch.equal(again, got)
+    # Converting again: already fused. Reverting: torchvision's class, same tensors.
+    assert [e.status for e in mnv3_kernels.convert(conv).mnv3_report.entries if e.kind == "model"] == ["already fused"]
+    mnv3_kernels.revert(conv)
+    assert type(conv) is MobileNetV3 and "_mnv3_cache" not in conv.__dict__
+    assert all(torch.equal(v, state[k]) for k, v in conv.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(conv(x), want)
+
+
+def test_whole_model_steps_aside_for_what_its_parts_would_do(one_thread):
+    conv, _, want = _pair("small")
+    x = torch.randn(3, 3, 50, 45)
+    with torch.no_grad():
+        ref = want(x.double())
+
+    def check(reason, expect_chain=False):
+        got, stats = _run(conv, x)
+        assert rel_err(got.double(), ref) < 1e-4
+        if expect_chain:
+            assert _chain_ran(stats), stats
+        else:
+            assert stats[("FusedMobileNetV3", "layer by layer", reason)] == 1, stats
+
+    check(None, expect_chain=True)
+    handle = conv.avgpool.register_forward_hook(lambda m, a, out: None)
+    check("a layer has forward hooks or a replaced forward")
+    handle.remove()
+    handle = conv.classifier[3].register_forward_pre_hook(lambda m, a: None)
+    check("layer 3: a layer has forward hooks or a replaced forward")
+    handle.remove()
+    conv.avgpool.backend = "reference"
+    check("backend 'reference' is not the CPU kernels")
+    conv.avgpool.backend = "auto"
+    conv.classifier[2].train()  # dropout in train mode is not the identity
+    mnv3_kernels.path_stats(reset=True)
+    with torch.inference_mode():
+        conv(x)
+    assert mnv3_kernels.path_stats()[("FusedMobileNetV3", "layer by layer", "layer 2: training mode")] == 1
+    conv.classifier[2].eval()
+    check(None, expect_chain=True)
+    # torchvision's forward calls _forward_impl: an instance attribute replacing it is honoured.
+    conv._forward_impl = lambda t: torch.zeros(t.shape[0], 7)
+    got, stats = _run(conv, x)
+    assert got.shape == (3, 7) and stats == {
+        ("FusedMobileNetV3", "layer by layer", "an instance attribute replaces _forward_impl"): 1}
+    del conv._forward_impl
+    check(None, expect_chain=True)
+    # A replaced classifier: torchvision's forward with the new one.
+    conv.classifier = nn.Identity()
+    got, stats = _run(conv, x)
+    assert got.shape == (3, 576)
+    assert stats[("FusedMobileNetV3", "layer by layer",
+                  "classifier is not a FusedSequential of FusedLinear layers")] == 1
+
+
+def test_whole_model_training_and_autograd_are_torchvision_forward(one_thread):
+    conv, _, want = _pair("small")
+    x = torch.randn(2, 3, 48, 48)
+    mnv3_kernels.path_stats(reset=True)
+    xg = x.clone().requires_grad_()
+    y = conv(xg)
+    assert ("FusedMobileNetV3", "layer by layer",
+            "autograd is enabled (torch.no_grad() or torch.inference_mode() runs one chain)") in mnv3_kernels.path_stats()
+    y.sum().backward()
+    wg = x.double().requires_grad_()
+    want(wg).sum().backward()
+    assert rel_err(xg.grad.double(), wg.grad) < 1e-4
+    conv.train()
+    want.train()
+    conv.classifier[2].p = want.classifier[2].p = 0.0  # no random dropout masks to compare
+    mnv3_kernels.path_stats(reset=True)
+    out = conv(x)
+    assert mnv3_kernels.path_stats()[("FusedMobileNetV3", "layer by layer", "training mode")] == 1
+    assert rel_err(out.double(), want(x.double())) < 1e-4
+
+
+def test_a_mobilenet_subclass_keeps_its_forward(one_thread):
+    from torchvision.models.mobilenetv3 import MobileNetV3
+
+    class Mine(MobileNetV3):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    model = randomize_model_bn_(Mine(_small_settings(), 1024).eval())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+    mnv3_kernels.convert(model)
+    assert type(model) is Mine
+    entry = next(e for e in model.mnv3_report.entries if e.kind == "model")
+    assert entry.status == "skipped" and "is not torchvision's MobileNetV3" in entry.reason
+    with torch.no_grad():
+        assert rel_err(model(x), want) < 1e-4
+
+
+def _small_settings():
+    from torchvision.models.mobilenetv3 import _mobilenet_v3_conf
+
+    return _mobilenet_v3_conf("mobilenet_v3_small")[0]

@@ -80,9 +80,14 @@ def test_module_in_a_converted_model(one_thread):
     mnv3_kernels.path_stats(reset=True)
     with torch.inference_mode():
         got = model(x)
-    assert mnv3_kernels.path_stats()[("FusedGlobalAvgPool", "fused", "cpu")] == 1
+    # The model runs as one chain (FusedMobileNetV3), the pool as one of its steps.
+    assert mnv3_kernels.path_stats(reset=True) == {("FusedMobileNetV3", "fused", "cpu"): 1}
+    assert ("pool",) in model._cache()["chain"][1].describe()
     with torch.no_grad():
         assert rel_err(got.double(), want(x.double())) < 1e-4
+        maps = torch.randn(3, 576, 3, 2)
+        torch.testing.assert_close(model.avgpool(maps), maps.mean((2, 3), keepdim=True))
+    assert mnv3_kernels.path_stats()[("FusedGlobalAvgPool", "fused", "cpu")] == 1
     # Other inputs and backends: the original pool.
     pool = model.avgpool
     for x, backend in ((torch.randn(2, 8, 5, 5, dtype=torch.float64), "auto"), (torch.randn(2, 8, 5, 5), "reference")):

@@ -58,5 +58,8 @@ at::Tensor pointwise_conv_bn_act_packed_cpu(const at::Tensor& x, const at::Tenso
                                             const c10::optional<at::Tensor>& residual,
                                             const c10::optional<at::Tensor>& input_scale);
 
+// Per-(n, c) means over H and W: (N, C, 1, 1) in x's memory format.
+at::Tensor global_avg_pool_cpu(const at::Tensor& x);
+
 }  // namespace cpu
 }  // namespace mnv3

@@ -39,7 +39,7 @@ c10::optional<at::Tensor> optional_tensor_arg(py::handle h, const char* what) {
 }
 
 struct Step {
-  enum Kind { kBlock, kDense, kPointwise } kind;
+  enum Kind { kBlock, kDense, kPointwise, kPool } kind;
   at::Tensor packed, project_packed, dw_weight;
   c10::optional<at::Tensor> expand_packed, dw_bias, fc1_w, fc1_b, fc2_w, fc2_b;
   int64_t channels = 0, out_channels = 0;
@@ -102,6 +102,14 @@ class LayerChain {
     s.packed = tensor_arg(packed, "packed");
     s.out_channels = out_channels;
     s.activation = std::move(activation);
+    steps_.push_back(std::move(s));
+  }
+
+  // mnv3::global_avg_pool(x): the step between a model's features and its classifier; the 1x1
+  // steps after it read the (N, C, 1, 1) result as one pixel per sample.
+  void add_pool() {
+    Step s;
+    s.kind = Step::kPool;
     steps_.push_back(std::move(s));
   }
 
@@ -186,13 +194,15 @@ class LayerChain {
 
   size_t size() const { return steps_.size(); }
 
-  // What each step runs: ("block", has_expand, has_se, residual), ("dense", activation) or
-  // ("pointwise", activation).
+  // What each step runs: ("block", has_expand, has_se, residual), ("dense", activation),
+  // ("pointwise", activation) or ("pool",).
   py::list describe() const {
     py::list out;
     for (const Step& s : steps_) {
       if (s.kind == Step::kBlock)
         out.append(py::make_tuple("block", s.expand_packed.has_value(), s.fc1_w.has_value(), s.residual));
+      else if (s.kind == Step::kPool)
+        out.append(py::make_tuple("pool"));
       else
         out.append(py::make_tuple(s.kind == Step::kDense ? "dense" : "pointwise", s.activation));
     }
@@ -249,6 +259,8 @@ class LayerChain {
       case Step::kPointwise:
         return cpu::pointwise_conv_bn_act_packed_cpu(x, s.packed, s.out_channels, s.activation,
                                                      c10::nullopt, c10::nullopt);
+      case Step::kPool:
+        return cpu::global_avg_pool_cpu(x);
     }
     return x;
   }
@@ -269,6 +281,7 @@ void bind_layer_chain(py::module_& m) {
       .def("add_block", &LayerChain::add_block)
       .def("add_dense", &LayerChain::add_dense)
       .def("add_pointwise", &LayerChain::add_pointwise)
+      .def("add_pool", &LayerChain::add_pool)
       .def("merge_activation", &LayerChain::merge_activation)
       .def("watch_value", &LayerChain::watch_value)
       .def("watch_members", &LayerChain::watch_members)

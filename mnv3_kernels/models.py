@@ -1,0 +1,79 @@
+"""Whole-model forwards: a converted torchvision ``MobileNetV3`` run as one C++ call.
+
+``convert`` fuses torchvision's MobileNetV3 into three chains of layers -- ``features`` (a
+``FusedSequential``), ``avgpool`` (``FusedGlobalAvgPool``) and ``classifier`` (a
+``FusedSequential`` of ``FusedLinear``) -- and, when the model is exactly torchvision's class,
+makes it a ``FusedMobileNetV3``: the same object, state_dict, children and outputs, whose
+forward runs features -> pool -> classifier as one ``LayerChain`` in eval mode without
+autograd. Between the three parts the original forward spends, per call, three module calls,
+their chain checks and the output-layout hook in Python, each after the features have pushed
+the interpreter out of the caches (measured on MobileNetV3-Large at batch 1 on 2 threads: about
+0.45 ms of 4.4). Otherwise (training, autograd, tracing, other devices or dtypes, a part that
+cannot be chained) it is torchvision's forward.
+
+This module imports torchvision: ``convert`` loads it only for a model that is one.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torchvision.models.mobilenetv3 import MobileNetV3
+
+from . import modules as M
+
+__all__ = ["FusedMobileNetV3", "whole_model_unsupported_reason"]
+
+
+def whole_model_unsupported_reason(model: nn.Module) -> Optional[str]:
+    """Why `model` cannot become a FusedMobileNetV3 (None if it can): it must be torchvision's
+    MobileNetV3 itself (a subclass may run its parts otherwise) with fused parts."""
+    if type(model) not in (MobileNetV3, FusedMobileNetV3):
+        return f"{type(model).__name__} is not torchvision's MobileNetV3 (a subclass may override forward)"
+    if "forward" in model.__dict__ or "_forward_impl" in model.__dict__:
+        return "an instance attribute replaces forward"
+    kids = model._modules
+    if not isinstance(kids.get("features"), M.FusedSequential):
+        return "features is not a FusedSequential"
+    if not isinstance(kids.get("avgpool"), M.FusedGlobalAvgPool):
+        return "avgpool is not a FusedGlobalAvgPool"
+    classifier = kids.get("classifier")
+    if not (isinstance(classifier, M.FusedSequential) and isinstance(next(iter(classifier), None), M.FusedLinear)):
+        return "classifier is not a FusedSequential of FusedLinear layers"
+    return None
+
+
+class FusedMobileNetV3(M.FusedModule, MobileNetV3):
+    """torchvision's ``MobileNetV3`` whose forward runs features, pool and classifier as one
+    ``LayerChain`` (see the module docstring); made by ``convert`` by changing the class of the
+    model object (``revert`` changes it back). The chain watches what its parts' own checks
+    read (as ``FusedSequential``) and this model's children and training flag."""
+
+    _mnv3_original_class = MobileNetV3  # what revert() makes it again
+
+    def _chain_parts(self, chain, x: torch.Tensor) -> Optional[str]:
+        # This model's own state (training flag, children) is checked on every call in Python
+        # (cached_chain): a chain in this model's cache watching its __dict__ would be a
+        # reference cycle the garbage collector cannot see through.
+        why = whole_model_unsupported_reason(self)
+        if why is not None:
+            return why
+        kids = self.__dict__["_modules"]
+        why = kids["features"]._chain_into(chain, x) or kids["avgpool"]._chain_into(chain, x)
+        if why is not None:
+            return why
+        # The classifier's layers check (N, features) inputs; only the rank and type matter.
+        return kids["classifier"]._chain_into(chain, x.new_empty((0, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if "_forward_impl" in self.__dict__:  # torchvision's forward would call that one
+            self._count("layer by layer", "an instance attribute replaces _forward_impl")
+            return MobileNetV3.forward(self, x)
+        chain = M.cached_chain(self, x, (4,), self._chain_parts)
+        if isinstance(chain, str):
+            self._count("layer by layer", chain)
+            return MobileNetV3.forward(self, x)
+        self._count("fused", "cpu")
+        y = chain(x)
+        return y.view(y.shape[0], y.shape[1])
