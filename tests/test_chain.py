@@ -444,3 +444,22 @@ def _small_settings():
     from torchvision.models.mobilenetv3 import _mobilenet_v3_conf
 
     return _mobilenet_v3_conf("mobilenet_v3_small")[0]
+
+
+def test_a_dict_modified_but_holding_the_same_objects_keeps_the_chain(one_thread):
+    # The chain first compares each watched dict's modification tag; a modified dict is then
+    # checked in full, and only a real change rebuilds.
+    conv, layers, _ = _pair("small")
+    x = torch.randn(1, 3, 48, 48)
+    first, _ = _run(conv, x)
+    chain = _chain(conv)
+    block = conv.features[4]
+    block.note = "an unrelated attribute"  # the block's __dict__ is modified
+    handle = block.register_forward_hook(lambda m, a, out: None)
+    handle.remove()  # its hooks dict too, and back to empty
+    got, stats = _run(conv, x)
+    assert _chain_ran(stats) and _chain(conv) is chain
+    assert torch.equal(got, first)
+    block.training = True  # a real change: rebuilt, here to the layer-by-layer path
+    _, stats = _run(conv, x)
+    assert not _chain_ran(stats)
