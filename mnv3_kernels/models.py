@@ -67,10 +67,13 @@ class FusedMobileNetV3(M.FusedModule, MobileNetV3):
         return kids["classifier"]._chain_into(chain, x.new_empty((0, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = M.served_by_chain(self, x)  # the chain watches _forward_impl's absence too
+        if y is not None:
+            return y
         if "_forward_impl" in self.__dict__:  # torchvision's forward would call that one
             self._count("layer by layer", "an instance attribute replaces _forward_impl")
             return MobileNetV3.forward(self, x)
-        chain = M.cached_chain(self, x, (4,), self._chain_parts)
+        chain = M.cached_chain(self, x, (4,), self._chain_parts, flat_out=True, owner_keys=("_forward_impl",))
         if isinstance(chain, str):
             self._count("layer by layer", chain)
             return MobileNetV3.forward(self, x)

@@ -313,7 +313,8 @@ def _conv_geometry(conv: nn.Conv2d):
 # ----------------------------------------------------------------------------------------------
 # (module class, path, detail) -> calls; see path_stats().
 _PATHS: Counter = Counter()
-_REFRESHES = [0]  # refresh() calls so far: part of every layer chain's cache key
+# refresh() calls so far: every layer chain watches the value (a new int object per call).
+_REFRESHES = {"count": 0}
 
 
 def path_stats(reset: bool = False) -> dict:
@@ -326,6 +327,9 @@ def path_stats(reset: bool = False) -> dict:
     why). ``reset=True`` clears the counts after reading them.
     Calls traced by ``torch.compile`` are not counted.
     """
+    if _extension.LOADED:  # the chains' fast path counts its calls in C++
+        for label, calls in _extension._C._chain_calls().items():
+            _PATHS[(label, "fused", "cpu")] += calls
     stats = dict(_PATHS)
     if reset:
         _PATHS.clear()
@@ -391,7 +395,7 @@ class FusedModule:
     def refresh(self) -> None:
         """Drop the cached derived data (recomputed on the next call)."""
         self.__dict__.pop("_mnv3_cache", None)
-        _REFRESHES[0] += 1  # a FusedSequential holding this layer rebuilds its chain
+        _REFRESHES["count"] += 1  # a chain holding this layer rebuilds
 
     def _cache(self) -> dict:
         return self.__dict__.setdefault("_mnv3_cache", {})
@@ -1490,10 +1494,25 @@ def _watch_layer(chain, layer: nn.Module, conv: nn.Module, bn: nn.Module) -> Opt
     return _watch_hooks(chain, layer) or _watch_conv_bn(chain, conv, bn)
 
 
-def cached_chain(owner: nn.Module, x: torch.Tensor, dims: tuple, build):
+def served_by_chain(owner: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
+    """The fast path of a module that runs a cached LayerChain: its output for x, or None (the
+    module then takes its checked path, ``cached_chain``). The chain itself checks x, the
+    autograd, inference and tracing state, the owner and everything its layers' checks read
+    (``LayerChain.run_checked``); only ``torch.compile``'s tracing must be seen from Python."""
+    if torch.compiler.is_compiling():
+        return None
+    cache = owner.__dict__.get("_mnv3_cache")
+    cached = cache.get("chain") if cache is not None else None
+    return cached[1].run_checked(x) if cached is not None else None
+
+
+def cached_chain(owner: nn.Module, x: torch.Tensor, dims: tuple, build, flat_out: bool = False,
+                 owner_keys: tuple = ()):
     """The LayerChain `owner` (a FusedModule) runs on x, or why none can: cached in owner's
     cache and rebuilt with ``build(chain, x)`` (None, or why it cannot) whenever the chain's
-    checks (``valid()``), owner's children or any ``refresh()`` say it may be stale."""
+    checks (``valid()``), owner's children or any ``refresh()`` say it may be stale. The chain
+    serves ``served_by_chain`` too; flat_out: its (N, C, 1, 1) output comes back as (N, C);
+    owner_keys: more entries of owner's __dict__ that the fast path must find unchanged."""
     d = owner.__dict__
     if d["training"]:
         return "training mode"
@@ -1505,7 +1524,7 @@ def cached_chain(owner: nn.Module, x: torch.Tensor, dims: tuple, build):
         return "traced (torch.compile, torch.export or ONNX export)"
     if _global_forward_hooks():
         return "global forward hooks"
-    key = (_REFRESHES[0], torch.is_inference_mode_enabled(), x.dim(), tuple(d["_modules"].values()))
+    key = (_REFRESHES["count"], torch.is_inference_mode_enabled(), x.dim(), tuple(d["_modules"].values()))
     cache = owner._cache()
     cached = cache.get("chain")
     if cached is not None and cached[0] == key and cached[1].valid():
@@ -1517,6 +1536,13 @@ def cached_chain(owner: nn.Module, x: torch.Tensor, dims: tuple, build):
     why = build(chain, x)
     if why is not None:
         return why
+    # What the checks above read, for run_checked (the rest it checks itself).
+    chain.watch_value(_REFRESHES, "count")
+    chain.watch_members(_nn_module._global_forward_hooks)
+    chain.watch_members(_nn_module._global_forward_pre_hooks)
+    chain.watch_members(d["_modules"])
+    chain.watch_owner(owner, ["training", "_modules", *owner_keys])
+    chain.serve(x.dim(), flat_out, torch.is_inference_mode_enabled(), type(owner).__name__)
     cache["chain"] = (key, chain)
     return chain
 
@@ -1590,6 +1616,9 @@ class FusedSequential(FusedModule, nn.Sequential):
         return _watch_hooks(chain, self) or self._chain_children(chain, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = served_by_chain(self, x)
+        if y is not None:
+            return y
         chain = self._chain(x)
         if isinstance(chain, str):
             self._count("layer by layer", chain)

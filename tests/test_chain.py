@@ -463,3 +463,41 @@ def test_a_dict_modified_but_holding_the_same_objects_keeps_the_chain(one_thread
     block.training = True  # a real change: rebuilt, here to the layer-by-layer path
     _, stats = _run(conv, x)
     assert not _chain_ran(stats)
+
+
+def test_run_checked_serves_only_what_the_module_would(one_thread):
+    # A module's fast path is one C++ call that returns None whenever the module's own checks
+    # could answer otherwise; the module then takes its checked path.
+    conv, _, want = _pair("small")
+    x = torch.randn(2, 3, 40, 40)
+    first, _ = _run(conv, x)
+    chain = _chain(conv)
+    with torch.inference_mode():
+        assert torch.equal(chain.run_checked(x), first)
+        assert chain.run_checked(x.double()) is None
+        assert chain.run_checked(x[0]) is None  # 3-D
+        assert chain.run_checked("x") is None
+    with torch.no_grad():
+        assert chain.run_checked(x) is None  # built in inference mode
+    assert chain.run_checked(x) is None  # autograd on
+    conv.train()
+    with torch.inference_mode():
+        assert chain.run_checked(x) is None
+    conv.eval()
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, a: None)
+    try:
+        with torch.inference_mode():
+            assert chain.run_checked(x) is None
+    finally:
+        handle.remove()
+    mnv3_kernels.refresh(conv.features[2])
+    with torch.inference_mode():
+        assert chain.run_checked(x) is None  # refresh() anywhere rebuilds
+    got, stats = _run(conv, x)
+    assert _chain_ran(stats) and torch.equal(got, first) and _chain(conv) is not chain
+    # The chain holds its owner weakly: once the model is gone it serves nothing.
+    chain = _chain(conv)
+    del conv
+    gc.collect()
+    with torch.inference_mode():
+        assert chain.run_checked(x) is None
