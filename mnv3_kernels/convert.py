@@ -755,7 +755,11 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
         raise TypeError(f"convert() expects a torch.nn.Module, got {type(model).__name__}")
     M.check_backend(backend)
     report = _Converter(model, backend).run()
-    if (report.fused("block") or report.fused("conv")) and not any(h is _layout_hook for h in model._forward_hooks.values()):
+    # A FusedMobileNetV3 restores the layout itself, on its layer-by-layer path only (a hook
+    # would cost every call the module's slow __call__ path: 25-40 us on Small at batch 1).
+    whole = any(e.kind == "model" and e.path == "" and e.status != "skipped" for e in report.entries)
+    if ((report.fused("block") or report.fused("conv")) and not whole
+            and not any(h is _layout_hook for h in model._forward_hooks.values())):
         model.register_forward_hook(_layout_hook)
     model.mnv3_report = report
     return model

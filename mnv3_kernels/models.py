@@ -66,17 +66,24 @@ class FusedMobileNetV3(M.FusedModule, MobileNetV3):
         # The classifier's layers check (N, features) inputs; only the rank and type matter.
         return kids["classifier"]._chain_into(chain, x.new_empty((0, 1)))
 
+    def _layer_by_layer(self, x: torch.Tensor):
+        # torchvision's forward; 4-D outputs (a replaced classifier) in x's layout, as convert's
+        # layout hook gives other converted models (this class needs no hook).
+        from .convert import _layout_hook
+
+        return _layout_hook(self, (x,), MobileNetV3.forward(self, x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = M.served_by_chain(self, x)  # the chain watches _forward_impl's absence too
         if y is not None:
             return y
         if "_forward_impl" in self.__dict__:  # torchvision's forward would call that one
             self._count("layer by layer", "an instance attribute replaces _forward_impl")
-            return MobileNetV3.forward(self, x)
+            return self._layer_by_layer(x)
         chain = M.cached_chain(self, x, (4,), self._chain_parts, flat_out=True, owner_keys=("_forward_impl",))
         if isinstance(chain, str):
             self._count("layer by layer", chain)
-            return MobileNetV3.forward(self, x)
+            return self._layer_by_layer(x)
         self._count("fused", "cpu")
         y = chain(x)
         return y.view(y.shape[0], y.shape[1])

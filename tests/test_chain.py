@@ -390,6 +390,13 @@ def test_whole_model_steps_aside_for_what_its_parts_would_do(one_thread):
     got, stats = _run(conv, x)
     assert got.shape == (3, 7) and stats == {
         ("FusedMobileNetV3", "layer by layer", "an instance attribute replaces _forward_impl"): 1}
+    # Its 4-D outputs come back in the input's layout, as convert's layout hook gives other
+    # converted models (this one has no hook).
+    assert not conv._forward_hooks
+    conv._forward_impl = lambda t: conv.features(t)
+    with torch.no_grad():
+        maps = conv(x)
+    assert maps.dim() == 4 and maps.is_contiguous()
     del conv._forward_impl
     check(None, expect_chain=True)
     # A replaced classifier: torchvision's forward with the new one.
