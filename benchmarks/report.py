@@ -303,8 +303,8 @@ def headline_lines(groups) -> List[str]:
                     lines.append(f"- mobilenet_v3_{r0.ei.get('model')} b{r0.ei.get('batch')} {r0.device}, {p} "
                                  f"vs {base} ({how}, no_grad): **{v:.2f}×**")
         if "converted-cpu" in g and "converted-cpu-layers" in g:
-            lines.append(f"- mobilenet_v3_{r0.ei.get('model')} b{r0.ei.get('batch')} {r0.device}, features and "
-                         f"classifier as one call each (converted-cpu) vs every layer called from Python "
+            lines.append(f"- mobilenet_v3_{r0.ei.get('model')} b{r0.ei.get('batch')} {r0.device}, the whole "
+                         f"model as one call (converted-cpu) vs every layer called from Python "
                          f"(converted-cpu-layers, {how}): **{speedup(g, 'converted-cpu', 'converted-cpu-layers'):.2f}×**")
         peer_lines = _peer_lines(g, how)
         lines += peer_lines

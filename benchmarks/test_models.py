@@ -7,7 +7,8 @@ model groups, providers:
     converted-<b>, converted-<b>-cl     mnv3_kernels.convert(model, backend=b)
     converted-<b>+compile               the converted model under torch.compile
     converted-cpu-layers                the converted model with its FusedSequentials back to
-                                        plain Sequentials: every layer called from Python
+                                        plain Sequentials (and torchvision's forward): every
+                                        layer called from Python
     onnxruntime, openvino               the original model exported to ONNX, run by ONNX Runtime /
                                         OpenVINO with torch's thread count (CPU; benchmarks/peers.py)
 table5 groups (the same network, activation swapped; relative to all-relu like the paper):
@@ -58,11 +59,16 @@ def _converted(model, backend):
 
 def _unchained(model):
     """A converted model with every FusedSequential back to a plain nn.Sequential of the same
-    fused layers: each layer called from Python, one op call each -- what the chains save."""
+    fused layers, and a FusedMobileNetV3 back to torchvision's class: each layer called from
+    Python, one op call each -- what the chains save."""
     for _, parent in reversed(list(model.named_modules())):  # innermost first
         for name, child in list(parent._modules.items()):
             if isinstance(child, modules.FusedSequential):
                 parent._modules[name] = nn.Sequential(OrderedDict(child._modules))
+    for m in model.modules():
+        original = getattr(type(m), "_mnv3_original_class", None)
+        if original is not None:
+            m.__class__ = original
     return model
 
 
