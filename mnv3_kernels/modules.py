@@ -33,7 +33,8 @@ the tensors the fused path reads.
     An ``nn.Sequential`` of such layers (a feature extractor: stem, blocks, head conv; or a
     classifier of ``FusedLinear`` layers with activations and dropout between them) that, in
     eval mode without autograd, runs all of them as one C++ call (a ``LayerChain``, checked per
-    call against everything the layers' own checks read).
+    call against everything the layers' own checks read). ``models.FusedMobileNetV3`` does the
+    same for a whole torchvision MobileNetV3 (features, pool, classifier).
 
 ``FusedLinear`` / ``FusedGlobalAvgPool``
     ``nn.Linear`` and ``nn.AdaptiveAvgPool2d(1)`` on the CPU kernels.
