@@ -757,7 +757,7 @@ def convert(model: nn.Module, backend: str = "auto") -> nn.Module:
     report = _Converter(model, backend).run()
     # A FusedMobileNetV3 restores the layout itself, on its layer-by-layer path only (a hook
     # would cost every call the module's slow __call__ path: 25-40 us on Small at batch 1).
-    whole = any(e.kind == "model" and e.path == "" and e.status != "skipped" for e in report.entries)
+    whole = getattr(type(model), "_mnv3_original_class", None) is not None
     if ((report.fused("block") or report.fused("conv")) and not whole
             and not any(h is _layout_hook for h in model._forward_hooks.values())):
         model.register_forward_hook(_layout_hook)

@@ -32,8 +32,9 @@ def whole_model_unsupported_reason(model: nn.Module) -> Optional[str]:
     MobileNetV3 itself (a subclass may run its parts otherwise) with fused parts."""
     if type(model) not in (MobileNetV3, FusedMobileNetV3):
         return f"{type(model).__name__} is not torchvision's MobileNetV3 (a subclass may override forward)"
-    if "forward" in model.__dict__ or "_forward_impl" in model.__dict__:
-        return "an instance attribute replaces forward"
+    for name in ("forward", "_forward_impl"):  # torchvision's forward calls _forward_impl
+        if name in model.__dict__:
+            return f"an instance attribute replaces {name}"
     kids = model._modules
     if not isinstance(kids.get("features"), M.FusedSequential):
         return "features is not a FusedSequential"
@@ -79,9 +80,6 @@ class FusedMobileNetV3(M.FusedModule, MobileNetV3):
         y = M.served_by_chain(self, x)  # the chain watches _forward_impl's absence too
         if y is not None:
             return y
-        if "_forward_impl" in self.__dict__:  # torchvision's forward would call that one
-            self._count("layer by layer", "an instance attribute replaces _forward_impl")
-            return self._layer_by_layer(x)
         chain = M.cached_chain(self, x, (4,), self._chain_parts, flat_out=True, owner_keys=("_forward_impl",))
         if isinstance(chain, str):
             self._count("layer by layer", chain)

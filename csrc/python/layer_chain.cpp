@@ -194,19 +194,17 @@ class LayerChain {
     if (!x.defined() || !x.device().is_cpu() || x.scalar_type() != at::kFloat || x.dim() != in_dim_ ||
         x.key_set().has(c10::DispatchKey::Python) || at::GradMode::is_enabled() ||
         c10::InferenceMode::is_enabled() != inference_ || torch::jit::tracer::isTracing() ||
-        !owner_unchanged() || !valid()) {
+        !valid()) {
       return py::none();
     }
     ++served_calls()[label_];
-    at::Tensor h = in_dim_ == 2 ? x.view({x.size(0), x.size(1), 1, 1}) : x;
-    without_gil([&] {
-      for (const Step& s : steps_) h = run_step(s, h);
-    });
+    at::Tensor h = run_steps(in_dim_ == 2 ? x.view({x.size(0), x.size(1), 1, 1}) : x);
     if (in_dim_ == 2 || flat_out_) h = h.view({h.size(0), h.size(1)});
     return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(h)));
   }
 
   bool valid() const {
+    if (!owner_unchanged()) return false;
     prefetch_watched();
     if (!dicts_unmodified() && !dicts_hold_what_they_held()) return false;
     for (const auto& w : tensors_) {
@@ -217,11 +215,7 @@ class LayerChain {
   }
 
   py::object run(py::handle x_obj) const {
-    at::Tensor h = tensor_arg(x_obj, "x");
-    without_gil([&] {
-      for (const Step& s : steps_) h = run_step(s, h);
-    });
-    return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(h)));
+    return py::reinterpret_steal<py::object>(THPVariable_Wrap(run_steps(tensor_arg(x_obj, "x"))));
   }
 
   // Seconds each step took, summed over `repeats` runs of the whole chain on x: where a chain
@@ -376,6 +370,14 @@ class LayerChain {
       py::gil_scoped_acquire gil;
       throw std::runtime_error(e.what_without_backtrace());
     }
+  }
+
+  // Every step on h, the GIL released.
+  at::Tensor run_steps(at::Tensor h) const {
+    without_gil([&] {
+      for (const Step& s : steps_) h = run_step(s, h);
+    });
+    return h;
   }
 
   static const void* storage_of(const c10::TensorImpl* t) { return t->has_storage() ? t->data() : nullptr; }
