@@ -587,7 +587,8 @@ def run_interleaved(benchmark, dev: str, providers: Dict[str, tuple], *, group: 
                   "burst_calls": bursts, "settle_calls": settle, "idle_s": idle})
     benchmark.extra_info.update(extra)
     benchmark.pedantic(one_round, rounds=rounds, iterations=1, warmup_rounds=0)
-    benchmark.extra_info["interleaved"] = {p: dict(summary(v), max_rel_err=errors.get(p))
+    # samples: one per round, in round order, so the report can pair providers round by round.
+    benchmark.extra_info["interleaved"] = {p: dict(summary(v), max_rel_err=errors.get(p), samples=v)
                                            for p, v in samples.items()}
 
 

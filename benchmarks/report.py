@@ -53,6 +53,7 @@ class Row:
         self.device = self.ei.get("device", "cpu")
         for k in ("median", "mean", "min", "max", "q1", "q3", "iqr", "stddev", "rounds"):
             setattr(self, k, st.get(k))
+        self.samples = st.get("samples")  # interleaved cases: one time per round, in round order
         self.flops = self.ei.get("flops")
         self.bytes = self.ei.get("bytes")
 
@@ -321,6 +322,23 @@ def headline_lines(groups) -> List[str]:
     return lines
 
 
+def paired_ratios(a: Row, b: Row) -> List[float]:
+    """a's time over b's in each round of an interleaved case (both timed within seconds of each
+    other, so the drift of a shared machine cancels); empty without per-round samples."""
+    if not (a.samples and b.samples) or len(a.samples) != len(b.samples):
+        return []
+    return [x / y for x, y in zip(a.samples, b.samples) if y > 0]
+
+
+def _quartiles(v: List[float]):
+    import statistics
+
+    if len(v) == 1:
+        return v[0], v[0], v[0]
+    q1, med, q3 = statistics.quantiles(v, n=4)
+    return q1, med, q3
+
+
 def _peer_lines(g, how) -> List[str]:
     """The converted model (NCHW input) against the faster of ONNX Runtime and OpenVINO, and
     against torch.compile with freezing: what a CPU user would deploy instead."""
@@ -335,6 +353,10 @@ def _peer_lines(g, how) -> List[str]:
             best = min(peers, key=lambda q: g[q].median)
             parts.append(f"time {fmt_time(g[p].median)} vs {best} {fmt_time(g[best].median)}: "
                          f"**{g[p].median / g[best].median:.2f}×** the time of the faster peer")
+            paired = paired_ratios(g[p], g[best])
+            if paired:
+                q1, med, q3 = _quartiles(paired)
+                parts.append(f"round by round {med:.2f}× (quartiles {q1:.2f}–{q3:.2f}, {len(paired)} rounds)")
         if "compile-freezing" in g:
             parts.append(f"{speedup(g, p, 'compile-freezing'):.2f}× faster than torch.compile+freezing")
         if parts:

@@ -59,6 +59,12 @@ def _sample():
     # An interleaved case: one benchmark whose extra_info holds every provider's statistics.
     inter = {p: {"median": t, "q1": t * 0.99, "q3": t * 1.03, "min": t * 0.95, "max": t * 1.4, "rounds": 20}
              for p, t in [("eager", 0.0200), ("converted-cpu", 0.0160), ("compile", 0.0180)]}
+    # Two peers with per-round samples: the machine slows down in round 2 for both providers.
+    inter["onnxruntime"] = {"median": 0.0200, "q1": 0.02, "q3": 0.04, "min": 0.02, "max": 0.04, "rounds": 3,
+                            "samples": [0.0200, 0.0400, 0.0200]}
+    inter["openvino"] = {"median": 0.0300, "q1": 0.03, "q3": 0.03, "min": 0.03, "max": 0.03, "rounds": 3,
+                         "samples": [0.0300, 0.0300, 0.0300]}
+    inter["converted-cpu"]["samples"] = [0.0150, 0.0320, 0.0170]
     b.append(_bench("model-il large b1 cpu", "round-robin", "model-il", 0.06, "eager",
                     compare="compile", layer="large", model="large", batch=1, layout="nchw",
                     interleaved=inter))
@@ -94,6 +100,10 @@ def test_report_renders(tmp_path):
     assert "Whole models (224×224, eval, no_grad), interleaved" in text
     assert "| large | 1 | cpu | converted-cpu | 16.00 ms |" in text and "1.25×" in text
     assert "| round-robin |" not in text
+    # Against the faster peer (onnxruntime, 20 ms): 16 / 20 ms by medians; round by round
+    # 0.75, 0.80, 0.85 -> median 0.80, quartiles 0.75-0.85.
+    assert "**0.80×** the time of the faster peer" in text
+    assert "round by round 0.80× (quartiles 0.75–0.85, 3 rounds)" in text
     assert "+20.0%" in text and "+1.0%" in text
     # The block table: 300 / 200 us layer by layer vs fused, 2e8 FLOP in 200 us, 40 -> 12.5 MB.
     assert "one fused call vs layer by layer" in text
