@@ -7,8 +7,8 @@
 #
 # Stages, each with its own time limit (T_TRITON 150, T_BUILD 330, T_CUDA 110, T_BENCH 60,
 # T_BIG 60, T_SLOW 90 seconds), all also cut to fit one overall deadline (T_TOTAL, default
-# 570 s) while keeping room for the stages after it. The build's critical path is one file
-# (csrc/cpu/kernels_avx512.cpp); the Triton stage runs while it compiles.
+# 570 s) while keeping room for the stages after it. The build's critical path is the CUDA
+# and AVX-512 kernel files; the Triton stage runs while they compile.
 #   0 environment   torch / CUDA / Triton / nvcc / ninja versions; stops here, clearly, when
 #                   torch's CUDA major version and nvcc's differ (the build could not work)
 #   1 triton        Triton tests (tests/test_triton.py, not slow), autotune limited to one config

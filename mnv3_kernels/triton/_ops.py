@@ -244,7 +244,8 @@ def _se_gate(x, sums, fc1_weight, fc1_bias, fc2_weight, fc2_bias, op):
         sums, fc1_weight, fc1_bias, fc2_weight, fc2_bias, gate,
         C, R, split, 1.0 / (H * W),
         s1r, s1c, fc1_bias.stride(0), s2c, s2r, fc2_bias.stride(0),
-        BLOCK_S=triton.next_power_of_2(split), BLOCK_K=block_k, BLOCK_R=block_r, BLOCK_CO=block_co,
+        # At least 2 partial-sum rows (masked past split): no size-1 tile dimension, as elsewhere.
+        BLOCK_S=max(2, triton.next_power_of_2(split)), BLOCK_K=block_k, BLOCK_R=block_r, BLOCK_CO=block_co,
         num_warps=4,
     )
     return gate
