@@ -263,7 +263,7 @@ def _ratio_summary(gs, provider: str, ref: str) -> Optional[str]:
             f"**{worst:.2f}×** ({_case_label(g[provider])})")
 
 
-def headline_lines(groups) -> List[str]:
+def headline_lines(groups, ceil=None) -> List[str]:
     """The numbers to quote, each against the baselines a careful user would pick, with the
     slowest case. Interleaved measurements when the run has them."""
     lines = []
@@ -307,7 +307,7 @@ def headline_lines(groups) -> List[str]:
             lines.append(f"- mobilenet_v3_{r0.ei.get('model')} b{r0.ei.get('batch')} {r0.device}, the whole "
                          f"model as one call (converted-cpu) vs every layer called from Python "
                          f"(converted-cpu-layers, {how}): **{speedup(g, 'converted-cpu', 'converted-cpu-layers'):.2f}×**")
-        peer_lines = _peer_lines(g, how)
+        peer_lines = _peer_lines(g, how, ceil)
         lines += peer_lines
     for g in _of_kind(groups, "grad-il"):
         r0 = next(iter(g.values()))
@@ -339,7 +339,7 @@ def _quartiles(v: List[float]):
     return q1, med, q3
 
 
-def _peer_lines(g, how) -> List[str]:
+def _peer_lines(g, how, ceil=None) -> List[str]:
     """The converted model (NCHW input) against the faster of ONNX Runtime and OpenVINO, and
     against torch.compile with freezing: what a CPU user would deploy instead."""
     r0 = next(iter(g.values()))
@@ -357,6 +357,10 @@ def _peer_lines(g, how) -> List[str]:
             if paired:
                 q1, med, q3 = _quartiles(paired)
                 parts.append(f"round by round {med:.2f}× (quartiles {q1:.2f}–{q3:.2f}, {len(paired)} rounds)")
+        wb, bw = r0.ei.get("weight_bytes"), (ceil or {}).get(r0.device, {}).get("gbs")
+        if wb and bw:
+            parts.append(f"the model's {wb / 1e6:.1f} MB of weights take {fmt_time(wb / (bw * 1e9))} to read "
+                         f"once at the run's copy bandwidth ({bw:.1f} GB/s)")
         if "compile-freezing" in g:
             parts.append(f"{speedup(g, p, 'compile-freezing'):.2f}× faster than torch.compile+freezing")
         if parts:
@@ -760,7 +764,7 @@ def render(rows: List[Row], meta: List[dict], out_dir: str, extra_md: List[str] 
 
     # Headline
     md.append("## Headline\n")
-    lines = headline_lines(groups)
+    lines = headline_lines(groups, ceil)
     if lines:
         md.append("Each fused op against every baseline a careful user would compare with -- eager unfused "
                   "*and* eager with BN folded beforehand -- with the slowest case:\n")

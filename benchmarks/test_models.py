@@ -269,5 +269,9 @@ def test_interleaved(benchmark, dev, kind, name, n, providers):
         info={"op": f"mobilenet_v3_{name}", "baseline": "eager" if kind == "model" else "all-relu",
               "compare": "compile,compile-freezing" if kind == "model" else "hswish-naive",
               "layout": "nchw", "dtype": "float32", "model": name, "layer": name, "batch": n,
-              "shape": "x".join(str(d) for d in x.shape)},
+              "shape": "x".join(str(d) for d in x.shape),
+              # What every provider reads per call at least once (the report sets it against
+              # the run's memory bandwidth: at batch 1 the weights do not stay in cache).
+              "weight_bytes": sum(t.numel() * t.element_size() for t in common.build_model(name).state_dict().values()
+                                  if t.is_floating_point())},
     )

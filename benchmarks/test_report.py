@@ -67,7 +67,7 @@ def _sample():
     inter["converted-cpu"]["samples"] = [0.0150, 0.0320, 0.0170]
     b.append(_bench("model-il large b1 cpu", "round-robin", "model-il", 0.06, "eager",
                     compare="compile", layer="large", model="large", batch=1, layout="nchw",
-                    interleaved=inter))
+                    weight_bytes=22_000_000, interleaved=inter))
     inter5 = {p: {"median": t, "q1": t, "q3": t * 1.01, "min": t, "max": t * 1.1, "rounds": 20}
               for p, t in [("all-relu", 0.0200), ("hswish-naive", 0.0240), ("hswish-fused-cpu", 0.0202)]}
     b.append(_bench("table5-il large b1 cpu", "round-robin", "table5-il", 0.07, "all-relu",
@@ -104,6 +104,8 @@ def test_report_renders(tmp_path):
     # 0.75, 0.80, 0.85 -> median 0.80, quartiles 0.75-0.85.
     assert "**0.80×** the time of the faster peer" in text
     assert "round by round 0.80× (quartiles 0.75–0.85, 3 rounds)" in text
+    # 22 MB of weights at the copy ceiling (2 * 64 MiB in 10 ms = 13.4 GB/s): 1.64 ms.
+    assert "the model's 22.0 MB of weights take 1.64 ms to read once at the run's copy bandwidth (13.4 GB/s)" in text
     assert "+20.0%" in text and "+1.0%" in text
     # The block table: 300 / 200 us layer by layer vs fused, 2e8 FLOP in 200 us, 40 -> 12.5 MB.
     assert "one fused call vs layer by layer" in text
