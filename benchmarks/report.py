@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 from collections import OrderedDict, defaultdict
 from typing import Dict, List, Optional
@@ -331,12 +332,8 @@ def paired_ratios(a: Row, b: Row) -> List[float]:
 
 
 def _quartiles(v: List[float]):
-    import statistics
-
-    if len(v) == 1:
-        return v[0], v[0], v[0]
-    q1, med, q3 = statistics.quantiles(v, n=4)
-    return q1, med, q3
+    """(q1, median, q3), as common.summary computes them for the per-provider statistics."""
+    return statistics.quantiles(v, n=4) if len(v) > 1 else v * 3
 
 
 def _peer_lines(g, how, ceil=None) -> List[str]:
