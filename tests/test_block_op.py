@@ -99,6 +99,20 @@ def test_channel_parts_split_inside_a_panel(threads, isa):
     _check((1, 40, 112, 24, 7, 7, 5, 1, 1, False, "hardswish", "relu"), "nhwc", threads)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("spec", [
+    (9, 16, None, 16, 112, 112, 3, 1, 1, False, "none", "relu"),        # 7.2 MB out, residual
+    (6, 16, 32, 32, 80, 80, 3, 1, 1, True, "relu", "hardswish"),        # 4.9 MB, SE per sample
+    (1, 16, 48, 32, 200, 200, 3, 1, 1, True, "hardswish", "relu"),      # 5.1 MB, SE in two phases
+    (4, 16, 48, 24, 96, 96, 3, 1, 1, True, "relu", "hardswish"),        # 3.5 MB, rows not aligned
+], ids=["residual", "se-per-sample", "se-two-phase", "unaligned"])
+def test_outputs_larger_than_the_caches(spec, threads, isa):
+    # An output larger than the L2 of the threads writing it (2 MB per core or less on the
+    # machines the tests run on) goes out as streaming stores when its rows are whole vectors,
+    # as plain stores otherwise (24 channels).
+    _check(spec, "nhwc", threads)
+
+
 def test_block_batch_zero():
     _check((0, 8, 16, 8, 7, 9, 3, 1, 1, True, "relu", "relu"), "nhwc", 2)
 

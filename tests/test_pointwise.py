@@ -95,6 +95,20 @@ def test_threaded_split_matches_serial(isa):
         torch.testing.assert_close(one, two, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape,cout", [((9, 16, 112, 112), 16), ((3, 40, 100, 100), 48), ((4, 16, 96, 96), 24)])
+def test_outputs_larger_than_the_caches(isa, threads, shape, cout):
+    # 3.5-7.2 MB outputs, more than the writing threads' L2: streaming stores where the rows
+    # are whole vectors (16, 48 channels), plain ones otherwise (24), and the residual read.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check(torch.randn(*shape).contiguous(memory_format=torch.channels_last), cout, "relu",
+              residual=True)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("act", ACTS)
 def test_nan_and_inf_propagate(isa, layout, act):
@@ -111,6 +125,22 @@ def test_nan_and_inf_propagate(isa, layout, act):
     want = reference.pointwise_conv_bn_act(x, w, None, act)
     assert torch.isnan(got[0, :, 1, 2]).all()
     torch.testing.assert_close(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("cout", [6, 40])
+def test_inf_in_the_last_of_an_odd_number_of_channels(isa, cout):
+    # AVX-512 runs the last <= 8 output channels as pairs of input channels (k, k + 1); with K
+    # odd the last channel is added on its own, where x = inf must give inf * w (NaN where
+    # w = 0) in its output channel only.
+    x = torch.randn(2, 5, 3, 7).contiguous(memory_format=torch.channels_last)
+    x[1, 4, 2, 3] = float("inf")
+    w, b = torch.randn(cout, 5), torch.randn(cout)
+    w[: cout // 2, 4] = 0.0
+    got = ops.pointwise_conv_bn_act(x, w, b, "none", backend="cpu")
+    want = reference.pointwise_conv_bn_act(x.double(), w.double(), b.double(), "none")
+    assert torch.isnan(got[1, : cout // 2, 2, 3]).all() and torch.isinf(got[1, cout // 2:, 2, 3]).all()
+    assert int(torch.isfinite(got).sum()) == got.numel() - cout
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
 def test_gradients_match_reference():
@@ -209,6 +239,7 @@ def test_other_backends_refuse_and_auto_falls_back():
     ((1, 3, 12, 13), 5, 3, 2, 0, 1),      # no padding, Cout not a multiple of 8
     ((1, 3, 10, 9), 12, 3, 2, 2, 1),      # padding 2: rows and columns wholly outside
     ((1, 3, 9, 9), 40, 3, 2, 1, 1),       # too many outputs: the gather path
+    ((9, 3, 224, 224), 16, 3, 2, 1, 1),   # 7.2 MB out: streaming stores
 ])
 @pytest.mark.parametrize("act", ACTS)
 def test_dense_conv(isa, layout, shape, cout, k, stride, padding, dilation, act):

@@ -15,6 +15,7 @@
 #include "../common/checks.h"
 #include "packed_ops.h"
 #include "pointwise.h"
+#include "threading.h"
 
 namespace mnv3 {
 namespace cpu {
@@ -91,7 +92,10 @@ at::Tensor dense_conv_bn_act_packed_cpu(const at::Tensor& x_in, const at::Tensor
     k.dense(a, r0, r1, gemm_thread_scratch(kMaxTileRows * K));
   };
   const int64_t macs = rows * a.OW * K * out_channels;
-  if (at::in_parallel_region() || macs < kSerialMacs || rows == 1) {
+  const bool serial = at::in_parallel_region() || macs < kSerialMacs || rows == 1;
+  a.stream = stream_output(out.numel() * static_cast<int64_t>(sizeof(float)),
+                           serial ? 1 : at::get_num_threads());
+  if (serial) {
     body(0, rows);
   } else {
     at::parallel_for(0, rows, 1, body);

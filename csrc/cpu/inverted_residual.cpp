@@ -103,6 +103,7 @@ struct Block {
   const float* project;    // packed (Cout panels, Ce + 1)
   bool residual;
   float* out;              // (N, OH, OW, Cout)
+  bool stream;             // the output is written with streaming stores (PwArgs::stream)
   const float* dw_packed;  // dw_band_pack's output
   // Two-phase blocks (squeeze-excite, or channels split over threads): phase 1 writes the
   // depthwise output here, phase 2 projects it.
@@ -175,6 +176,7 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
   o.Cout = b.Cout;
   o.act = 0;
   o.packed = b.project;
+  o.stream = b.stream;
 
   const int64_t span_h = (p.KH - 1) * p.DH + 1;
   int64_t buf_lo = oa * p.SH - p.PH;  // image row of buffer row 0
@@ -452,6 +454,7 @@ at::Tensor inverted_residual_prepacked_cpu(
       N * (H * W * Cin * (has_expand ? Ce : 0) + p.OH * p.OW * Ce * (taps + out_channels));
   const int64_t threads =
       (at::in_parallel_region() || macs < kSerialMacs) ? 1 : at::get_num_threads();
+  b.stream = stream_output(out.numel() * static_cast<int64_t>(sizeof(float)), threads);
   // Bands per sample: enough items for every thread to get the same number (batch 1: one band
   // per thread; batch 8 on 2 threads: whole samples).
   const int64_t bands = std::min(p.OH, threads / std::gcd(N, threads));
@@ -499,6 +502,7 @@ at::Tensor inverted_residual_prepacked_cpu(
   o.packed = b.project;
   o.residual = residual ? b.x : nullptr;
   o.scale = gate;
+  o.stream = b.stream;
 
   // Every phase split over the threads of one parallel region, with barriers between: a
   // fork/join per phase (up to five for a squeeze-excite block) costs more than a phase of a

@@ -35,6 +35,10 @@ struct PwArgs {
   // channels at 16-channel steps, not whole panels (15 panels: 7.5 each, not 7 and 8).
   int64_t col_lo = 0;
   int64_t col_hi = INT64_MAX;
+  // Streaming (non-temporal) stores for the output: set when it is far larger than the caches,
+  // so the store neither reads the line first nor evicts what the next tiles need. Applies
+  // when y and its rows are vector-aligned (otherwise plain stores).
+  bool stream = false;
 };
 
 // A small dense conv (groups = 1, any kernel) as the same GEMM: each register tile's input
@@ -47,6 +51,7 @@ struct DenseConvArgs {
   const float* x;
   float* y;              // (N, OH, OW, Cout)
   const float* packed;   // pointwise_panels(Cout) panels of pointwise_panel_floats(C * KH * KW)
+  bool stream = false;   // as PwArgs::stream (the direct stem kernel only)
 };
 
 struct PointwiseKernels {

@@ -21,6 +21,7 @@
 #include "isa.h"
 #include "packed_ops.h"
 #include "pointwise.h"
+#include "threading.h"
 
 namespace mnv3 {
 namespace cpu {
@@ -229,6 +230,7 @@ at::Tensor pointwise_conv_bn_act_packed_cpu(const at::Tensor& x_in, const at::Te
   const int64_t macs = N * a.HW * K * out_channels;
   const int64_t parts =
       (at::in_parallel_region() || macs < kSerialMacs) ? 1 : at::get_num_threads();
+  a.stream = stream_output(out.numel() * static_cast<int64_t>(sizeof(float)), parts);
   // With one pixel per sample both layouts are the same memory, rows of K: the NHWC kernels
   // (a matrix-vector product at batch 1; a Linear layer) instead of pixel vectors one lane wide
   // (measured on 960 -> 1280, batch 1, one thread: 248 -> 60 us).

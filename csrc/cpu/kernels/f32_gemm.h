@@ -33,11 +33,17 @@ inline void scale_panel(const float* src, const float* s, int64_t K, float* dst)
   }
 }
 
-// Stores row r of a tile: n real lanes in vector v (n >= VL: all), residual added first.
-__attribute__((always_inline)) inline void store_out(vf o, float* y, const float* res, int n) {
+// Stores row r of a tile: n real lanes in vector v (n >= VL: all), residual added first;
+// nt: full vectors as streaming stores (y aligned to a vector).
+__attribute__((always_inline)) inline void store_out(vf o, float* y, const float* res, int n,
+                                                     bool nt = false) {
   if (n >= VL) {
     if (res != nullptr) o = vadd(o, vload(res));
-    vstore(y, o);
+    if (nt) {
+      vstream(y, o);
+    } else {
+      vstore(y, o);
+    }
   } else {
     if (res != nullptr) o = vadd(o, vload_n(res, n));
     vstore_n(y, o, n);
@@ -52,7 +58,7 @@ __attribute__((always_inline)) inline void store_out(vf o, float* y, const float
 // KMAJOR: a holds gathered patches k-major, MR floats per k (a[k * MR + r]); lda is unused.
 template <int R, int V, bool KMAJOR = false>
 inline void nhwc_tile(int64_t K, const float* a, int64_t lda, const float* pb, float* y,
-                      int64_t ldy, const float* res, int ncols, int act) {
+                      int64_t ldy, const float* res, int ncols, int act, bool nt) {
   vf acc[R][V];
 #pragma GCC unroll 4
   for (int v = 0; v < V; ++v) {
@@ -78,18 +84,67 @@ inline void nhwc_tile(int64_t K, const float* a, int64_t lda, const float* pb, f
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) {
       store_out(act_v(acc[r][v], act), y + r * ldy + v * VL,
-                res != nullptr ? res + r * ldy + v * VL : nullptr, ncols - v * VL);
+                res != nullptr ? res + r * ldy + v * VL : nullptr, ncols - v * VL, nt);
     }
   }
 }
 
 template <int R, int V, bool KMAJOR = false>
 inline void nhwc_tile_rows(int rows, int64_t K, const float* a, int64_t lda, const float* pb,
-                           float* y, int64_t ldy, const float* res, int ncols, int act) {
+                           float* y, int64_t ldy, const float* res, int ncols, int act,
+                           bool nt = false) {
   if constexpr (R > 0) {
-    if (rows == R) return nhwc_tile<R, V, KMAJOR>(K, a, lda, pb, y, ldy, res, ncols, act);
-    nhwc_tile_rows<R - 1, V, KMAJOR>(rows, K, a, lda, pb, y, ldy, res, ncols, act);
+    if (rows == R) return nhwc_tile<R, V, KMAJOR>(K, a, lda, pb, y, ldy, res, ncols, act, nt);
+    nhwc_tile_rows<R - 1, V, KMAJOR>(rows, K, a, lda, pb, y, ldy, res, ncols, act, nt);
   }
+}
+
+#ifdef MNV3_PAIR_TILES
+// A slice of ncols <= VL / 2 output channels (the 8 after 16, 32 or 64 in 24, 40, 72, 200):
+// a 16-lane tile would leave half its lanes empty. Here lane pair j holds output channel j's
+// products with input channels k (even lane) and k + 1 (odd lane), x[m, k] and x[m, k + 1]
+// being one 8-byte broadcast: half the FMAs. The two partial sums are added at the end, then the
+// bias, the activation and the residual as in nhwc_tile.
+template <int R>
+inline void nhwc_pair_tile(int64_t K, const float* a, int64_t lda, const float* pb, float* y,
+                           int64_t ldy, const float* res, int ncols, int act) {
+  vf acc[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) acc[r] = vzero();
+  const float* bk = pb + kPanel;
+  int64_t k = 0;
+#pragma GCC unroll 2
+  for (; k + 2 <= K; k += 2) {
+    const vf w = vpair_w(bk + k * kPanel, bk + (k + 1) * kPanel);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) acc[r] = vfma(vpair_x(a + r * lda + k), w, acc[r]);
+  }
+  if (k < K) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) acc[r] = vpair_fma_even(a[r * lda + k], bk + k * kPanel, acc[r]);
+  }
+  const vf bias = vload_n(pb, ncols);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    store_out(act_v(vadd(vpair_sum(acc[r]), bias), act), y + r * ldy,
+              res != nullptr ? res + r * ldy : nullptr, ncols);
+  }
+}
+
+template <int R>
+inline void nhwc_pair_tile_rows(int rows, int64_t K, const float* a, int64_t lda, const float* pb,
+                                float* y, int64_t ldy, const float* res, int ncols, int act) {
+  if constexpr (R > 0) {
+    if (rows == R) return nhwc_pair_tile<R>(K, a, lda, pb, y, ldy, res, ncols, act);
+    nhwc_pair_tile_rows<R - 1>(rows, K, a, lda, pb, y, ldy, res, ncols, act);
+  }
+}
+#endif
+
+// Whether a call's full output vectors go out as streaming stores: asked for, and every one
+// aligned (rows of whole vectors from an aligned start).
+inline bool stream_stores(bool asked, const float* y, int64_t ldy) {
+  return asked && ldy % VL == 0 && reinterpret_cast<uintptr_t>(y) % (VL * sizeof(float)) == 0;
 }
 
 void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int64_t p1,
@@ -99,6 +154,7 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
   const float* x = a.x + base * K;
   float* y = a.y + base * Cout;
   const float* res = a.residual != nullptr ? a.residual + base * Cout : nullptr;
+  const bool nt = stream_stores(a.stream, a.y, Cout);
   // Rows per chunk: the chunk's x rows stay in L1/L2 while every panel of the call passes.
   const int64_t mc = gmax(MR, kChunkFloats / gmax(K, 1) / MR * MR);
   for (int64_t c0 = r0; c0 < r1; c0 += mc) {
@@ -131,15 +187,27 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
           const float* xa = xc + m * K;
           float* yo = y + m * Cout + yoff;
           const float* ro = res != nullptr ? res + m * Cout + yoff : nullptr;
+#ifdef MNV3_PAIR_TILES
+          // A slice of at most half a vector (the last of 40, 72, 200 channels): a pair tile.
+          // Not after a whole vector (24, 184 channels): measured on MobileNetV3's 64 -> 24
+          // projection, a 16-lane tile and a pair tile over the same rows were 5% slower than
+          // one 2-vector tile (two tiles of 7 accumulators wait on the FMA latency, one of 14
+          // does not).
+          if (nc <= VL / 2) {
+            nhwc_pair_tile_rows<MR>(rows, K, xa, K, pb, yo, Cout, ro, nc, a.act);
+            continue;
+          }
+#endif
           if (nc > (NV - 1) * VL) {
-            nhwc_tile_rows<MR, NV>(rows, K, xa, K, pb, yo, Cout, ro, nc, a.act);
+            nhwc_tile_rows<MR, NV>(rows, K, xa, K, pb, yo, Cout, ro, nc, a.act, nt);
           } else if constexpr (NV > 1) {
-            nhwc_tile_rows<MR, NV - 1>(rows, K, xa, K, pb, yo, Cout, ro, nc, a.act);
+            nhwc_tile_rows<MR, NV - 1>(rows, K, xa, K, pb, yo, Cout, ro, nc, a.act, nt);
           }
         }
       }
     }
   }
+  if (nt) vstream_fence();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -312,7 +380,7 @@ inline bool dense_direct_fits(const DenseConvArgs& a) {
 template <int R, int CV, int S, bool NHWC, bool EDGE>
 inline void dense_direct_block(const DenseConvArgs& a, const float* xn, int64_t ih0, int64_t iw0,
                                const vf (&w)[kDirectC * kDirectK * kDirectK][CV], const vf (&b)[CV],
-                               float* y) {
+                               float* y, bool nt) {
   const int64_t cs = NHWC ? 1 : a.H * a.W, rs = NHWC ? a.W * kDirectC : a.W;
   constexpr int64_t ps = NHWC ? kDirectC : 1;
   vf acc[R][CV];
@@ -347,7 +415,7 @@ inline void dense_direct_block(const DenseConvArgs& a, const float* xn, int64_t 
 #pragma GCC unroll 2
     for (int v = 0; v < CV; ++v) {
       store_out(act_v(acc[r][v], a.act), y + r * a.Cout + v * VL, nullptr,
-                static_cast<int>(a.Cout - v * VL));
+                static_cast<int>(a.Cout - v * VL), nt);
     }
   }
 }
@@ -364,6 +432,7 @@ void dense_direct(const DenseConvArgs& a, int64_t r0, int64_t r1) {
   const int64_t ow_lo = gmin(a.OW, (a.PW + S - 1) / S);
   const int64_t last = a.W - kDirectK + a.PW;  // S * ow <= last
   const int64_t ow_hi = gmax(ow_lo, gmin(a.OW, last < 0 ? 0 : last / S + 1));
+  const bool nt = stream_stores(a.stream, a.y, a.Cout);
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t n = row / a.OH, oh = row % a.OH;
     const float* xn = a.x + n * kDirectC * a.H * a.W;
@@ -372,19 +441,20 @@ void dense_direct(const DenseConvArgs& a, int64_t r0, int64_t r1) {
     const bool rows_in = ih0 >= 0 && ih0 + kDirectK <= a.H;
     const int64_t lo = rows_in ? ow_lo : a.OW, hi = rows_in ? ow_hi : a.OW;
     for (int64_t ow = 0; ow < lo; ++ow) {
-      dense_direct_block<1, CV, S, NHWC, true>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout);
+      dense_direct_block<1, CV, S, NHWC, true>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout, nt);
     }
     int64_t ow = lo;
     for (; ow + R <= hi; ow += R) {
-      dense_direct_block<R, CV, S, NHWC, false>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout);
+      dense_direct_block<R, CV, S, NHWC, false>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout, nt);
     }
     for (; ow < hi; ++ow) {
-      dense_direct_block<1, CV, S, NHWC, false>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout);
+      dense_direct_block<1, CV, S, NHWC, false>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout, nt);
     }
     for (ow = gmax(hi, lo); ow < a.OW; ++ow) {
-      dense_direct_block<1, CV, S, NHWC, true>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout);
+      dense_direct_block<1, CV, S, NHWC, true>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout, nt);
     }
   }
+  if (nt) vstream_fence();
 }
 
 template <int CV>

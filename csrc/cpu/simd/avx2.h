@@ -10,6 +10,9 @@ constexpr bool kShapeKernels = true;
 
 inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
 inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
+// A non-temporal store (straight to memory, no read for ownership): p is 32-byte aligned.
+inline void vstream(float* p, vf v) { _mm256_stream_ps(p, v); }
+inline void vstream_fence() { _mm_sfence(); }
 inline vf vset1(float s) { return _mm256_set1_ps(s); }
 inline vf vzero() { return _mm256_setzero_ps(); }
 inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }

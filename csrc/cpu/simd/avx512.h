@@ -11,6 +11,10 @@ constexpr bool kShapeKernels = true;
 
 inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
 inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
+// A non-temporal store (straight to memory, no read for ownership): p is 64-byte aligned.
+inline void vstream(float* p, vf v) { _mm512_stream_ps(p, v); }
+// Orders the streaming stores before whatever the thread does next (a barrier, a return).
+inline void vstream_fence() { _mm_sfence(); }
 inline vf vset1(float s) { return _mm512_set1_ps(s); }
 inline vf vzero() { return _mm512_setzero_ps(); }
 inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
@@ -32,6 +36,34 @@ inline vf vload_n(const float* p, int n) { return _mm512_maskz_loadu_ps(lane_mas
 inline void vstore_n(float* p, vf v, int n) { _mm512_mask_storeu_ps(p, lane_mask(n), v); }
 
 inline float vhsum(vf v) { return _mm512_reduce_add_ps(v); }
+
+// Pair tiles (kernels/f32_gemm.h): a slice of at most 8 output channels, each vector holding the
+// products of two consecutive input channels k, k + 1 (lanes 2j, 2j + 1: output channel j).
+#define MNV3_PAIR_TILES 1
+// [p[0], p[1]] in every lane pair: one 8-byte broadcast load (x[m, k], x[m, k + 1]).
+inline vf vpair_x(const float* p) {
+  return _mm512_castpd_ps(_mm512_broadcastsd_pd(_mm_load_sd(reinterpret_cast<const double*>(p))));
+}
+// [a[0], b[0], a[1], b[1], ..., a[7], b[7]] from 8 floats at a and at b (weight rows k, k + 1).
+inline vf vpair_w(const float* a, const float* b) {
+  const __m512i inter = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  return _mm512_permutex2var_ps(_mm512_castps256_ps512(_mm256_loadu_ps(a)), inter,
+                                _mm512_castps256_ps512(_mm256_loadu_ps(b)));
+}
+// The last input channel of an odd K: s * [a[0], -, a[1], -, ...] into the even lanes only (the
+// odd lanes keep their sums, so an infinite s cannot turn an unused lane into NaN).
+inline vf vpair_fma_even(float s, const float* a, vf acc) {
+  const __m512i spread = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const vf w = _mm512_permutexvar_ps(spread, _mm512_castps256_ps512(_mm256_loadu_ps(a)));
+  return _mm512_mask3_fmadd_ps(_mm512_set1_ps(s), w, acc, static_cast<__mmask16>(0x5555));
+}
+// Lanes 0..7: the pair sums (lane 2j + lane 2j + 1); lanes 8..15 unspecified.
+inline vf vpair_sum(vf v) {
+  const __m512i evens_odds =
+      _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const vf t = _mm512_permutexvar_ps(evens_odds, v);
+  return _mm512_add_ps(t, _mm512_shuffle_f32x4(t, t, 0x4E));
+}
 
 // Lanes [lo, hi) from p[lo..hi), the others 0 (and not read): 0 <= lo <= hi <= 16.
 inline vf vload_span(const float* p, int lo, int hi) {

@@ -6,8 +6,8 @@
 // Every ISA's header provides the same names: the vector type `vf` of VL floats, kVecRegs
 // (vector registers of the ISA), kShapeKernels (whether to instantiate the compile-time-shape
 // depthwise kernels, kernels/dwconv_shapes.h, or only the run-time-shape ones) and vload, vstore,
-// vload_n, vload_span, vstore_n, vkeep, vset1, vzero, vfma, vadd, vmul, vmax, vmin, vhsum,
-// vdeinterleave2, vtranspose. The kernel headers must not instantiate any std:: template (those
+// vload_n, vload_span, vstore_n, vstream, vstream_fence, vkeep, vset1, vzero, vfma, vadd, vmul,
+// vmax, vmin, vhsum, vdeinterleave2, vtranspose. The kernel headers must not instantiate any std:: template (those
 // are shared between translation units and could be emitted with a wider ISA).
 struct vf {
   float v[8];
@@ -26,6 +26,9 @@ inline vf vload(const float* p) {
 inline void vstore(float* p, vf a) {
   for (int i = 0; i < 8; ++i) p[i] = a.v[i];
 }
+// No portable non-temporal store: a plain one.
+inline void vstream(float* p, vf a) { vstore(p, a); }
+inline void vstream_fence() {}
 inline vf vset1(float s) {
   vf r;
   for (int i = 0; i < 8; ++i) r.v[i] = s;
