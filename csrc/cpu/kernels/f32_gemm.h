@@ -441,17 +441,21 @@ void dense_direct(const DenseConvArgs& a, int64_t r0, int64_t r1) {
     const bool rows_in = ih0 >= 0 && ih0 + kDirectK <= a.H;
     const int64_t lo = rows_in ? ow_lo : a.OW, hi = rows_in ? ow_hi : a.OW;
     for (int64_t ow = 0; ow < lo; ++ow) {
-      dense_direct_block<1, CV, S, NHWC, true>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout, nt);
+      dense_direct_block<1, CV, S, NHWC, true>(a, xn, ih0, ow * S - a.PW, w, b,
+                                               yrow + ow * a.Cout, nt);
     }
     int64_t ow = lo;
     for (; ow + R <= hi; ow += R) {
-      dense_direct_block<R, CV, S, NHWC, false>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout, nt);
+      dense_direct_block<R, CV, S, NHWC, false>(a, xn, ih0, ow * S - a.PW, w, b,
+                                                yrow + ow * a.Cout, nt);
     }
     for (; ow < hi; ++ow) {
-      dense_direct_block<1, CV, S, NHWC, false>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout, nt);
+      dense_direct_block<1, CV, S, NHWC, false>(a, xn, ih0, ow * S - a.PW, w, b,
+                                                yrow + ow * a.Cout, nt);
     }
     for (ow = gmax(hi, lo); ow < a.OW; ++ow) {
-      dense_direct_block<1, CV, S, NHWC, true>(a, xn, ih0, ow * S - a.PW, w, b, yrow + ow * a.Cout, nt);
+      dense_direct_block<1, CV, S, NHWC, true>(a, xn, ih0, ow * S - a.PW, w, b,
+                                               yrow + ow * a.Cout, nt);
     }
   }
   if (nt) vstream_fence();

@@ -7,8 +7,9 @@
 // (vector registers of the ISA), kShapeKernels (whether to instantiate the compile-time-shape
 // depthwise kernels, kernels/dwconv_shapes.h, or only the run-time-shape ones) and vload, vstore,
 // vload_n, vload_span, vstore_n, vstream, vstream_fence, vkeep, vset1, vzero, vfma, vadd, vmul,
-// vmax, vmin, vhsum, vdeinterleave2, vtranspose. The kernel headers must not instantiate any std:: template (those
-// are shared between translation units and could be emitted with a wider ISA).
+// vmax, vmin, vhsum, vdeinterleave2, vtranspose. The kernel headers must not instantiate any
+// std:: template (those are shared between translation units and could be emitted with a wider
+// ISA).
 struct vf {
   float v[8];
 };
