@@ -51,6 +51,16 @@ def test_channel_residues(isa, layout, cin, cout, act):
     check(with_layout(torch.randn(2, cin, 5, 7), layout), cout, act)
 
 
+@pytest.mark.parametrize("cout", [9, 16, 19, 48, 64])
+@pytest.mark.parametrize("act", ["relu", "hardswish"])
+def test_sixteen_input_channels(isa, cout, act):
+    # K = 16 has tiles with K fixed at compile time: every slice width and a row tail on each
+    # ISA (45 rows: 7 x 6 + 3, 6 x 7 + 3, 4 x 11 + 1), with the residual and the gate.
+    x = torch.randn(3, 16, 5, 3).contiguous(memory_format=torch.channels_last)
+    check(x, cout, act, residual=True)
+    check(x, cout, act, scale=True, packed=True)
+
+
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("residual,scale", [(True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("act", ACTS)

@@ -13,9 +13,11 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
 // GCC 12's AVX-512 intrinsics pass an undefined vector as the unused merge source, which
-// -Wmaybe-uninitialized reports at every inlined use.
+// -Wmaybe-uninitialized (and, for the pair tiles' permutes, -Wuninitialized) reports at every
+// inlined use.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace mnv3 {
 namespace cpu {
