@@ -458,13 +458,16 @@ at::Tensor inverted_residual_prepacked_cpu(
   // Bands per sample: enough items for every thread to get the same number (batch 1: one band
   // per thread; batch 8 on 2 threads: whole samples).
   const int64_t bands = std::min(p.OH, threads / std::gcd(N, threads));
-  // Each band expands the rows its first output row reaches above it a second time; on small
-  // images (14x14, k = 5: 4 of 14 rows per extra band) the threads split the expanded channels
-  // instead, each running its channels over the whole image, and the projection follows as a
-  // second phase over all channels.
+  // Each band expands the rows its first output row reaches above it a second time; where those
+  // rows are more than a sixth of the image (14x14 with k = 5, 7x7) the threads split the
+  // expanded channels instead, each running its channels over the whole image, and the
+  // projection follows as a second phase over all channels (a barrier, and each thread reads
+  // the other's depthwise output). Measured at batch 1 on 2 threads, bands against channel
+  // parts: 3x3 at 14x14 (2 of 14 rows again) 4-10% faster, k = 5 at 28x28 (4 of 28) 18-20%
+  // faster; k = 5 stride 2 at 14x14 (3 of 14) 15% slower, k = 5 at 7x7 20% slower.
   const int64_t steps = cdiv(Ce, kChannelStep);
   const bool by_channels =
-      bands > 1 && (bands - 1) * std::max<int64_t>(0, span_h - p.SH) * 8 > H && steps >= threads;
+      bands > 1 && (bands - 1) * std::max<int64_t>(0, span_h - p.SH) * 6 > H && steps >= threads;
   const int64_t items = by_channels ? N * threads : N * bands;
   const int64_t band_rows = by_channels ? p.OH : cdiv(p.OH, bands);
   const int64_t band_need = (band_rows - 1) * p.SH + span_h;
