@@ -137,6 +137,33 @@ def test_block_bands_match_at_every_thread_count():
     assert spec[0] == 3
 
 
+@pytest.mark.parametrize("spec", [
+    (7, 24, 72, 24, 14, 14, 5, 1, 1, True, "relu", "hardswish"),   # whole samples, SE per sample
+    (3, 24, 72, 40, 28, 28, 3, 2, 1, True, "relu", "relu"),        # bands, SE in two phases
+    (5, 16, None, 16, 20, 20, 3, 1, 1, False, "none", "relu"),     # in place, no SE
+], ids=["per-sample", "two-phase", "in-place"])
+def test_block_items_taken_in_any_order_give_the_same_bits(spec):
+    # The threads claim items (samples, bands, channel parts) as they get free: which thread
+    # runs which item changes from call to call, the output must not.
+    n, cin, ce, cout, h, w, k, s, d, se, eact, dact = spec
+    ew, eb, dw, db, sew, pw, pb = _block(n, cin, ce, cout, k, se)
+    x = torch.randn(n, cin, h, w).contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch.no_grad():
+            outs = [ops.inverted_residual(x, dw, pw, expand_weight=ew, expand_bias=eb, expand_activation=eact,
+                                          dw_bias=db, stride=s, padding=k // 2, dw_activation=dact, se=sew,
+                                          project_bias=pb, residual=cin == cout and s == 1, backend="cpu")
+                    for _ in range(6)]
+    finally:
+        torch.set_num_threads(before)
+    want = _want(x, ew, eb, eact, dw, db, s, k // 2, d, dact, sew, pw, pb, cin == cout and s == 1)
+    assert rel_err(outs[0].double(), want) < 1e-5
+    for got in outs[1:]:
+        assert torch.equal(got, outs[0])
+
+
 def test_packed_op_matches_functional_op():
     ew, eb, dw, db, sew, pw, pb = _block(2, 16, 48, 24, 3, True)
     x = torch.randn(2, 16, 20, 20)
