@@ -138,10 +138,11 @@ def test_block_bands_match_at_every_thread_count():
 
 
 @pytest.mark.parametrize("spec", [
-    (7, 24, 72, 24, 14, 14, 5, 1, 1, True, "relu", "hardswish"),   # whole samples, SE per sample
+    (8, 24, 72, 24, 14, 14, 3, 1, 1, True, "relu", "hardswish"),   # whole samples, SE per sample
+    (7, 24, 72, 24, 14, 14, 5, 1, 1, True, "relu", "hardswish"),   # channel parts (2 per sample)
     (3, 24, 72, 40, 28, 28, 3, 2, 1, True, "relu", "relu"),        # bands, SE in two phases
-    (5, 16, None, 16, 20, 20, 3, 1, 1, False, "none", "relu"),     # in place, no SE
-], ids=["per-sample", "two-phase", "in-place"])
+    (5, 16, None, 16, 20, 20, 3, 1, 1, False, "none", "relu"),     # bands read in place, no SE
+], ids=["per-sample", "channel-parts", "two-phase", "in-place"])
 def test_block_items_taken_in_any_order_give_the_same_bits(spec):
     # The threads claim items (samples, bands, channel parts) as they get free: which thread
     # runs which item changes from call to call, the output must not.

@@ -21,7 +21,7 @@ constexpr int64_t kChunkFloats = kGemmChunkFloats;
 // The input channels that get a tile with K known at compile time: MobileNetV3's 16-channel
 // layers (the first block's projection, the second's expansion), where a K loop of 16 steps
 // with a run-time row stride ran at 0.7x the speed of the compile-time one (K = 16, 112 rows,
-// output in L1/L2; 7 x 16 tiles 44-52 vs 64-66 GFLOP/s, 7 x 32 tiles 48-54 vs 61-69).
+// output in L1/L2; 7 x 16 tiles 43-52 vs 64-66 GFLOP/s, 7 x 32 tiles 48-54 vs 61-69).
 constexpr int64_t kSmallK = 16;
 
 inline int64_t gmin(int64_t a, int64_t b) { return a < b ? a : b; }
