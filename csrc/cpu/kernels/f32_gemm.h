@@ -150,6 +150,18 @@ inline void nhwc_pair_tile_rows(int rows, int64_t K, const float* a, int64_t lda
 }
 #endif
 
+// Up to MR rows of dense x (rows of K floats) x V vectors; the compile-time-K tile when
+// K = kSmallK.
+template <int V>
+inline void nhwc_x_rows(int rows, int64_t K, const float* a, const float* pb, float* y,
+                        int64_t ldy, const float* res, int ncols, int act, bool nt) {
+  if (K == kSmallK) {
+    nhwc_tile_rows<MR, V, false, kSmallK>(rows, K, a, K, pb, y, ldy, res, ncols, act, nt);
+  } else {
+    nhwc_tile_rows<MR, V>(rows, K, a, K, pb, y, ldy, res, ncols, act, nt);
+  }
+}
+
 // Whether a call's full output vectors go out as streaming stores: asked for, and every one
 // aligned (rows of whole vectors from an aligned start).
 inline bool stream_stores(bool asked, const float* y, int64_t ldy) {
@@ -208,19 +220,9 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
           }
 #endif
           if (nc > (NV - 1) * VL) {
-            if (K == kSmallK) {
-              nhwc_tile_rows<MR, NV, false, kSmallK>(rows, K, xa, K, pb, yo, Cout, ro, nc, a.act,
-                                                     nt);
-            } else {
-              nhwc_tile_rows<MR, NV>(rows, K, xa, K, pb, yo, Cout, ro, nc, a.act, nt);
-            }
+            nhwc_x_rows<NV>(rows, K, xa, pb, yo, Cout, ro, nc, a.act, nt);
           } else if constexpr (NV > 1) {
-            if (K == kSmallK) {
-              nhwc_tile_rows<MR, NV - 1, false, kSmallK>(rows, K, xa, K, pb, yo, Cout, ro, nc,
-                                                         a.act, nt);
-            } else {
-              nhwc_tile_rows<MR, NV - 1>(rows, K, xa, K, pb, yo, Cout, ro, nc, a.act, nt);
-            }
+            nhwc_x_rows<NV - 1>(rows, K, xa, pb, yo, Cout, ro, nc, a.act, nt);
           }
         }
       }
