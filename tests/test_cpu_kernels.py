@@ -168,6 +168,27 @@ def test_squeeze_excite(isa, layout, C, R, H, W):
     torch.testing.assert_close(got, want, rtol=RTOL, atol=1e-5 * max(1.0, (C * H * W) ** 0.5 / 10))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("C,R", [(960, 240), (67, 13), (130, 9), (40, 8), (5, 3)])
+def test_squeeze_excite_one_sample_is_the_same_bits_as_in_a_batch(isa, threads, C, R):
+    # One sample takes the FC rows several at a time from places apart (row_dots, including
+    # the rows left over after whole groups); a batch takes them one by one. Every row is the
+    # same dot product either way.
+    x = torch.randn(3, C, 5, 4)
+    w1, b1, w2, b2 = se_params(C, R)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        batch = ops.squeeze_excite(x, w1, b1, w2, b2, backend="cpu")
+        for n in range(3):
+            alone = ops.squeeze_excite(x[n:n + 1], w1, b1, w2, b2, backend="cpu")
+            assert torch.equal(alone, batch[n:n + 1])
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(batch, reference.squeeze_excite(x, w1, b1, w2, b2), rtol=RTOL,
+                               atol=1e-5)
+
+
 def test_squeeze_excite_empty(isa):
     w1, b1, w2, b2 = se_params(8, 8)
     for shape in ((0, 8, 4, 4), (2, 8, 0, 3)):

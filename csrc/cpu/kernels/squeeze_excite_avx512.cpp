@@ -11,9 +11,11 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
 // GCC 12's AVX-512 intrinsics pass an undefined vector as the unused merge source, which
-// -Wmaybe-uninitialized reports at every inlined use.
+// -Wmaybe-uninitialized (and, for the horizontal sums of several rows at once, -Wuninitialized)
+// reports at every inlined use.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace mnv3 {
 namespace cpu {
