@@ -69,10 +69,10 @@ inline void dots_n(const float* x, const float* const* w, int64_t n, float* out)
 
 // f(r, dot_n(x, row r of w)) for rows [r0, r1) of w (rows of n floats), for one sample's
 // squeeze-excite FC layers, whose weights come from memory (up to 1.8 MB per block, read once
-// per call at batch 1). The rows are taken kRowStreams at a time from kRowStreams places a
-// quarter of the range apart: a core reads memory faster from several sequential streams than
+// per call at batch 1). The rows are taken kRowStreams at a time, one from each of kRowStreams
+// equal parts of the range: a core reads memory faster from several sequential streams than
 // from one (2-core Xeon VM, 256 MB read by each of 2 threads: 8.9 GB/s per thread from one
-// stream, 14.0 from four).
+// stream, 14.0 from four). Rows after the last whole group are taken one by one.
 template <typename F>
 inline void row_dots(const float* x, const float* w, int64_t n, int64_t r0, int64_t r1,
                      const F& f) {
