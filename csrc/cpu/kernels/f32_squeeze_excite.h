@@ -19,27 +19,10 @@ inline float sum_n(const float* x, int64_t n) {
   return vhsum(vadd(vadd(a0, a1), vadd(a2, a3)));
 }
 
-inline float dot_n(const float* x, const float* w, int64_t n) {
-  vf a0 = vzero(), a1 = vzero();
-  int64_t i = 0;
-  for (; i + 2 * VL <= n; i += 2 * VL) {
-    a0 = vfma(vload(x + i), vload(w + i), a0);
-    a1 = vfma(vload(x + i + VL), vload(w + i + VL), a1);
-  }
-  for (; i + VL <= n; i += VL) a0 = vfma(vload(x + i), vload(w + i), a0);
-  if (i < n) {
-    const int nl = static_cast<int>(n - i);
-    a1 = vfma(vload_n(x + i, nl), vload_n(w + i, nl), a1);
-  }
-  return vhsum(vadd(a0, a1));
-}
-
-// dot_n of x with kRowStreams rows at once, each row with the same arithmetic as dot_n (the
-// same bits).
-constexpr int kRowStreams = 4;
-
+// The dot products of x with J rows w[0..J) of n floats each, side by side (J sequential streams
+// through memory). Every row gets the same arithmetic whatever J is, so the same bits.
+template <int J>
 inline void dots_n(const float* x, const float* const* w, int64_t n, float* out) {
-  constexpr int J = kRowStreams;
   vf a0[J], a1[J];
 #pragma GCC unroll 4
   for (int j = 0; j < J; ++j) a0[j] = a1[j] = vzero();
@@ -67,6 +50,15 @@ inline void dots_n(const float* x, const float* const* w, int64_t n, float* out)
   for (int j = 0; j < J; ++j) out[j] = vhsum(vadd(a0[j], a1[j]));
 }
 
+inline float dot_n(const float* x, const float* w, int64_t n) {
+  float d;
+  dots_n<1>(x, &w, n, &d);
+  return d;
+}
+
+// Rows a one-sample FC layer takes at once (row_dots).
+constexpr int kRowStreams = 4;
+
 // f(r, dot_n(x, row r of w)) for rows [r0, r1) of w (rows of n floats), for one sample's
 // squeeze-excite FC layers, whose weights come from memory (up to 1.8 MB per block, read once
 // per call at batch 1). The rows are taken kRowStreams at a time, one from each of kRowStreams
@@ -84,7 +76,7 @@ inline void row_dots(const float* x, const float* w, int64_t n, int64_t r0, int6
     float d[J];
     for (int64_t i = 0; i < q; ++i) {
       for (int j = 0; j < J; ++j) rows[j] = w + (r0 + j * q + i) * n;
-      dots_n(x, rows, n, d);
+      dots_n<J>(x, rows, n, d);
       for (int j = 0; j < J; ++j) f(r0 + j * q + i, d[j]);
     }
     r = r0 + J * q;
