@@ -99,6 +99,19 @@ def test_channel_parts_split_inside_a_panel(threads, isa):
     _check((1, 40, 112, 24, 7, 7, 5, 1, 1, False, "hardswish", "relu"), "nhwc", threads)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("spec", [
+    (1, 40, 96, 40, 7, 7, 5, 1, 1, True, "hardswish", "hardswish"),   # residual, 8-channel slice
+    (1, 24, 48, 40, 7, 7, 3, 1, 1, True, "relu", "relu"),             # parts inside a panel
+    (1, 24, 80, 24, 7, 7, 5, 1, 1, False, "relu", "hardswish"),       # no gate
+    (1, 112, 672, 160, 14, 14, 5, 2, 1, True, "hardswish", "hardswish"),
+], ids=["residual-se", "mid-panel", "no-se", "large-14"])
+def test_one_sample_projected_by_channel_parts(spec, threads, isa):
+    # One sample split by channels: each thread projects its own channels (a partial sum, the
+    # first from the bias, the others from zero) and the partial sums and x are added after.
+    _check(spec, "nhwc", threads)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("spec", [
     (9, 16, None, 16, 112, 112, 3, 1, 1, False, "none", "relu"),        # 7.2 MB out, residual
@@ -140,9 +153,10 @@ def test_block_bands_match_at_every_thread_count():
 @pytest.mark.parametrize("spec", [
     (8, 24, 72, 24, 14, 14, 3, 1, 1, True, "relu", "hardswish"),   # whole samples, SE per sample
     (7, 24, 72, 24, 14, 14, 5, 1, 1, True, "relu", "hardswish"),   # channel parts (2 per sample)
+    (1, 40, 96, 40, 7, 7, 5, 1, 1, True, "relu", "hardswish"),     # one sample's parts, partial sums
     (3, 24, 72, 40, 28, 28, 3, 2, 1, True, "relu", "relu"),        # bands, SE in two phases
     (5, 16, None, 16, 20, 20, 3, 1, 1, False, "none", "relu"),     # bands read in place, no SE
-], ids=["per-sample", "channel-parts", "two-phase", "in-place"])
+], ids=["per-sample", "channel-parts", "one-sample-parts", "two-phase", "in-place"])
 def test_block_items_taken_in_any_order_give_the_same_bits(spec):
     # The threads claim items (samples, bands, channel parts) as they get free: which thread
     # runs which item changes from call to call, the output must not.

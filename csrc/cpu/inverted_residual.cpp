@@ -17,7 +17,10 @@
 // depthwise output into its own buffer (it stays in L2), sums each group's channels while they
 // are in cache, runs the gate MLP and projects the sample with the gate folded in as the GEMM's
 // input scale. Otherwise (a sample split over threads) phase 1 writes the depthwise output and
-// the sums, the threads meet at a barrier, and phase 2 runs the gate and the projection.
+// the sums, the threads meet at a barrier, and phase 2 runs the gate and the projection. A
+// single sample whose expanded channels the threads split (7x7 and 14x14 layers at batch 1)
+// is projected by the same split: each thread multiplies the channels it holds, and the
+// partial sums are added.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -476,6 +479,14 @@ at::Tensor inverted_residual_prepacked_cpu(
 
   float *sums = nullptr, *pooled = nullptr, *hidden = nullptr, *gate = nullptr;
   b.se_per_sample = has_se && bands == 1 && !by_channels;
+  // One sample with its channels split: each thread projects the channels it holds (a partial
+  // sum over part of K, the gate of its own channels folded in) and the partial sums are added
+  // up, rather than every thread reading the other's depthwise output from its core's cache.
+  // Thread 0's sum starts from the bias and is written to out; the others' go to scratch and
+  // are added in thread order, so the output does not depend on timing.
+  const bool k_split = by_channels && N == 1;
+  const int64_t out_px = p.OH * p.OW;
+  float* partials = nullptr;
   if (has_se) {
     b.w1 = w1.const_data_ptr<float>();
     b.b1 = b1.const_data_ptr<float>();
@@ -484,7 +495,10 @@ at::Tensor inverted_residual_prepacked_cpu(
     b.R = R;
   }
   if ((has_se && !b.se_per_sample) || by_channels) {
-    b.dw_out = thread_buffer(kDwOutSlot, N * p.OH * p.OW * Ce);
+    const int64_t dw_floats = cdiv(N * out_px * Ce, 16) * 16;
+    b.dw_out = thread_buffer(kDwOutSlot,
+                             dw_floats + (k_split ? (threads - 1) * out_px * out_channels : 0));
+    partials = b.dw_out + dw_floats;
   }
   if (has_se) {  // items x Ce sums (zero where an item has no channels), N x Ce means, ...
     sums = thread_buffer(kGateSlot, (items + 2 * N) * Ce + N * R + 3 * 16);
@@ -517,13 +531,17 @@ at::Tensor inverted_residual_prepacked_cpu(
   // in one process: median 51.1 -> 43.5 ms while the host was contended, 34.96 -> 34.97 ms when
   // it was not (a fixed split gave each thread 4 of the 8 samples).
   std::atomic<int64_t> claimed{0};
+  auto part_channels = [&](int64_t part, int64_t& c0, int64_t& c1) {
+    c0 = steps * part / threads * kChannelStep;
+    c1 = std::min(Ce, steps * (part + 1) / threads * kChannelStep);
+  };
   auto phases = [&](int tid, int nt, const auto& barrier) {
     for (int64_t i = tid; i < items; i = nt + claimed.fetch_add(1)) {
       float* item_sums = has_se ? sums + i * Ce : nullptr;
       if (by_channels) {
         const int64_t n = i / threads, part = i % threads;
-        const int64_t c0 = steps * part / threads * kChannelStep;
-        const int64_t c1 = std::min(Ce, steps * (part + 1) / threads * kChannelStep);
+        int64_t c0, c1;
+        part_channels(part, c0, c1);
         if (c0 < c1) run_band(b, n, 0, p.OH, c0, c1, item_sums);
       } else {
         const int64_t n = i / bands, band = i % bands;
@@ -533,6 +551,10 @@ at::Tensor inverted_residual_prepacked_cpu(
     }
     if (b.dw_out == nullptr) return;
     barrier();
+    // Thread tid ran part tid (one sample: items == threads, and none is left to claim).
+    const bool own_part = k_split && nt == threads;
+    int64_t k0 = 0, k1 = 0;
+    if (own_part) part_channels(tid, k0, k1);
     if (has_se) {
       // The gate: channel means of the depthwise output -> fc1 + relu -> fc2 + hardsigmoid.
       int64_t j0, j1;
@@ -549,11 +571,47 @@ at::Tensor inverted_residual_prepacked_cpu(
                 N, Ce, R, j0, j1);
       barrier();
       split(Ce, tid, nt, j0, j1);
+      if (own_part) {  // the gate of this thread's channels is all its projection needs
+        j0 = k0;
+        j1 = k1;
+      }
       kt.se_fc2(hidden, w2.const_data_ptr<float>(), b2.const_data_ptr<float>(), gate, N, Ce, R,
                 j0, j1);
-      barrier();
+      if (!own_part) barrier();
     }
-    pointwise_nhwc_part(o, tid, nt);
+    if (!own_part) return pointwise_nhwc_part(o, tid, nt);
+    PwArgs q = o;
+    q.K = k1 - k0;
+    q.lda = Ce;
+    q.x = b.dw_out + k0;
+    q.packed = b.project + k0 * kPanel;  // its channel k0 row is then where channel 0's is
+    q.panel_stride = pointwise_panel_floats(Ce);
+    q.scale = has_se ? gate + k0 : nullptr;
+    q.scale_stride = Ce;
+    q.no_bias = tid > 0;
+    q.residual = nullptr;
+    q.stream = false;
+    q.y = tid == 0 ? b.out : partials + (tid - 1) * out_px * out_channels;
+    if (k0 < k1) {
+      pointwise_kernels().nhwc(q, 0, 0, out_px, 0, pointwise_panels(out_channels),
+                               gemm_thread_scratch(pointwise_scratch_floats(q.K)));
+    } else if (tid > 0) {
+      std::fill(q.y, q.y + out_px * out_channels, 0.0f);
+    }
+    barrier();
+    int64_t r0, r1;
+    split(out_px, tid, nt, r0, r1);
+    for (int64_t r = r0; r < r1; ++r) {
+      float* y = b.out + r * out_channels;
+      for (int t = 1; t < nt; ++t) {
+        const float* part = partials + ((t - 1) * out_px + r) * out_channels;
+        for (int64_t c = 0; c < out_channels; ++c) y[c] += part[c];
+      }
+      if (residual) {
+        const float* xr = b.x + r * Cin;
+        for (int64_t c = 0; c < out_channels; ++c) y[c] += xr[c];
+      }
+    }
   };
 #ifdef _OPENMP
   if (threads > 1) {

@@ -39,6 +39,14 @@ struct PwArgs {
   // so the store neither reads the line first nor evicts what the next tiles need. Applies
   // when y and its rows are vector-aligned (otherwise plain stores).
   bool stream = false;
+  // NHWC only, for a product over part of x's channels (a fused block whose threads each hold
+  // some of the expanded channels): x's rows are lda floats apart, the scale's samples
+  // scale_stride (0: K for both), consecutive panels panel_stride floats (0: a panel of K), and
+  // no_bias starts the sums at zero instead of the panel's bias row.
+  int64_t lda = 0;
+  int64_t scale_stride = 0;
+  int64_t panel_stride = 0;
+  bool no_bias = false;
 };
 
 // A small dense conv (groups = 1, any kernel) as the same GEMM: each register tile's input

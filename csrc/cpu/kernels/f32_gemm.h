@@ -64,13 +64,16 @@ __attribute__((always_inline)) inline void store_out(vf o, float* y, const float
 // KMAJOR: a holds gathered patches k-major, MR floats per k (a[k * MR + r]); lda is unused.
 // KC > 0: K = lda = KC at compile time (dense rows of x): each row's x elements are immediate
 // offsets from one pointer instead of an indexed address per row.
+// bias: the accumulators' start (kPanel floats), null for the panel's bias row (pb).
 template <int R, int V, bool KMAJOR = false, int KC = 0>
 inline void nhwc_tile(int64_t K, const float* a, int64_t lda, const float* pb, float* y,
-                      int64_t ldy, const float* res, int ncols, int act, bool nt) {
+                      int64_t ldy, const float* res, int ncols, int act, bool nt,
+                      const float* bias = nullptr) {
   vf acc[R][V];
+  const float* b0 = bias != nullptr ? bias : pb;
 #pragma GCC unroll 4
   for (int v = 0; v < V; ++v) {
-    const vf b = vload(pb + v * VL);
+    const vf b = vload(b0 + v * VL);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r][v] = b;
   }
@@ -101,10 +104,12 @@ inline void nhwc_tile(int64_t K, const float* a, int64_t lda, const float* pb, f
 template <int R, int V, bool KMAJOR = false, int KC = 0>
 inline void nhwc_tile_rows(int rows, int64_t K, const float* a, int64_t lda, const float* pb,
                            float* y, int64_t ldy, const float* res, int ncols, int act,
-                           bool nt = false) {
+                           bool nt = false, const float* bias = nullptr) {
   if constexpr (R > 0) {
-    if (rows == R) return nhwc_tile<R, V, KMAJOR, KC>(K, a, lda, pb, y, ldy, res, ncols, act, nt);
-    nhwc_tile_rows<R - 1, V, KMAJOR, KC>(rows, K, a, lda, pb, y, ldy, res, ncols, act, nt);
+    if (rows == R) {
+      return nhwc_tile<R, V, KMAJOR, KC>(K, a, lda, pb, y, ldy, res, ncols, act, nt, bias);
+    }
+    nhwc_tile_rows<R - 1, V, KMAJOR, KC>(rows, K, a, lda, pb, y, ldy, res, ncols, act, nt, bias);
   }
 }
 
@@ -116,7 +121,7 @@ inline void nhwc_tile_rows(int rows, int64_t K, const float* a, int64_t lda, con
 // bias, the activation and the residual as in nhwc_tile.
 template <int R>
 inline void nhwc_pair_tile(int64_t K, const float* a, int64_t lda, const float* pb, float* y,
-                           int64_t ldy, const float* res, int ncols, int act) {
+                           int64_t ldy, const float* res, int ncols, int act, const float* bias) {
   vf acc[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) acc[r] = vzero();
@@ -132,35 +137,40 @@ inline void nhwc_pair_tile(int64_t K, const float* a, int64_t lda, const float* 
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r] = vpair_fma_even(a[r * lda + k], bk + k * kPanel, acc[r]);
   }
-  const vf bias = vload_n(pb, ncols);
+  const vf b = vload_n(bias != nullptr ? bias : pb, ncols);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    store_out(act_v(vadd(vpair_sum(acc[r]), bias), act), y + r * ldy,
+    store_out(act_v(vadd(vpair_sum(acc[r]), b), act), y + r * ldy,
               res != nullptr ? res + r * ldy : nullptr, ncols);
   }
 }
 
 template <int R>
 inline void nhwc_pair_tile_rows(int rows, int64_t K, const float* a, int64_t lda, const float* pb,
-                                float* y, int64_t ldy, const float* res, int ncols, int act) {
+                                float* y, int64_t ldy, const float* res, int ncols, int act,
+                                const float* bias) {
   if constexpr (R > 0) {
-    if (rows == R) return nhwc_pair_tile<R>(K, a, lda, pb, y, ldy, res, ncols, act);
-    nhwc_pair_tile_rows<R - 1>(rows, K, a, lda, pb, y, ldy, res, ncols, act);
+    if (rows == R) return nhwc_pair_tile<R>(K, a, lda, pb, y, ldy, res, ncols, act, bias);
+    nhwc_pair_tile_rows<R - 1>(rows, K, a, lda, pb, y, ldy, res, ncols, act, bias);
   }
 }
 #endif
 
-// Up to MR rows of dense x (rows of K floats) x V vectors; the compile-time-K tile when
-// K = kSmallK.
+// Up to MR rows of x (rows of lda floats) x V vectors; the compile-time-K tile when
+// K = lda = kSmallK.
 template <int V>
-inline void nhwc_x_rows(int rows, int64_t K, const float* a, const float* pb, float* y,
-                        int64_t ldy, const float* res, int ncols, int act, bool nt) {
-  if (K == kSmallK) {
-    nhwc_tile_rows<MR, V, false, kSmallK>(rows, K, a, K, pb, y, ldy, res, ncols, act, nt);
+inline void nhwc_x_rows(int rows, int64_t K, const float* a, int64_t lda, const float* pb,
+                        float* y, int64_t ldy, const float* res, int ncols, int act, bool nt,
+                        const float* bias) {
+  if (K == kSmallK && lda == K) {
+    nhwc_tile_rows<MR, V, false, kSmallK>(rows, K, a, K, pb, y, ldy, res, ncols, act, nt, bias);
   } else {
-    nhwc_tile_rows<MR, V>(rows, K, a, K, pb, y, ldy, res, ncols, act, nt);
+    nhwc_tile_rows<MR, V>(rows, K, a, lda, pb, y, ldy, res, ncols, act, nt, bias);
   }
 }
+
+// The accumulators' start of a call without a bias (PwArgs::no_bias).
+alignas(64) constexpr float kZeroRow[kPanel] = {};
 
 // Whether a call's full output vectors go out as streaming stores: asked for, and every one
 // aligned (rows of whole vectors from an aligned start).
@@ -170,9 +180,12 @@ inline bool stream_stores(bool asked, const float* y, int64_t ldy) {
 
 void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int64_t p1,
              float* scratch) {
-  const int64_t K = a.K, Cout = a.Cout, pf = pointwise_panel_floats(K);
+  const int64_t K = a.K, Cout = a.Cout;
+  const int64_t pf = a.panel_stride > 0 ? a.panel_stride : pointwise_panel_floats(K);
+  const int64_t lda = a.lda > 0 ? a.lda : K;
+  const float* bias = a.no_bias ? kZeroRow : nullptr;
   const int64_t base = n * a.HW;
-  const float* x = a.x + base * K;
+  const float* x = a.x + base * lda;
   float* y = a.y + base * Cout;
   const float* res = a.residual != nullptr ? a.residual + base * Cout : nullptr;
   const bool nt = stream_stores(a.stream, a.y, Cout);
@@ -183,11 +196,12 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
     // The squeeze-excite gate scales the chunk's x rows once, in cache, for all the panels
     // (measured: scaling each panel's weights instead cost up to +130% on 7x7 and 14x14 layers,
     // where a chunk is a single tile and the panels were rescaled for every one).
-    const float* xc = x;  // row m of the chunk at xc + m * K
+    const float* xc = x;  // row m of the chunk at xc + m * ldc
+    int64_t ldc = lda;
     if (a.scale != nullptr) {
-      const float* s = a.scale + n * K;
+      const float* s = a.scale + n * (a.scale_stride > 0 ? a.scale_stride : K);
       for (int64_t m = c0; m < c1; ++m) {
-        const float* src = x + m * K;
+        const float* src = x + m * lda;
         float* dst = scratch + (m - c0) * K;
         int64_t k = 0;
         for (; k + VL <= K; k += VL) vstore(dst + k, vmul(vload(src + k), vload(s + k)));
@@ -195,6 +209,7 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
                                           vload_n(s + k, static_cast<int>(K - k))), static_cast<int>(K - k));
       }
       xc = scratch - c0 * K;
+      ldc = K;
     }
     for (int64_t p = p0; p < p1; ++p) {
       const float* panel = a.packed + p * pf;
@@ -205,7 +220,7 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
         const int64_t yoff = p * kPanel + s0;
         for (int64_t m = c0; m < c1; m += MR) {
           const int rows = static_cast<int>(gmin(MR, c1 - m));
-          const float* xa = xc + m * K;
+          const float* xa = xc + m * ldc;
           float* yo = y + m * Cout + yoff;
           const float* ro = res != nullptr ? res + m * Cout + yoff : nullptr;
 #ifdef MNV3_PAIR_TILES
@@ -215,14 +230,17 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
           // one 2-vector tile (two tiles of 7 accumulators wait on the FMA latency, one of 14
           // does not).
           if (nc <= VL / 2) {
-            nhwc_pair_tile_rows<MR>(rows, K, xa, K, pb, yo, Cout, ro, nc, a.act);
+            nhwc_pair_tile_rows<MR>(rows, K, xa, ldc, pb, yo, Cout, ro, nc, a.act,
+                                    bias != nullptr ? bias + s0 : nullptr);
             continue;
           }
 #endif
           if (nc > (NV - 1) * VL) {
-            nhwc_x_rows<NV>(rows, K, xa, pb, yo, Cout, ro, nc, a.act, nt);
+            nhwc_x_rows<NV>(rows, K, xa, ldc, pb, yo, Cout, ro, nc, a.act, nt,
+                            bias != nullptr ? bias + s0 : nullptr);
           } else if constexpr (NV > 1) {
-            nhwc_x_rows<NV - 1>(rows, K, xa, pb, yo, Cout, ro, nc, a.act, nt);
+            nhwc_x_rows<NV - 1>(rows, K, xa, ldc, pb, yo, Cout, ro, nc, a.act, nt,
+                                bias != nullptr ? bias + s0 : nullptr);
           }
         }
       }
