@@ -481,7 +481,9 @@ at::Tensor inverted_residual_prepacked_cpu(
   b.se_per_sample = has_se && bands == 1 && !by_channels;
   // One sample with its channels split: each thread projects the channels it holds (a partial
   // sum over part of K, the gate of its own channels folded in) and the partial sums are added
-  // up, rather than every thread reading the other's depthwise output from its core's cache.
+  // up, rather than every thread reading the other's depthwise output from its core's cache
+  // (and waiting for the whole gate). Measured on 2 threads, weights out of cache: Large's 7x7
+  // blocks 401 -> 387 and 439 -> 413 us (median), its 14x14 stride-2 block 559 -> 552.
   // Thread 0's sum starts from the bias and is written to out; the others' go to scratch and
   // are added in thread order, so the output does not depend on timing.
   const bool k_split = by_channels && N == 1;
