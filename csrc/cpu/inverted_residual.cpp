@@ -594,12 +594,9 @@ at::Tensor inverted_residual_prepacked_cpu(
     q.residual = nullptr;
     q.stream = false;
     q.y = tid == 0 ? b.out : partials + (tid - 1) * out_px * out_channels;
-    if (k0 < k1) {
-      pointwise_kernels().nhwc(q, 0, 0, out_px, 0, pointwise_panels(out_channels),
-                               gemm_thread_scratch(pointwise_scratch_floats(q.K)));
-    } else if (tid > 0) {
-      std::fill(q.y, q.y + out_px * out_channels, 0.0f);
-    }
+    // Every part has channels (channel parts need at least one kChannelStep per thread).
+    pointwise_kernels().nhwc(q, 0, 0, out_px, 0, pointwise_panels(out_channels),
+                             gemm_thread_scratch(pointwise_scratch_floats(q.K)));
     barrier();
     int64_t r0, r1;
     split(out_px, tid, nt, r0, r1);
