@@ -74,7 +74,7 @@ New fused modules derive from ``FusedModule``: it holds the backend, the derived
 """
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from typing import Optional, Tuple
 
 import torch
@@ -1570,15 +1570,28 @@ class FusedSequential(FusedModule, nn.Sequential):
     ``nn.Sequential``: each child runs on its own path.
     """
 
-    def __init__(self, seq: nn.Sequential):
+    def __init__(self, seq):
         nn.Sequential.__init__(self)
+        if isinstance(seq, OrderedDict):  # what nn.Sequential's slicing passes its own class
+            seq = nn.Sequential(seq)
+        if not isinstance(seq, nn.Sequential):
+            raise TypeError(f"FusedSequential: seq must be an nn.Sequential, got {type(seq).__name__}")
         reason = chain_unsupported_reason(seq)
         if reason is not None:
             raise ValueError(f"FusedSequential: {reason}")
         for name, child in seq._modules.items():
             self._modules[name] = child
         self.backend = "auto"  # the layers keep their own backends; this one is not used
-        self.train(seq.training)
+        self.training = seq.training  # the container's flag: the children keep their own
+
+    def __getitem__(self, idx):
+        """A slice is a FusedSequential where its layers can be one (an nn.Sequential of the same
+        children where they cannot: one starting with an activation, say), in this one's mode."""
+        if not isinstance(idx, slice):
+            return nn.Sequential.__getitem__(self, idx)
+        part = nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        part.training = self.training  # this container's flag only: the children are shared
+        return FusedSequential(part) if chain_unsupported_reason(part) is None else part
 
     def _chain(self, x: torch.Tensor):
         """The LayerChain serving x, or why none can."""

@@ -277,6 +277,28 @@ def test_copy_revert_and_construction(one_thread):
     assert mnv3_kernels.convert(layers).mnv3_report.counts()["sequence"]["already fused"] == 2
 
 
+def test_slices_are_chains_where_they_can_be(one_thread):
+    conv, _, want = _pair("small")
+    x = torch.randn(2, 3, 64, 64)
+    head = conv.features[:4]
+    assert isinstance(head, M.FusedSequential) and not head.training
+    assert list(head._modules.values()) == list(conv.features._modules.values())[:4]
+    assert all(not m.training for m in conv.modules())  # slicing changed no child's mode
+    mnv3_kernels.path_stats(reset=True)
+    with torch.inference_mode():
+        got = conv.features[4:](head(x))
+        assert mnv3_kernels.path_stats() == {("FusedSequential", "fused", "cpu"): 2}
+        assert torch.equal(got, conv.features(x))
+    with torch.no_grad():
+        assert rel_err(got.double(), want.features(x.double())) < 1e-4
+    # A slice that starts with an activation cannot be a chain: a plain Sequential of the layers.
+    tail = conv.classifier[1:]
+    assert type(tail) is nn.Sequential and list(tail) == list(conv.classifier)[1:]
+    assert conv.features[0] is conv.features._modules["0"]
+    with pytest.raises(TypeError, match="seq must be an nn.Sequential"):
+        M.FusedSequential([conv.features[0]])
+
+
 def _mlp(*layers):
     model = nn.Sequential(nn.Sequential(*layers)).eval()  # convert replaces children, not the root
     want = copy.deepcopy(model)

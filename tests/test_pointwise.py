@@ -105,6 +105,30 @@ def test_threaded_split_matches_serial(isa):
         torch.testing.assert_close(one, two, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("cin", [16, 37])
+@pytest.mark.parametrize("cout", [64, 80, 96, 136, 200])
+@pytest.mark.parametrize("hw", [(7, 7), (5, 9), (1, 13), (1, 1)])
+def test_two_panel_tiles(isa, cin, cout, hw):
+    # AVX-512 runs two whole 32-channel panels as one tile of up to 6 rows (the rows of a call
+    # cut into near-equal tiles): pairs of panels with a single panel, a half panel or a pair
+    # tile after them, K = 16 (compile-time) and not, 49, 45, 13 and 1 rows, with the residual,
+    # the gate, no bias; and threads splitting the panels in groups (one row per sample) give
+    # the bits of one thread.
+    x = torch.randn(2, cin, *hw).contiguous(memory_format=torch.channels_last)
+    check(x, cout, "hardswish", residual=True, scale=True, packed=True)
+    check(x, cout, "relu", bias=False)
+    w, b = _params(cin, cout)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.pointwise_conv_bn_act(x[:1], w, b, "none", backend="cpu")
+        torch.set_num_threads(2)
+        two = ops.pointwise_conv_bn_act(x[:1], w, b, "none", backend="cpu")
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(one, two, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape,cout", [((9, 16, 112, 112), 16), ((3, 40, 100, 100), 48), ((4, 16, 96, 96), 24)])
 def test_outputs_larger_than_the_caches(isa, threads, shape, cout):

@@ -64,6 +64,7 @@ struct DenseConvArgs {
 
 struct PointwiseKernels {
   int mr;  // output rows (NHWC pixels, NCHW channels) per register tile
+  int panel_group;  // NHWC panels a call should cover at least, where it can (2: two-panel tiles)
   // NHWC: output rows [r0, r1) of sample n (rows n*HW + r), panels [p0, p1). Without a scale,
   // a caller may pass n = 0 and rows of the whole batch (r1 <= N*HW). scratch: at least
   // pointwise_scratch_floats(K) floats, 64-byte aligned (the scaled x chunk).

@@ -101,17 +101,19 @@ void nhwc_part(const PointwiseKernels& k, const PwArgs& a, int64_t part, int64_t
   // at batch 1) over the weight panels, so every thread reads a part of the weights; otherwise
   // over the rows, so every thread reads a part of x.
   const bool by_panel = parts > 1 && a.N * a.HW < a.Cout && P > 1;
-  const int64_t units = segs * (by_panel ? P : 1) * tiles;
+  // Split over groups of panels where the kernels have tiles wider than a panel.
+  const int64_t pg = k.panel_group, groups = cdiv(P, pg);
+  const int64_t units = segs * (by_panel ? groups : 1) * tiles;
   int64_t u0 = units * part / parts;
   const int64_t u1 = units * (part + 1) / parts;
   float* scratch = per_sample && u0 < u1 ? gemm_thread_scratch(pointwise_scratch_floats(a.K)) : nullptr;
-  const int64_t span = tiles * (by_panel ? P : 1);  // units per segment
+  const int64_t span = tiles * (by_panel ? groups : 1);  // units per segment
   while (u0 < u1) {
     const int64_t seg = u0 / span, in_seg = u0 % span;
-    const int64_t p = by_panel ? in_seg / tiles : 0;
+    const int64_t p = by_panel ? in_seg / tiles * pg : 0;
     const int64_t t0 = in_seg % tiles;
     const int64_t t1 = lmin(tiles, t0 + (u1 - u0));
-    k.nhwc(a, seg, t0 * k.mr, lmin(rows, t1 * k.mr), p, by_panel ? p + 1 : P, scratch);
+    k.nhwc(a, seg, t0 * k.mr, lmin(rows, t1 * k.mr), p, by_panel ? lmin(P, p + pg) : P, scratch);
     u0 += t1 - t0;
   }
 }

@@ -14,6 +14,7 @@ namespace {
 #include "../simd/portable.h"
 constexpr int MR = 4;
 constexpr int NV = 2;
+constexpr int WR = 0;  // no two-panel tiles (f32_gemm.h)
 #include "f32_gemm.h"
 
 }  // namespace

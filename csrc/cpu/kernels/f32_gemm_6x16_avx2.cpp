@@ -21,6 +21,7 @@ namespace {
 #include "../simd/avx2.h"
 constexpr int MR = 6;
 constexpr int NV = 2;
+constexpr int WR = 0;  // no two-panel tiles (f32_gemm.h)
 #include "f32_gemm.h"
 
 }  // namespace

@@ -1,7 +1,9 @@
 // AVX-512F pointwise (1x1) and stem conv kernels: register tiles of 7 rows x 32 floats (two
 // vectors; 14 accumulators of 32 registers; the x element a broadcast memory operand of the FMA).
 // Seven rows divide every MobileNetV3 output size (112, 56, 28, 14 and 7 squared), so batch-1
-// NHWC calls have no row tail. Reached through pointwise_kernels() after isa.cpp checked the CPU.
+// NHWC calls have no row tail. Two whole panels in a row take tiles of 6 rows x 64 floats
+// instead (24 accumulators; the rows cut into near-equal tiles). Reached through
+// pointwise_kernels() after isa.cpp checked the CPU.
 #include <cstdint>
 
 #include "../kernels.h"
@@ -27,6 +29,7 @@ namespace {
 #include "../simd/avx512.h"
 constexpr int MR = 7;
 constexpr int NV = 2;
+constexpr int WR = 6;  // two-panel tiles of 6 rows x 64 floats (f32_gemm.h)
 #include "f32_gemm.h"
 
 }  // namespace
