@@ -269,6 +269,7 @@ def test_other_backends_refuse_and_auto_falls_back():
     ((0, 3, 8, 8), 16, 3, 2, 1, 1),
     # the direct kernel (3 channels, 3x3, stride 1 or 2, no dilation, <= 2 vectors of outputs)
     ((2, 3, 17, 23), 24, 3, 1, 1, 1),     # stride 1; two output vectors on AVX-512
+    ((2, 3, 9, 40), 13, 3, 1, 1, 1),      # stride 1, one output vector: 14-pixel interior blocks
     ((1, 3, 2, 3), 8, 3, 2, 1, 1),        # every pixel at an edge
     ((1, 3, 12, 13), 5, 3, 2, 0, 1),      # no padding, Cout not a multiple of 8
     ((1, 3, 10, 9), 12, 3, 2, 2, 1),      # padding 2: rows and columns wholly outside

@@ -542,6 +542,66 @@ inline void dense_direct_block(const DenseConvArgs& a, const float* xn, int64_t 
   }
 }
 
+// The interior of a row, one vector of output channels (AVX-512: 32 registers): blocks of RW
+// pixels with the weights loaded for each input channel of each block (9 vectors, from L1), not
+// held in 27 registers. That leaves room for RW accumulators, more independent FMA chains than
+// the 4 of the 27-register blocks. Every accumulator takes the same FMAs in the same order as in
+// dense_direct_block, so the same bits. Not inlined: the caller's 27 weight registers are saved
+// around the call, not spilled inside the loop.
+// Measured (Xeon, MobileNetV3's stem, 224 x 224 NCHW, hot, medians): one core 129 -> 117-122 us;
+// two threads at batch 8 512 -> 458-483 us.
+constexpr int kDirectRW = 14;
+
+template <int R, int S, bool NHWC>
+inline void dense_direct_wblock(const DenseConvArgs& a, const float* xn, int64_t ih0, int64_t iw0,
+                                float* y, bool nt) {
+  const int64_t cs = NHWC ? 1 : a.H * a.W, rs = NHWC ? a.W * kDirectC : a.W;
+  constexpr int64_t ps = NHWC ? kDirectC : 1;
+  vf acc[R];
+  const vf b = vload(a.packed);
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) acc[r] = b;
+  for (int c = 0; c < kDirectC; ++c) {
+    vf w[kDirectK * kDirectK];
+#pragma GCC unroll 9
+    for (int t = 0; t < kDirectK * kDirectK; ++t) {
+      w[t] = vkeep(vload(a.packed + (c * kDirectK * kDirectK + t + 1) * kPanel));
+    }
+    // Input column j of the block feeds pixel r through tap kx = j - r * S: one broadcast per
+    // column, each accumulator still taking its taps in kx order.
+    constexpr int NJ = (R - 1) * S + kDirectK;
+#pragma GCC unroll 3
+    for (int ky = 0; ky < kDirectK; ++ky) {
+      const float* xr = xn + c * cs + (ih0 + ky) * rs + iw0 * ps;
+#pragma GCC unroll 64
+      for (int j = 0; j < NJ; ++j) {
+        const vf xv = vkeep(vset1(xr[j * ps]));
+#pragma GCC unroll 3
+        for (int kx = 0; kx < kDirectK; ++kx) {
+          const int t = j - kx;
+          if (t >= 0 && t % S == 0 && t / S < R) {
+            acc[t / S] = vfma(xv, w[ky * kDirectK + kx], acc[t / S]);
+          }
+        }
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    store_out(act_v(acc[r], a.act), y + r * a.Cout, nullptr, static_cast<int>(a.Cout), nt);
+  }
+}
+
+// Output columns [ow, ow + RW * blocks) of a row whose taps are all inside the image.
+template <int S, bool NHWC>
+__attribute__((noinline)) void dense_direct_interior(const DenseConvArgs& a, const float* xn,
+                                                     int64_t ih0, int64_t ow, int64_t blocks,
+                                                     float* yrow, bool nt) {
+  for (int64_t i = 0; i < blocks; ++i, ow += kDirectRW) {
+    dense_direct_wblock<kDirectRW, S, NHWC>(a, xn, ih0, ow * S - a.PW, yrow + ow * a.Cout, nt);
+  }
+}
+
 template <int CV, int S, bool NHWC>
 void dense_direct(const DenseConvArgs& a, int64_t r0, int64_t r1) {
   constexpr int T = kDirectC * kDirectK * kDirectK, R = 4;
@@ -567,6 +627,11 @@ void dense_direct(const DenseConvArgs& a, int64_t r0, int64_t r1) {
                                                yrow + ow * a.Cout, nt);
     }
     int64_t ow = lo;
+    if constexpr (CV == 1 && kVecRegs >= 32) {  // RW accumulators + 9 weights fit
+      const int64_t blocks = (hi - lo) / kDirectRW;
+      if (blocks > 0) dense_direct_interior<S, NHWC>(a, xn, ih0, ow, blocks, yrow, nt);
+      ow += blocks * kDirectRW;
+    }
     for (; ow + R <= hi; ow += R) {
       dense_direct_block<R, CV, S, NHWC, false>(a, xn, ih0, ow * S - a.PW, w, b,
                                                 yrow + ow * a.Cout, nt);
