@@ -21,6 +21,20 @@ template <int KW_, int SW_, int DH_, int DW_>
 void dwconv_band_rows(const DwBandArgs& a) {
   const DwConvParams& p = a.p;
   const int64_t wtile = VL * (1 + p.KH * p.KW);
+  if constexpr (KW_ > 0) {  // compile-time shapes: all the rows in one call (NhwcFrame::nrows)
+    const bool in_place = a.cols > 0;
+    const int64_t r0 = a.first;  // the first row's taps (the kernel finds the others')
+    const int64_t kh0 = r0 >= a.valid_lo ? 0 : div_up(a.valid_lo - r0, p.DH);
+    const int64_t kh1 = r0 > a.valid_hi - 1 ? 0 : imin(p.KH, (a.valid_hi - 1 - r0) / p.DH + 1);
+    NhwcFrame f{a.frame + a.t0 * VL, a.rowp, p.C, r0, kh0, imax(kh0, kh1), p.C, 0,
+                in_place ? a.col0 : 0, in_place ? a.cols : kNoEdge};
+    f.nrows = a.rows;
+    f.ystep = a.ldy;
+    f.vlo = a.valid_lo;
+    f.vhi = a.valid_hi;
+    return nhwc_row<KW_, SW_, DH_, DW_>(p, f, wtile, a.wpk + a.t0 * wtile, a.t0, a.t1,
+                                        a.y + a.t0 * VL, p.OW, true, a.act);
+  }
   for (int64_t j = 0; j < a.rows; ++j) {
     const int64_t r0 = a.first + j * p.SH;  // buffer row of the output row's first tap
     // Taps kh in [kh0, kh1) land on rows of the image; the others are padding.

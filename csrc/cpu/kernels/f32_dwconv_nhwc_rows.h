@@ -49,6 +49,11 @@ struct NhwcFrame {
   // columns outside [0, cols) are padding (zeros). Scratch frames hold their padding: col0 = 0,
   // cols = kNoEdge.
   int64_t col0, cols;
+  // Compile-time-shape kernels only: nrows output rows, the first's taps at row r0, the others
+  // SH rows down each, written ystep floats apart; their taps on rows [vlo, vhi) only (kh0 and
+  // kh1 are then unused). A tile runs all the rows before the next tile, so its input rows stay
+  // in L1 for each output row that reads them.
+  int64_t nrows = 1, ystep = 0, vlo = 0, vhi = 0;
 };
 constexpr int64_t kNoEdge = int64_t(1) << 60;
 
@@ -165,12 +170,20 @@ inline void nhwc_fixed_block(const NhwcFrame& f, const float* bx, int64_t jlo, i
   constexpr int NJ = (PX - 1) * SW + (KW - 1) * DW + 1;  // input pixels of the block's row
   const int64_t pxs = f.pxs;
   for (int64_t tl = 0; tl < ntiles; ++tl, bx += VL, wt += wtile, yo += VL) {
+   for (int64_t row = 0; row < f.nrows; ++row) {
+    const int64_t r0 = f.r0 + row * SW;  // the compile-time shapes have SH == SW
+    int64_t kh0 = f.kh0, kh1 = f.kh1;
+    if (f.nrows > 1) {
+      kh0 = r0 >= f.vlo ? 0 : div_up(f.vlo - r0, DH);
+      kh1 = imax(kh0, r0 > f.vhi - 1 ? 0 : imin(KW, (f.vhi - 1 - r0) / DH + 1));
+    }
+    float* yr = yo + row * f.ystep;
     vf acc[PX];
     const vf b = vload(wt);
 #pragma GCC unroll 32
     for (int px = 0; px < PX; ++px) acc[px] = b;
-    for (int64_t kh = f.kh0; kh < f.kh1; ++kh) {
-      const float* xp = bx + (f.r0 + kh * DH) * f.rowp;
+    for (int64_t kh = kh0; kh < kh1; ++kh) {
+      const float* xp = bx + (r0 + kh * DH) * f.rowp;
       const float* wk = wt + VL + kh * KW * VL;
       vf w[KW];
 #pragma GCC unroll 8
@@ -194,11 +207,12 @@ inline void nhwc_fixed_block(const NhwcFrame& f, const float* bx, int64_t jlo, i
     for (int px = 0; px < PX; ++px) {
       const vf v = act_v(acc[px], act);
       if (nl < VL) {
-        vstore_n(yo + px * f.ypx, v, nl);
+        vstore_n(yr + px * f.ypx, v, nl);
       } else {
-        vstore(yo + px * f.ypx, v);
+        vstore(yr + px * f.ypx, v);
       }
     }
+   }
   }
 }
 
