@@ -153,10 +153,11 @@ inline void nhwc_cols(const DwConvParams& p, NhwcFrame f, int64_t wtile, const f
   }
 }
 
-// Compile-time shapes (kernel width, stride, dilation): PX output pixels of a row, for each of
-// `ntiles` consecutive tiles. Per kernel row, the KW weights stay in registers and each input
-// vector of the row is loaded once and feeds every (pixel, tap) pair that reads it: PX*SW +
-// (KW-1)*DW loads for PX*KW FMAs instead of one load per FMA (stride 1, k=5: 0.2 loads per FMA).
+// Compile-time shapes (kernel width, stride, dilation): PX output pixels of a row (of each of
+// f.nrows rows), for each of `ntiles` consecutive tiles. Per kernel row, the KW weights stay in
+// registers and each input vector of the row is loaded once and feeds every (pixel, tap) pair
+// that reads it: PX*SW + (KW-1)*DW loads for PX*KW FMAs instead of one load per FMA (stride 1,
+// k=5: 0.2 loads per FMA).
 // The conditions below are compile-time constants, so the unrolled body is straight-line FMAs.
 // The tiles are a loop inside (one call per block of pixels, not per tile), and the input
 // columns are walked with one pointer (an add per column): an offset register per column took
@@ -170,49 +171,49 @@ inline void nhwc_fixed_block(const NhwcFrame& f, const float* bx, int64_t jlo, i
   constexpr int NJ = (PX - 1) * SW + (KW - 1) * DW + 1;  // input pixels of the block's row
   const int64_t pxs = f.pxs;
   for (int64_t tl = 0; tl < ntiles; ++tl, bx += VL, wt += wtile, yo += VL) {
-   for (int64_t row = 0; row < f.nrows; ++row) {
-    const int64_t r0 = f.r0 + row * SW;  // the compile-time shapes have SH == SW
-    int64_t kh0 = f.kh0, kh1 = f.kh1;
-    if (f.nrows > 1) {
-      kh0 = r0 >= f.vlo ? 0 : div_up(f.vlo - r0, DH);
-      kh1 = imax(kh0, r0 > f.vhi - 1 ? 0 : imin(KW, (f.vhi - 1 - r0) / DH + 1));
-    }
-    float* yr = yo + row * f.ystep;
-    vf acc[PX];
-    const vf b = vload(wt);
+    for (int64_t row = 0; row < f.nrows; ++row) {
+      const int64_t r0 = f.r0 + row * SW;  // the compile-time shapes have SH == SW
+      int64_t kh0 = f.kh0, kh1 = f.kh1;
+      if (f.nrows > 1) {
+        kh0 = r0 >= f.vlo ? 0 : div_up(f.vlo - r0, DH);
+        kh1 = imax(kh0, r0 > f.vhi - 1 ? 0 : imin(KW, (f.vhi - 1 - r0) / DH + 1));
+      }
+      float* yr = yo + row * f.ystep;
+      vf acc[PX];
+      const vf b = vload(wt);
 #pragma GCC unroll 32
-    for (int px = 0; px < PX; ++px) acc[px] = b;
-    for (int64_t kh = kh0; kh < kh1; ++kh) {
-      const float* xp = bx + (r0 + kh * DH) * f.rowp;
-      const float* wk = wt + VL + kh * KW * VL;
-      vf w[KW];
+      for (int px = 0; px < PX; ++px) acc[px] = b;
+      for (int64_t kh = kh0; kh < kh1; ++kh) {
+        const float* xp = bx + (r0 + kh * DH) * f.rowp;
+        const float* wk = wt + VL + kh * KW * VL;
+        vf w[KW];
 #pragma GCC unroll 8
-      for (int kw = 0; kw < KW; ++kw) w[kw] = vload(wk + kw * VL);
+        for (int kw = 0; kw < KW; ++kw) w[kw] = vload(wk + kw * VL);
 #pragma GCC unroll 64
-      for (int j = 0; j < NJ; ++j) {
-        const float* xj = xp;
-        xp += pxs;
-        asm("" : "+r"(xp));  // an add per column, not an offset register per column
-        // Edge blocks skip the input columns that are padding (a predictable branch per column).
-        if (EDGE && (j < jlo || j >= jhi)) continue;
-        const vf xv = vkeep(LMASK ? vload_n(xj, nl) : vload(xj));
+        for (int j = 0; j < NJ; ++j) {
+          const float* xj = xp;
+          xp += pxs;
+          asm("" : "+r"(xp));  // an add per column, not an offset register per column
+          // Edge blocks skip the input columns that are padding (a predictable branch per column).
+          if (EDGE && (j < jlo || j >= jhi)) continue;
+          const vf xv = vkeep(LMASK ? vload_n(xj, nl) : vload(xj));
 #pragma GCC unroll 8
-        for (int kw = 0; kw < KW; ++kw) {
-          const int t = j - kw * DW;  // SW * pixel
-          if (t >= 0 && t % SW == 0 && t / SW < PX) acc[t / SW] = vfma(xv, w[kw], acc[t / SW]);
+          for (int kw = 0; kw < KW; ++kw) {
+            const int t = j - kw * DW;  // SW * pixel
+            if (t >= 0 && t % SW == 0 && t / SW < PX) acc[t / SW] = vfma(xv, w[kw], acc[t / SW]);
+          }
+        }
+      }
+#pragma GCC unroll 32
+      for (int px = 0; px < PX; ++px) {
+        const vf v = act_v(acc[px], act);
+        if (nl < VL) {
+          vstore_n(yr + px * f.ypx, v, nl);
+        } else {
+          vstore(yr + px * f.ypx, v);
         }
       }
     }
-#pragma GCC unroll 32
-    for (int px = 0; px < PX; ++px) {
-      const vf v = act_v(acc[px], act);
-      if (nl < VL) {
-        vstore_n(yr + px * f.ypx, v, nl);
-      } else {
-        vstore(yr + px * f.ypx, v);
-      }
-    }
-   }
   }
 }
 

@@ -65,25 +65,28 @@ __attribute__((always_inline)) inline void store_out(vf o, float* y, const float
 // KC > 0: K = lda = KC at compile time (dense rows of x): each row's x elements are immediate
 // offsets from one pointer instead of an indexed address per row.
 // bias: the accumulators' start (kPanel floats), null for the panel's bias row (pb).
+// pb1: a two-panel tile's second panel (V > kPanel / VL: its vectors [kPanel / VL, V) are that
+// panel's, and bias, if any, starts both panels).
 template <int R, int V, bool KMAJOR = false, int KC = 0>
 inline void nhwc_tile(int64_t K, const float* a, int64_t lda, const float* pb, float* y,
                       int64_t ldy, const float* res, int ncols, int act, bool nt,
-                      const float* bias = nullptr) {
+                      const float* bias = nullptr, const float* pb1 = nullptr) {
+  constexpr int H = kPanel / VL;  // vectors per panel
   vf acc[R][V];
-  const float* b0 = bias != nullptr ? bias : pb;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
   for (int v = 0; v < V; ++v) {
-    const vf b = vload(b0 + v * VL);
+    const vf b = vload((bias != nullptr ? bias : v < H ? pb : pb1) + (v % H) * VL);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r][v] = b;
   }
   const float* bk = pb + kPanel;
+  const float* bk1 = V > H ? pb1 + kPanel : nullptr;
   const int64_t kn = KC > 0 ? KC : K, ld = KC > 0 ? KC : lda;
 #pragma GCC unroll 2
   for (int64_t k = 0; k < kn; ++k) {
     vf w[V];
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) w[v] = vload(bk + k * kPanel + v * VL);
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) w[v] = vload((v < H ? bk : bk1) + k * kPanel + (v % H) * VL);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const vf xr = vset1(KMAJOR ? a[k * MR + r] : a[r * ld + k]);
@@ -104,12 +107,14 @@ inline void nhwc_tile(int64_t K, const float* a, int64_t lda, const float* pb, f
 template <int R, int V, bool KMAJOR = false, int KC = 0>
 inline void nhwc_tile_rows(int rows, int64_t K, const float* a, int64_t lda, const float* pb,
                            float* y, int64_t ldy, const float* res, int ncols, int act,
-                           bool nt = false, const float* bias = nullptr) {
+                           bool nt = false, const float* bias = nullptr,
+                           const float* pb1 = nullptr) {
   if constexpr (R > 0) {
     if (rows == R) {
-      return nhwc_tile<R, V, KMAJOR, KC>(K, a, lda, pb, y, ldy, res, ncols, act, nt, bias);
+      return nhwc_tile<R, V, KMAJOR, KC>(K, a, lda, pb, y, ldy, res, ncols, act, nt, bias, pb1);
     }
-    nhwc_tile_rows<R - 1, V, KMAJOR, KC>(rows, K, a, lda, pb, y, ldy, res, ncols, act, nt, bias);
+    nhwc_tile_rows<R - 1, V, KMAJOR, KC>(rows, K, a, lda, pb, y, ldy, res, ncols, act, nt, bias,
+                                         pb1);
   }
 }
 
@@ -156,75 +161,17 @@ inline void nhwc_pair_tile_rows(int rows, int64_t K, const float* a, int64_t lda
 }
 #endif
 
-// Up to MR rows of x (rows of lda floats) x V vectors; the compile-time-K tile when
+// Up to RMAX rows of x (rows of lda floats) x V vectors; the compile-time-K tile when
 // K = lda = kSmallK.
-template <int V>
+template <int V, int RMAX = MR>
 inline void nhwc_x_rows(int rows, int64_t K, const float* a, int64_t lda, const float* pb,
                         float* y, int64_t ldy, const float* res, int ncols, int act, bool nt,
-                        const float* bias) {
+                        const float* bias, const float* pb1 = nullptr) {
   if (K == kSmallK && lda == K) {
-    nhwc_tile_rows<MR, V, false, kSmallK>(rows, K, a, K, pb, y, ldy, res, ncols, act, nt, bias);
+    nhwc_tile_rows<RMAX, V, false, kSmallK>(rows, K, a, K, pb, y, ldy, res, ncols, act, nt, bias,
+                                            pb1);
   } else {
-    nhwc_tile_rows<MR, V>(rows, K, a, lda, pb, y, ldy, res, ncols, act, nt, bias);
-  }
-}
-
-// Two whole panels at once (WR > 0: AVX-512): R rows x 2 * kPanel output channels, the x element
-// of a row broadcast once for 4 vectors of two panels' weights (pb0, pb1: each panel's bias row
-// first). 24 accumulators per 6 rows take 10 loads per 24 FMAs, where two 7 x 32 tiles take 18
-// per 28. Measured on one core (hot, Xeon with two 512-bit FMA units): 6 x 64 tiles 188-196
-// GFLOP/s against 171-176 for 7 x 32 at K = 112 to 960, 164 against 155 at K = 64.
-// bias: both panels' accumulator start (PwArgs::no_bias), else null for their bias rows.
-template <int R, int KC = 0>
-inline void nhwc_wide_tile(int64_t K, const float* a, int64_t lda, const float* pb0,
-                           const float* pb1, float* y, int64_t ldy, const float* res, int act,
-                           bool nt, const float* bias) {
-  constexpr int V = 2 * kPanel / VL, H = kPanel / VL;  // vectors per tile row, per panel
-  vf acc[R][V];
-#pragma GCC unroll 8
-  for (int v = 0; v < V; ++v) {
-    const float* b0 = bias != nullptr ? bias + (v % H) * VL : (v < H ? pb0 : pb1) + (v % H) * VL;
-    const vf b = vload(b0);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) acc[r][v] = b;
-  }
-  const float* bk0 = pb0 + kPanel;
-  const float* bk1 = pb1 + kPanel;
-  const int64_t kn = KC > 0 ? KC : K, ld = KC > 0 ? KC : lda;
-#pragma GCC unroll 2
-  for (int64_t k = 0; k < kn; ++k) {
-    vf w[V];
-#pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) w[v] = vload((v < H ? bk0 : bk1) + k * kPanel + (v % H) * VL);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const vf xr = vset1(a[r * ld + k]);
-#pragma GCC unroll 8
-      for (int v = 0; v < V; ++v) acc[r][v] = vfma(xr, w[v], acc[r][v]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
-    for (int v = 0; v < V; ++v) {
-      store_out(act_v(acc[r][v], act), y + r * ldy + v * VL,
-                res != nullptr ? res + r * ldy + v * VL : nullptr, VL, nt);
-    }
-  }
-}
-
-template <int R>
-inline void nhwc_wide_rows(int rows, int64_t K, const float* a, int64_t lda, const float* pb0,
-                           const float* pb1, float* y, int64_t ldy, const float* res, int act,
-                           bool nt, const float* bias) {
-  if constexpr (R > 0) {
-    if (rows == R) {
-      if (K == kSmallK && lda == K) {
-        return nhwc_wide_tile<R, kSmallK>(K, a, K, pb0, pb1, y, ldy, res, act, nt, bias);
-      }
-      return nhwc_wide_tile<R>(K, a, lda, pb0, pb1, y, ldy, res, act, nt, bias);
-    }
-    nhwc_wide_rows<R - 1>(rows, K, a, lda, pb0, pb1, y, ldy, res, act, nt, bias);
+    nhwc_tile_rows<RMAX, V>(rows, K, a, lda, pb, y, ldy, res, ncols, act, nt, bias, pb1);
   }
 }
 
@@ -282,14 +229,19 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
       const float* panel = a.packed + p * pf;
       if constexpr (WR > 0) {
         if (wide && p * kPanel >= lo_col && (p + 2) * kPanel <= hi_col) {
-          // Panels p and p + 1, whole: the chunk's rows in near-equal tiles of at most WR.
+          // Panels p and p + 1, whole, as one two-panel tile of up to WR rows x 2 * kPanel
+          // channels: 24 accumulators on AVX-512, each x element broadcast once for four
+          // weight vectors (10 loads per 24 FMAs; two 7 x 32 tiles take 18 per 28). Measured on
+          // one core (hot, Xeon with two 512-bit FMA units): 188-196 GFLOP/s against 171-176 for
+          // 7 x 32 tiles at K = 112 to 960, 164 against 155 at K = 64. The chunk's rows go in
+          // near-equal tiles.
           const int64_t n = c1 - c0, tiles = (n + WR - 1) / WR;
           for (int64_t t = 0, m = c0; t < tiles; ++t) {
             const int rows = static_cast<int>(n / tiles + (t < n % tiles));
-            nhwc_wide_rows<WR>(rows, K, xc + m * ldc, ldc, panel, panel + pf,
-                               y + m * Cout + p * kPanel, Cout,
-                               res != nullptr ? res + m * Cout + p * kPanel : nullptr, a.act, nt,
-                               bias);
+            nhwc_x_rows<2 * kPanel / VL, WR>(rows, K, xc + m * ldc, ldc, panel,
+                                             y + m * Cout + p * kPanel, Cout,
+                                             res != nullptr ? res + m * Cout + p * kPanel : nullptr,
+                                             2 * kPanel, a.act, nt, bias, panel + pf);
             m += rows;
           }
           ++p;
