@@ -21,16 +21,15 @@ template <int KW_, int SW_, int DH_, int DW_>
 void dwconv_band_rows(const DwBandArgs& a) {
   const DwConvParams& p = a.p;
   const int64_t wtile = VL * (1 + p.KH * p.KW);
+  const bool in_place = a.cols > 0;
   // Compile-time shapes: all the rows in one call, each tile over every row before the next
   // (NhwcFrame::nrows), so a tile's input rows are read from L2 once, not once per output row
   // that reads them. Measured on one core, rows in cache: 3x3 at 14x14 with 672 channels 67 ->
   // 78 GFLOP/s, 5x5 at 7x7 with 960 105 -> 122, 3x3 at 56 wide with 72 60 -> 65.
   if constexpr (KW_ > 0) {
-    const bool in_place = a.cols > 0;
-    const int64_t r0 = a.first;  // the first row's taps (the kernel finds the others')
-    const int64_t kh0 = r0 >= a.valid_lo ? 0 : div_up(a.valid_lo - r0, p.DH);
-    const int64_t kh1 = r0 > a.valid_hi - 1 ? 0 : imin(p.KH, (a.valid_hi - 1 - r0) / p.DH + 1);
-    NhwcFrame f{a.frame + a.t0 * VL, a.rowp, p.C, r0, kh0, imax(kh0, kh1), p.C, 0,
+    int64_t kh0, kh1;  // the first row's taps (the kernel finds the others')
+    tap_rows(a.first, a.valid_lo, a.valid_hi, p.KH, p.DH, kh0, kh1);
+    NhwcFrame f{a.frame + a.t0 * VL, a.rowp, p.C, a.first, kh0, kh1, p.C, 0,
                 in_place ? a.col0 : 0, in_place ? a.cols : kNoEdge};
     f.nrows = a.rows;
     f.ystep = a.ldy;
@@ -41,11 +40,9 @@ void dwconv_band_rows(const DwBandArgs& a) {
   }
   for (int64_t j = 0; j < a.rows; ++j) {
     const int64_t r0 = a.first + j * p.SH;  // buffer row of the output row's first tap
-    // Taps kh in [kh0, kh1) land on rows of the image; the others are padding.
-    const int64_t kh0 = r0 >= a.valid_lo ? 0 : div_up(a.valid_lo - r0, p.DH);
-    const int64_t kh1 = r0 > a.valid_hi - 1 ? 0 : imin(p.KH, (a.valid_hi - 1 - r0) / p.DH + 1);
-    const bool in_place = a.cols > 0;
-    const NhwcFrame f{a.frame + a.t0 * VL, a.rowp, p.C, r0, kh0, imax(kh0, kh1), p.C, 0,
+    int64_t kh0, kh1;  // taps on rows of the image; the others are padding
+    tap_rows(r0, a.valid_lo, a.valid_hi, p.KH, p.DH, kh0, kh1);
+    const NhwcFrame f{a.frame + a.t0 * VL, a.rowp, p.C, r0, kh0, kh1, p.C, 0,
                       in_place ? a.col0 : 0, in_place ? a.cols : kNoEdge};
     nhwc_row<KW_, SW_, DH_, DW_>(p, f, wtile, a.wpk + a.t0 * wtile, a.t0, a.t1,
                                  a.y + j * a.ldy + a.t0 * VL, p.OW, true, a.act);

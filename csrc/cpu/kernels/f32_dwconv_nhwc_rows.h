@@ -174,10 +174,7 @@ inline void nhwc_fixed_block(const NhwcFrame& f, const float* bx, int64_t jlo, i
     for (int64_t row = 0; row < f.nrows; ++row) {
       const int64_t r0 = f.r0 + row * SW;  // the compile-time shapes have SH == SW
       int64_t kh0 = f.kh0, kh1 = f.kh1;
-      if (f.nrows > 1) {
-        kh0 = r0 >= f.vlo ? 0 : div_up(f.vlo - r0, DH);
-        kh1 = imax(kh0, r0 > f.vhi - 1 ? 0 : imin(KW, (f.vhi - 1 - r0) / DH + 1));
-      }
+      if (f.nrows > 1) tap_rows(r0, f.vlo, f.vhi, KW, DH, kh0, kh1);
       float* yr = yo + row * f.ystep;
       vf acc[PX];
       const vf b = vload(wt);
