@@ -124,6 +124,19 @@ def isa(request):
     _extension._C._set_cpu_isa(before)
 
 
+@pytest.fixture(params=["streamed", "cache-rule"])
+def streaming(request):
+    """Runs the test with outputs of 1 MB and more written as streaming stores, then with the
+    library's own rule (which, on a host with a large L3, streams none of a test's outputs)."""
+    from mnv3_kernels import _extension
+
+    if not _extension.LOADED:
+        pytest.skip("compiled library not loaded")
+    _extension._C._set_stream_threshold(1 << 20 if request.param == "streamed" else -1)
+    yield request.param
+    _extension._C._set_stream_threshold(-1)
+
+
 def with_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     """x as NCHW ("nchw"), channels_last ("nhwc"), or a view dense in neither ("sliced")."""
     if layout == "nchw":

@@ -119,10 +119,9 @@ def test_one_sample_projected_by_channel_parts(spec, threads, isa):
     (1, 16, 48, 32, 200, 200, 3, 1, 1, True, "hardswish", "relu"),      # 5.1 MB, SE in two phases
     (4, 16, 48, 24, 96, 96, 3, 1, 1, True, "relu", "hardswish"),        # 3.5 MB, rows not aligned
 ], ids=["residual", "se-per-sample", "se-two-phase", "unaligned"])
-def test_outputs_larger_than_the_caches(spec, threads, isa):
-    # An output larger than the L2 of the threads writing it (2 MB per core or less on the
-    # machines the tests run on) goes out as streaming stores when its rows are whole vectors,
-    # as plain stores otherwise (24 channels).
+def test_outputs_larger_than_the_caches(spec, threads, isa, streaming):
+    # Outputs of several MB: streamed (where the rows are whole vectors; plain stores otherwise,
+    # 24 channels), and as the cache rule decides on this host.
     _check(spec, "nhwc", threads)
 
 

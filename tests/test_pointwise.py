@@ -131,9 +131,9 @@ def test_two_panel_tiles(isa, cin, cout, hw):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape,cout", [((9, 16, 112, 112), 16), ((3, 40, 100, 100), 48), ((4, 16, 96, 96), 24)])
-def test_outputs_larger_than_the_caches(isa, threads, shape, cout):
-    # 3.5-7.2 MB outputs, more than the writing threads' L2: streaming stores where the rows
-    # are whole vectors (16, 48 channels), plain ones otherwise (24), and the residual read.
+def test_outputs_larger_than_the_caches(isa, streaming, threads, shape, cout):
+    # 3.5-7.2 MB outputs, streamed (where the rows are whole vectors, 16 and 48 channels; plain
+    # stores otherwise, 24) and as the cache rule decides, with the residual read.
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -274,7 +274,6 @@ def test_other_backends_refuse_and_auto_falls_back():
     ((1, 3, 12, 13), 5, 3, 2, 0, 1),      # no padding, Cout not a multiple of 8
     ((1, 3, 10, 9), 12, 3, 2, 2, 1),      # padding 2: rows and columns wholly outside
     ((1, 3, 9, 9), 40, 3, 2, 1, 1),       # too many outputs: the gather path
-    ((9, 3, 224, 224), 16, 3, 2, 1, 1),   # 7.2 MB out: streaming stores
 ])
 @pytest.mark.parametrize("act", ACTS)
 def test_dense_conv(isa, layout, shape, cout, k, stride, padding, dilation, act):
@@ -287,6 +286,17 @@ def test_dense_conv(isa, layout, shape, cout, k, stride, padding, dilation, act)
     want = reference.dense_conv_bn_act(x.double(), w.double(), b.double(), s, p, d, act)
     assert got.shape == want.shape
     assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("act", ["relu", "hardswish"])
+def test_dense_conv_large_output(isa, streaming, act):
+    # 7.2 MB out: streamed, and as the cache rule decides.
+    x = torch.randn(9, 3, 224, 224)
+    w = torch.randn(16, 3, 3, 3) * 4 / 27 ** 0.5
+    b = torch.randn(16)
+    got = ops.dense_conv_bn_act(x, w, b, 2, 1, 1, act, backend="cpu")
+    want = reference.dense_conv_bn_act(x.double(), w.double(), b.double(), (2, 2), (1, 1), (1, 1), act)
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
 
 

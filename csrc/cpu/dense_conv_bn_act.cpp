@@ -15,6 +15,7 @@
 #include "../common/checks.h"
 #include "packed_ops.h"
 #include "pointwise.h"
+#include "stream_policy.h"
 #include "threading.h"
 
 namespace mnv3 {

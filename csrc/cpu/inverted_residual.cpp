@@ -38,6 +38,7 @@
 #include "kernels.h"
 #include "packed_ops.h"
 #include "pointwise.h"
+#include "stream_policy.h"
 #include "threading.h"
 
 #ifdef _OPENMP

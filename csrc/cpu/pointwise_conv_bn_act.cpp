@@ -21,6 +21,7 @@
 #include "isa.h"
 #include "packed_ops.h"
 #include "pointwise.h"
+#include "stream_policy.h"
 #include "threading.h"
 
 namespace mnv3 {

@@ -3,10 +3,6 @@
 
 #include <ATen/Parallel.h>
 
-#if defined(__unix__) || defined(__APPLE__)
-#include <unistd.h>
-#endif
-
 #include <cstdint>
 
 namespace mnv3 {
@@ -27,23 +23,6 @@ void run_items(int64_t n, int64_t total_work, int64_t serial_work, const F& f) {
     return;
   }
   at::parallel_for(0, n, 1, f);
-}
-
-// Whether an output of `bytes` written by `threads` threads should go out as streaming stores:
-// when it is larger than those threads' L2 caches it leaves them anyway, and a streaming store
-// neither reads each line first nor evicts what the kernel still needs. Measured on the 2-core
-// AVX-512 VM (2 MB L2 per core; its shared L3 holds almost nothing): MobileNetV3-Large's first
-// block at batch 8 (6.4 MB out) 1.58 -> 1.35 ms. The L3 is left out of the rule: where it would
-// hold the output for the next layer, that layer reads it from memory instead (not measured).
-inline bool stream_output(int64_t bytes, int64_t threads) {
-  static const int64_t l2 = [] {
-    long v = 0;
-#ifdef _SC_LEVEL2_CACHE_SIZE
-    v = sysconf(_SC_LEVEL2_CACHE_SIZE);
-#endif
-    return v > 0 ? static_cast<int64_t>(v) : int64_t(1) << 20;  // unknown: 1 MB
-  }();
-  return bytes > l2 * (threads > 1 ? threads : 1);
 }
 
 // [begin, end) of thread `tid` of `nt` over n items.

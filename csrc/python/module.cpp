@@ -7,6 +7,7 @@
 
 #include "../build_info.h"
 #include "../cpu/isa.h"
+#include "../cpu/stream_policy.h"
 
 namespace mnv3 {
 pybind11::object source_stamp(const pybind11::sequence& sources);  // stamp.cpp
@@ -20,6 +21,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "_set_cpu_isa",
       [](const std::string& name) { mnv3::cpu::set_isa(mnv3::cpu::parse_isa(name)); },
       "Force the CPU kernel ISA ('avx512', 'avx2' or 'portable'); for tests and benchmarks.");
+  m.def("_set_stream_threshold", &mnv3::cpu::set_stream_threshold, pybind11::arg("bytes"),
+        "Outputs of at least `bytes` go out as streaming stores (negative: the cache rule); for "
+        "tests.");
   m.def("_source_stamp", &mnv3::source_stamp,
         "(id, version, storage address) of each tensor (zeros for None), flattened; None if a "
         "tensor is an inference tensor. What the fused modules' caches compare.");
