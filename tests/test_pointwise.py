@@ -129,6 +129,29 @@ def test_two_panel_tiles(isa, cin, cout, hw):
     torch.testing.assert_close(one, two, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("cin", [16, 37, 72])
+@pytest.mark.parametrize("cout", [24, 56, 120])
+@pytest.mark.parametrize("hw", [(7, 7), (2, 5), (1, 1)])
+def test_vector_and_pair_tiles(isa, cin, cout, hw):
+    # A slice of 24 channels (a whole 24-channel output, the last 24 of 56 and 120) is one tile
+    # of a vector and a pair vector on AVX-512: K odd (37) and even, the compile-time K = 16,
+    # every tile height (49, 10 and 1 rows), residual, gate, no bias; threads splitting the
+    # panels (one row per sample) give the bits of one thread.
+    x = torch.randn(2, cin, *hw).contiguous(memory_format=torch.channels_last)
+    check(x, cout, "hardswish", residual=True, scale=True, packed=True)
+    check(x, cout, "relu6", bias=False)
+    w, b = _params(cin, cout)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ops.pointwise_conv_bn_act(x[:1], w, b, "none", backend="cpu")
+        torch.set_num_threads(2)
+        two = ops.pointwise_conv_bn_act(x[:1], w, b, "none", backend="cpu")
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(one, two, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape,cout", [((9, 16, 112, 112), 16), ((3, 40, 100, 100), 48), ((4, 16, 96, 96), 24)])
 def test_outputs_larger_than_the_caches(isa, streaming, threads, shape, cout):

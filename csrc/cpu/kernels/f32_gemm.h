@@ -150,6 +150,64 @@ inline void nhwc_pair_tile(int64_t K, const float* a, int64_t lda, const float* 
   }
 }
 
+// A slice of VL < ncols <= 3 VL / 2 output channels (24-channel outputs, the last 24 of 120 or
+// 184): its first VL channels as one vector, the rest as a pair vector (as nhwc_pair_tile) over
+// the same rows, 3 FMAs per row and two input channels instead of the 4 of a two-vector tile
+// whose second vector is half empty. The first VL channels' sums are the two-vector tile's (the
+// same FMAs in the same order); the others are nhwc_pair_tile's.
+template <int R>
+inline void nhwc_vec_pair_tile(int64_t K, const float* a, int64_t lda, const float* pb, float* y,
+                               int64_t ldy, const float* res, int ncols, int act, bool nt,
+                               const float* bias) {
+  const float* b0 = bias != nullptr ? bias : pb;
+  vf acc[R], accp[R];
+  const vf bv = vload(b0);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    acc[r] = bv;
+    accp[r] = vzero();
+  }
+  const float* bk = pb + kPanel;
+  int64_t k = 0;
+#pragma GCC unroll 2
+  for (; k + 2 <= K; k += 2) {
+    const vf w0 = vload(bk + k * kPanel), w1 = vload(bk + (k + 1) * kPanel);
+    const vf wp = vpair_w(bk + k * kPanel + VL, bk + (k + 1) * kPanel + VL);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const float* ar = a + r * lda + k;
+      acc[r] = vfma(vset1(ar[0]), w0, acc[r]);
+      accp[r] = vfma(vpair_x(ar), wp, accp[r]);
+      acc[r] = vfma(vset1(ar[1]), w1, acc[r]);
+    }
+  }
+  if (k < K) {
+    const vf w0 = vload(bk + k * kPanel);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      acc[r] = vfma(vset1(a[r * lda + k]), w0, acc[r]);
+      accp[r] = vpair_fma_even(a[r * lda + k], bk + k * kPanel + VL, accp[r]);
+    }
+  }
+  const vf bp = vload_n(b0 + VL, ncols - VL);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    store_out(act_v(acc[r], act), y + r * ldy, res != nullptr ? res + r * ldy : nullptr, VL, nt);
+    store_out(act_v(vadd(vpair_sum(accp[r]), bp), act), y + r * ldy + VL,
+              res != nullptr ? res + r * ldy + VL : nullptr, ncols - VL);
+  }
+}
+
+template <int R>
+inline void nhwc_vec_pair_tile_rows(int rows, int64_t K, const float* a, int64_t lda,
+                                    const float* pb, float* y, int64_t ldy, const float* res,
+                                    int ncols, int act, bool nt, const float* bias) {
+  if constexpr (R > 0) {
+    if (rows == R) return nhwc_vec_pair_tile<R>(K, a, lda, pb, y, ldy, res, ncols, act, nt, bias);
+    nhwc_vec_pair_tile_rows<R - 1>(rows, K, a, lda, pb, y, ldy, res, ncols, act, nt, bias);
+  }
+}
+
 template <int R>
 inline void nhwc_pair_tile_rows(int rows, int64_t K, const float* a, int64_t lda, const float* pb,
                                 float* y, int64_t ldy, const float* res, int ncols, int act,
@@ -260,13 +318,19 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
           const float* ro = res != nullptr ? res + m * Cout + yoff : nullptr;
 #ifdef MNV3_PAIR_TILES
           // A slice of at most half a vector (the last of 40, 72, 200 channels): a pair tile.
-          // Not after a whole vector (24, 184 channels): measured on MobileNetV3's 64 -> 24
-          // projection, a 16-lane tile and a pair tile over the same rows were 5% slower than
-          // one 2-vector tile (two tiles of 7 accumulators wait on the FMA latency, one of 14
-          // does not).
+          // A vector and a half (24 channels, the last 24 of 120 and 184): one tile of both
+          // (a separate 16-lane tile and pair tile over the same rows were 5% slower than one
+          // two-vector tile: two tiles of 7 accumulators wait on the FMA latency). Measured on
+          // one core, hot: 12544 px 64 -> 24 97-100 -> 111-114 GFLOP/s, 3136 px 72 -> 24
+          // 121 -> 116-134.
           if (nc <= VL / 2) {
             nhwc_pair_tile_rows<MR>(rows, K, xa, ldc, pb, yo, Cout, ro, nc, a.act,
                                     bias != nullptr ? bias + s0 : nullptr);
+            continue;
+          }
+          if (nc > VL && nc <= VL + VL / 2) {
+            nhwc_vec_pair_tile_rows<MR>(rows, K, xa, ldc, pb, yo, Cout, ro, nc, a.act, nt,
+                                        bias != nullptr ? bias + s0 : nullptr);
             continue;
           }
 #endif
