@@ -63,6 +63,14 @@ constexpr int64_t kSerialMacs = int64_t(1) << 18;
 // every ISA's vector width and GEMM slice): half panels, so 15 panels split 7.5 / 7.5.
 constexpr int64_t kChannelStep = 16;
 
+// Whether a sample's squeeze-excite gate goes into the projection's weights (W diag(gate), once
+// per sample) rather than into its input (the GEMM scales x chunk by chunk): where the weights
+// are the smaller. One core, 28x28 with 120 -> 40 channels: 58 -> 48 us, the time without a
+// gate.
+bool gate_in_weights(int64_t cout, int64_t pixels) {
+  return pointwise_panels(cout) * kPanel < pixels;
+}
+
 // Per-thread 64-byte aligned buffers, reused across calls. Slot 0: a band's row buffer and
 // group output (worker threads); on the calling thread, which is also worker 0 (so none may
 // share): slot 1 the squeeze-excite block's depthwise output, slot 2 the gate's sums, means,
@@ -272,8 +280,15 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
   o.x = group;
   o.y = b.out + n * b.OH * OW * b.Cout;
   o.residual = b.residual ? b.x + n * b.H * b.W * b.Cin : nullptr;
-  o.scale = gate;
-  pk.nhwc(o, 0, 0, b.OH * OW, 0, Po, gemm_thread_scratch(pointwise_scratch_floats(Ce)));
+  if (gate_in_weights(b.Cout, o.HW)) {
+    float* scaled = gemm_thread_scratch(Po * pointwise_panel_floats(Ce));
+    pk.scale_panels(b.project, gate, Ce, Po, scaled);
+    o.packed = scaled;
+    pk.nhwc(o, 0, 0, o.HW, 0, Po, nullptr);
+  } else {
+    o.scale = gate;
+    pk.nhwc(o, 0, 0, o.HW, 0, Po, gemm_thread_scratch(pointwise_scratch_floats(Ce)));
+  }
 }
 
 void check_float(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
@@ -524,6 +539,8 @@ at::Tensor inverted_residual_prepacked_cpu(
   o.residual = residual ? b.x : nullptr;
   o.scale = gate;
   o.stream = b.stream;
+  const int64_t Po = pointwise_panels(out_channels);
+  const bool fold_gate = has_se && N == 1 && gate_in_weights(out_channels, out_px);
 
   // Every phase split over the threads of one parallel region, with barriers between: a
   // fork/join per phase (up to five for a squeeze-excite block) costs more than a phase of a
@@ -581,6 +598,14 @@ at::Tensor inverted_residual_prepacked_cpu(
       kt.se_fc2(hidden, w2.const_data_ptr<float>(), b2.const_data_ptr<float>(), gate, N, Ce, R,
                 j0, j1);
       if (!own_part) barrier();
+    }
+    if (!own_part && fold_gate) {  // one sample: its gate in the weights, as run_band does
+      PwArgs q = o;
+      float* scaled = gemm_thread_scratch(Po * pointwise_panel_floats(Ce));
+      pointwise_kernels().scale_panels(b.project, gate, Ce, Po, scaled);
+      q.packed = scaled;
+      q.scale = nullptr;
+      return pointwise_nhwc_part(q, tid, nt);
     }
     if (!own_part) return pointwise_nhwc_part(o, tid, nt);
     PwArgs q = o;

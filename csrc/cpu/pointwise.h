@@ -76,6 +76,10 @@ struct PointwiseKernels {
   // Dense conv: output rows [r0, r1) of the flattened (n, oh) range; scratch: at least
   // kMaxTileRows * C * KH * KW floats.
   void (*dense)(const DenseConvArgs& a, int64_t r0, int64_t r1, float* scratch);
+  // `panels` packed panels of K input channels with input channel k's weights times s[k] (the
+  // bias rows copied): a per-sample input scale folded into the weights, W diag(s).
+  void (*scale_panels)(const float* packed, const float* s, int64_t K, int64_t panels,
+                       float* dst);
 };
 constexpr int64_t kMaxTileRows = 8;
 // Floats of the x block that a row range keeps cache-resident while the panels pass over it.

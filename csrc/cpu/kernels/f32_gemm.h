@@ -703,4 +703,10 @@ void dense_conv(const DenseConvArgs& a, int64_t r0, int64_t r1, float* scratch) 
   }
 }
 
-const PointwiseKernels kPointwise = {MR, WR > 0 ? 2 : 1, &pw_nhwc, &pw_nchw, &dense_conv};
+void scale_panels(const float* packed, const float* s, int64_t K, int64_t panels, float* dst) {
+  const int64_t pf = pointwise_panel_floats(K);
+  for (int64_t p = 0; p < panels; ++p) scale_panel(packed + p * pf, s, K, dst + p * pf);
+}
+
+const PointwiseKernels kPointwise = {MR, WR > 0 ? 2 : 1, &pw_nhwc, &pw_nchw, &dense_conv,
+                                     &scale_panels};
