@@ -105,38 +105,9 @@ def test_threaded_split_matches_serial(isa):
         torch.testing.assert_close(one, two, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cin", [16, 37])
-@pytest.mark.parametrize("cout", [64, 80, 96, 136, 200])
-@pytest.mark.parametrize("hw", [(7, 7), (5, 9), (1, 13), (1, 1)])
-def test_two_panel_tiles(isa, cin, cout, hw):
-    # AVX-512 runs two whole 32-channel panels as one tile of up to 6 rows (the rows of a call
-    # cut into near-equal tiles): pairs of panels with a single panel, a half panel or a pair
-    # tile after them, K = 16 (compile-time) and not, 49, 45, 13 and 1 rows, with the residual,
-    # the gate, no bias; and threads splitting the panels in groups (one row per sample) give
-    # the bits of one thread.
-    x = torch.randn(2, cin, *hw).contiguous(memory_format=torch.channels_last)
-    check(x, cout, "hardswish", residual=True, scale=True, packed=True)
-    check(x, cout, "relu", bias=False)
-    w, b = _params(cin, cout)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = ops.pointwise_conv_bn_act(x[:1], w, b, "none", backend="cpu")
-        torch.set_num_threads(2)
-        two = ops.pointwise_conv_bn_act(x[:1], w, b, "none", backend="cpu")
-    finally:
-        torch.set_num_threads(before)
-    torch.testing.assert_close(one, two, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("cin", [16, 37, 72])
-@pytest.mark.parametrize("cout", [24, 56, 120])
-@pytest.mark.parametrize("hw", [(7, 7), (2, 5), (1, 1)])
-def test_vector_and_pair_tiles(isa, cin, cout, hw):
-    # A slice of 24 channels (a whole 24-channel output, the last 24 of 56 and 120) is one tile
-    # of a vector and a pair vector on AVX-512: K odd (37) and even, the compile-time K = 16,
-    # every tile height (49, 10 and 1 rows), residual, gate, no bias; threads splitting the
-    # panels (one row per sample) give the bits of one thread.
+def _check_tiles(cin, cout, hw):
+    """Residual + gate + hardswish, no bias + relu6 (against float64), and a one-row-per-sample
+    call on 1 and 2 threads (the threads split the panels): the same bits."""
     x = torch.randn(2, cin, *hw).contiguous(memory_format=torch.channels_last)
     check(x, cout, "hardswish", residual=True, scale=True, packed=True)
     check(x, cout, "relu6", bias=False)
@@ -150,6 +121,26 @@ def test_vector_and_pair_tiles(isa, cin, cout, hw):
     finally:
         torch.set_num_threads(before)
     torch.testing.assert_close(one, two, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cin", [16, 37])
+@pytest.mark.parametrize("cout", [64, 80, 96, 136, 200])
+@pytest.mark.parametrize("hw", [(7, 7), (5, 9), (1, 13), (1, 1)])
+def test_two_panel_tiles(isa, cin, cout, hw):
+    # AVX-512 runs two whole 32-channel panels as one tile of up to 6 rows (the rows of a call
+    # cut into near-equal tiles): pairs of panels with a single panel, a half panel or a pair
+    # tile after them, K = 16 (compile-time) and not, 49, 45, 13 and 1 rows.
+    _check_tiles(cin, cout, hw)
+
+
+@pytest.mark.parametrize("cin", [16, 37, 72])
+@pytest.mark.parametrize("cout", [24, 56, 120])
+@pytest.mark.parametrize("hw", [(7, 7), (2, 5), (1, 1)])
+def test_vector_and_pair_tiles(isa, cin, cout, hw):
+    # A slice of 24 channels (a whole 24-channel output, the last 24 of 56 and 120) is one tile
+    # of a vector and a pair vector on AVX-512: K odd (37) and even, the compile-time K = 16,
+    # every tile height (49, 10 and 1 rows).
+    _check_tiles(cin, cout, hw)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

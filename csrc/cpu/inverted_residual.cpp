@@ -604,7 +604,9 @@ at::Tensor inverted_residual_prepacked_cpu(
                 j0, j1);
       if (!own_part) barrier();
     }
-    if (!own_part && fold_gate) {  // one sample: its gate in the weights, as run_band does
+    if (!own_part && fold_gate) {
+      // One sample: its gate in the weights, as run_band does. Every thread scales its own
+      // copy into its GEMM scratch, which an unscaled call leaves alone.
       PwArgs q = o;
       float* scaled = gemm_thread_scratch(Po * pointwise_panel_floats(Ce));
       pointwise_kernels().scale_panels(b.project, gate, Ce, Po, scaled);
