@@ -150,61 +150,87 @@ inline void nhwc_pair_tile(int64_t K, const float* a, int64_t lda, const float* 
   }
 }
 
-// A slice of VL < ncols <= 3 VL / 2 output channels (24-channel outputs, the last 24 of 120 or
-// 184): its first VL channels as one vector, the rest as a pair vector (as nhwc_pair_tile) over
-// the same rows, 3 FMAs per row and two input channels instead of the 4 of a two-vector tile
-// whose second vector is half empty. The first VL channels' sums are the two-vector tile's (the
-// same FMAs in the same order); the others are nhwc_pair_tile's.
-template <int R>
-inline void nhwc_vec_pair_tile(int64_t K, const float* a, int64_t lda, const float* pb, float* y,
-                               int64_t ldy, const float* res, int ncols, int act, bool nt,
-                               const float* bias) {
-  const float* b0 = bias != nullptr ? bias : pb;
-  vf acc[R], accp[R];
-  const vf bv = vload(b0);
+// V vectors of output channels and a pair vector (as nhwc_pair_tile) of at most VL / 2 more,
+// over the same rows: 2 V + 1 FMAs per row and two input channels. V = 1: a slice of
+// VL < ncols <= 3 VL / 2 channels (24-channel outputs, the last 24 of 120 or 184), instead of
+// a two-vector tile whose second vector is half empty (4 FMAs). V = 2: a whole panel and the
+// at most VL / 2 channels of the next (40 = 32 + 8), instead of a 7 x 32 tile and a pair tile
+// that each read the rows of x. The vectors' sums are the two-vector tile's (the same FMAs in
+// the same order), the pair's are nhwc_pair_tile's.
+// pb: the vectors' panel (bias row first); pp: the pair's first channel in a bias row (kPanel
+// floats per k after it); bias / pbias: the vectors' and the pair's bias (bias null: pb's row).
+template <int R, int V>
+inline void nhwc_vec_pair_tile(int64_t K, const float* a, int64_t lda, const float* pb,
+                               const float* pp, float* y, int64_t ldy, const float* res,
+                               int ncols, int act, bool nt, const float* bias,
+                               const float* pbias) {
+  vf acc[R][V], accp[R];
+#pragma GCC unroll 4
+  for (int v = 0; v < V; ++v) {
+    const vf bv = vload((bias != nullptr ? bias : pb) + v * VL);
 #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    acc[r] = bv;
-    accp[r] = vzero();
+    for (int r = 0; r < R; ++r) acc[r][v] = bv;
   }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) accp[r] = vzero();
   const float* bk = pb + kPanel;
+  const float* pk = pp + kPanel;
   int64_t k = 0;
 #pragma GCC unroll 2
   for (; k + 2 <= K; k += 2) {
-    const vf w0 = vload(bk + k * kPanel), w1 = vload(bk + (k + 1) * kPanel);
-    const vf wp = vpair_w(bk + k * kPanel + VL, bk + (k + 1) * kPanel + VL);
+    vf w0[V], w1[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      w0[v] = vload(bk + k * kPanel + v * VL);
+      w1[v] = vload(bk + (k + 1) * kPanel + v * VL);
+    }
+    const vf wp = vpair_w(pk + k * kPanel, pk + (k + 1) * kPanel);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const float* ar = a + r * lda + k;
-      acc[r] = vfma(vset1(ar[0]), w0, acc[r]);
+      const vf x0 = vset1(ar[0]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[r][v] = vfma(x0, w0[v], acc[r][v]);
       accp[r] = vfma(vpair_x(ar), wp, accp[r]);
-      acc[r] = vfma(vset1(ar[1]), w1, acc[r]);
+      const vf x1 = vset1(ar[1]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[r][v] = vfma(x1, w1[v], acc[r][v]);
     }
   }
   if (k < K) {
-    const vf w0 = vload(bk + k * kPanel);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-      acc[r] = vfma(vset1(a[r * lda + k]), w0, acc[r]);
-      accp[r] = vpair_fma_even(a[r * lda + k], bk + k * kPanel + VL, accp[r]);
+      const vf x0 = vset1(a[r * lda + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[r][v] = vfma(x0, vload(bk + k * kPanel + v * VL), acc[r][v]);
+      accp[r] = vpair_fma_even(a[r * lda + k], pk + k * kPanel, accp[r]);
     }
   }
-  const vf bp = vload_n(b0 + VL, ncols - VL);
+  const vf bp = vload_n(pbias, ncols - V * VL);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    store_out(act_v(acc[r], act), y + r * ldy, res != nullptr ? res + r * ldy : nullptr, VL, nt);
-    store_out(act_v(vadd(vpair_sum(accp[r]), bp), act), y + r * ldy + VL,
-              res != nullptr ? res + r * ldy + VL : nullptr, ncols - VL);
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      store_out(act_v(acc[r][v], act), y + r * ldy + v * VL,
+                res != nullptr ? res + r * ldy + v * VL : nullptr, VL, nt);
+    }
+    store_out(act_v(vadd(vpair_sum(accp[r]), bp), act), y + r * ldy + V * VL,
+              res != nullptr ? res + r * ldy + V * VL : nullptr, ncols - V * VL);
   }
 }
 
-template <int R>
+template <int R, int V>
 inline void nhwc_vec_pair_tile_rows(int rows, int64_t K, const float* a, int64_t lda,
-                                    const float* pb, float* y, int64_t ldy, const float* res,
-                                    int ncols, int act, bool nt, const float* bias) {
+                                    const float* pb, const float* pp, float* y, int64_t ldy,
+                                    const float* res, int ncols, int act, bool nt,
+                                    const float* bias, const float* pbias) {
   if constexpr (R > 0) {
-    if (rows == R) return nhwc_vec_pair_tile<R>(K, a, lda, pb, y, ldy, res, ncols, act, nt, bias);
-    nhwc_vec_pair_tile_rows<R - 1>(rows, K, a, lda, pb, y, ldy, res, ncols, act, nt, bias);
+    if (rows == R) {
+      return nhwc_vec_pair_tile<R, V>(K, a, lda, pb, pp, y, ldy, res, ncols, act, nt, bias,
+                                      pbias);
+    }
+    nhwc_vec_pair_tile_rows<R - 1, V>(rows, K, a, lda, pb, pp, y, ldy, res, ncols, act, nt,
+                                      bias, pbias);
   }
 }
 
@@ -306,6 +332,24 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
           continue;
         }
       }
+#ifdef MNV3_PAIR_TILES
+      if constexpr (NV == 2) {
+        const int64_t tail = hi_col - (p + 1) * kPanel;  // channels of panel p + 1
+        if (p + 1 < p1 && p * kPanel >= lo_col && tail > 0 && tail <= VL / 2) {
+          // Panel p, whole, and the at most VL / 2 channels of panel p + 1 as one tile.
+          for (int64_t m = c0; m < c1; m += MR) {
+            const int rows = static_cast<int>(gmin(MR, c1 - m));
+            nhwc_vec_pair_tile_rows<MR, 2>(rows, K, xc + m * ldc, ldc, panel, panel + pf,
+                                           y + m * Cout + p * kPanel, Cout,
+                                           res != nullptr ? res + m * Cout + p * kPanel : nullptr,
+                                           static_cast<int>(kPanel + tail), a.act, nt, bias,
+                                           bias != nullptr ? bias : panel + pf);
+          }
+          ++p;
+          continue;
+        }
+      }
+#endif
       const int64_t cols = gmin(gmin(kPanel, Cout - p * kPanel), a.col_hi - p * kPanel);
       for (int64_t s0 = gmax(0, a.col_lo - p * kPanel); s0 < cols; s0 += kSlice) {
         const int nc = static_cast<int>(gmin(kSlice, cols - s0));
@@ -329,8 +373,9 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
             continue;
           }
           if (nc > VL && nc <= VL + VL / 2) {
-            nhwc_vec_pair_tile_rows<MR>(rows, K, xa, ldc, pb, yo, Cout, ro, nc, a.act, nt,
-                                        bias != nullptr ? bias + s0 : nullptr);
+            nhwc_vec_pair_tile_rows<MR, 1>(rows, K, xa, ldc, pb, pb + VL, yo, Cout, ro, nc,
+                                           a.act, nt, bias != nullptr ? bias + s0 : nullptr,
+                                           bias != nullptr ? bias + s0 + VL : pb + VL);
             continue;
           }
 #endif
