@@ -246,27 +246,28 @@ template <int KW, int SW, int DH, int DW, int PX, bool LMASK>
 inline void nhwc_fixed_edges(const NhwcFrame& f, const float* bx, int64_t jlo, int64_t jhi,
                              int64_t need, const float* wt, int64_t wtile, float* yo,
                              int64_t ntiles, int64_t r, int nl, int act) {
-  constexpr int P = (KW - 1) / 2 * DW;
-  const bool left = jlo == P, right = jhi == need - P;
-  if (LMASK && (jlo > 0 || jhi < need)) {
-    nhwc_fixed_exact<KW, SW, DH, DW, PX, LMASK, true, 0, 0>(f, bx, jlo, jhi, wt, wtile, yo,
-                                                            ntiles, r, nl, act);
-  } else if (jlo == 0 && jhi == need) {
-    nhwc_fixed_exact<KW, SW, DH, DW, PX, LMASK, false, 0, 0>(f, bx, jlo, jhi, wt, wtile, yo,
-                                                             ntiles, r, nl, act);
-  } else if (left && right) {
-    nhwc_fixed_exact<KW, SW, DH, DW, PX, LMASK, false, P, P>(f, bx, jlo, jhi, wt, wtile, yo,
-                                                             ntiles, r, nl, act);
-  } else if (left && jhi == need) {
-    nhwc_fixed_exact<KW, SW, DH, DW, PX, LMASK, false, P, 0>(f, bx, jlo, jhi, wt, wtile, yo,
-                                                             ntiles, r, nl, act);
-  } else if (jlo == 0 && right) {
-    nhwc_fixed_exact<KW, SW, DH, DW, PX, LMASK, false, 0, P>(f, bx, jlo, jhi, wt, wtile, yo,
-                                                             ntiles, r, nl, act);
-  } else {
-    nhwc_fixed_exact<KW, SW, DH, DW, PX, LMASK, true, 0, 0>(f, bx, jlo, jhi, wt, wtile, yo,
-                                                            ntiles, r, nl, act);
+  if (jlo == 0 && jhi == need) {
+    return nhwc_fixed_exact<KW, SW, DH, DW, PX, LMASK, false, 0, 0>(f, bx, jlo, jhi, wt, wtile,
+                                                                    yo, ntiles, r, nl, act);
   }
+  if constexpr (!LMASK) {
+    constexpr int P = (KW - 1) / 2 * DW;
+    const bool left = jlo == P, right = jhi == need - P;
+    if (left && right) {
+      return nhwc_fixed_exact<KW, SW, DH, DW, PX, false, false, P, P>(f, bx, jlo, jhi, wt, wtile,
+                                                                      yo, ntiles, r, nl, act);
+    }
+    if (left && jhi == need) {
+      return nhwc_fixed_exact<KW, SW, DH, DW, PX, false, false, P, 0>(f, bx, jlo, jhi, wt, wtile,
+                                                                      yo, ntiles, r, nl, act);
+    }
+    if (jlo == 0 && right) {
+      return nhwc_fixed_exact<KW, SW, DH, DW, PX, false, false, 0, P>(f, bx, jlo, jhi, wt, wtile,
+                                                                      yo, ntiles, r, nl, act);
+    }
+  }
+  nhwc_fixed_exact<KW, SW, DH, DW, PX, LMASK, true, 0, 0>(f, bx, jlo, jhi, wt, wtile, yo, ntiles,
+                                                          r, nl, act);
 }
 
 // Address of input column `col` of the frame's rows; col may be negative (a padding column,
