@@ -36,6 +36,10 @@ BLOCKS = [
     (2, 10, None, 10, 11, 9, 3, 1, 3, False, "none", "relu6"),
     (1, 12, 40, 12, 10, 10, 3, 1, 1, False, "relu6", "relu6"),  # MobileNetV2's activation
     (1, 24, 200, 24, 15, 13, 5, 1, 1, False, "relu", "relu"),  # channel parts on 2 threads
+    # the row buffer's padded pixel stride: 88 -> 112 floats; 24 -> 48 with padding columns
+    # stored (dilation 3 has no compile-time kernels)
+    (2, 24, 88, 24, 28, 28, 3, 1, 1, True, "relu", "relu"),
+    (1, 12, 24, 12, 11, 9, 3, 1, 3, False, "hardswish", "relu"),
 ]
 
 

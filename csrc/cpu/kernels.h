@@ -38,6 +38,7 @@ struct DwBandArgs {
   const float* wpk;    // dw_band_pack's output: what dw_band reads
   const float* frame;  // buffer row 0, column 0
   int64_t rowp;        // floats per buffer row
+  int64_t pxs;         // floats per buffer pixel (>= C; 0: C)
   int64_t first;       // buffer row of output row 0's first tap; row j's is first + j * SH
   int64_t valid_lo, valid_hi;  // buffer rows [valid_lo, valid_hi) are image rows, others padding
   int64_t rows;

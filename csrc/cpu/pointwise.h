@@ -44,6 +44,9 @@ struct PwArgs {
   // scale_stride (0: K for both), consecutive panels panel_stride floats (0: a panel of K), and
   // no_bias starts the sums at zero instead of the panel's bias row.
   int64_t lda = 0;
+  // NHWC only: y's (and the residual's) rows are ldy floats apart (0: Cout); a fused block
+  // writes its expanded rows at a padded pixel stride (inverted_residual.cpp).
+  int64_t ldy = 0;
   int64_t scale_stride = 0;
   int64_t panel_stride = 0;
   bool no_bias = false;

@@ -22,6 +22,7 @@ void dwconv_band_rows(const DwBandArgs& a) {
   const DwConvParams& p = a.p;
   const int64_t wtile = VL * (1 + p.KH * p.KW);
   const bool in_place = a.cols > 0;
+  const int64_t pxs = a.pxs > 0 ? a.pxs : p.C;
   // Compile-time shapes: all the rows in one call, each tile over every row before the next
   // (NhwcFrame::nrows), so a tile's input rows are read from L2 once, not once per output row
   // that reads them. Measured on one core, rows in cache: 3x3 at 14x14 with 672 channels 67 ->
@@ -29,7 +30,7 @@ void dwconv_band_rows(const DwBandArgs& a) {
   if constexpr (KW_ > 0) {
     int64_t kh0, kh1;  // the first row's taps (the kernel finds the others')
     tap_rows(a.first, a.valid_lo, a.valid_hi, p.KH, p.DH, kh0, kh1);
-    NhwcFrame f{a.frame + a.t0 * VL, a.rowp, p.C, a.first, kh0, kh1, p.C, 0,
+    NhwcFrame f{a.frame + a.t0 * VL, a.rowp, pxs, a.first, kh0, kh1, p.C, 0,
                 in_place ? a.col0 : 0, in_place ? a.cols : kNoEdge};
     f.nrows = a.rows;
     f.ystep = a.ldy;
@@ -42,7 +43,7 @@ void dwconv_band_rows(const DwBandArgs& a) {
     const int64_t r0 = a.first + j * p.SH;  // buffer row of the output row's first tap
     int64_t kh0, kh1;  // taps on rows of the image; the others are padding
     tap_rows(r0, a.valid_lo, a.valid_hi, p.KH, p.DH, kh0, kh1);
-    const NhwcFrame f{a.frame + a.t0 * VL, a.rowp, p.C, r0, kh0, kh1, p.C, 0,
+    const NhwcFrame f{a.frame + a.t0 * VL, a.rowp, pxs, r0, kh0, kh1, p.C, 0,
                       in_place ? a.col0 : 0, in_place ? a.cols : kNoEdge};
     nhwc_row<KW_, SW_, DH_, DW_>(p, f, wtile, a.wpk + a.t0 * wtile, a.t0, a.t1,
                                  a.y + j * a.ldy + a.t0 * VL, p.OW, true, a.act);

@@ -273,12 +273,13 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
   const int64_t K = a.K, Cout = a.Cout;
   const int64_t pf = a.panel_stride > 0 ? a.panel_stride : pointwise_panel_floats(K);
   const int64_t lda = a.lda > 0 ? a.lda : K;
+  const int64_t ldy = a.ldy > 0 ? a.ldy : Cout;
   const float* bias = a.no_bias ? kZeroRow : nullptr;
   const int64_t base = n * a.HW;
   const float* x = a.x + base * lda;
-  float* y = a.y + base * Cout;
-  const float* res = a.residual != nullptr ? a.residual + base * Cout : nullptr;
-  const bool nt = stream_stores(a.stream, a.y, Cout);
+  float* y = a.y + base * ldy;
+  const float* res = a.residual != nullptr ? a.residual + base * ldy : nullptr;
+  const bool nt = stream_stores(a.stream, a.y, ldy);
   // Two-panel tiles where the call has two whole panels in a row (AVX-512); their rows set the
   // chunks' (and tiles') heights.
   const int64_t lo_col = gmax(a.col_lo, p0 * kPanel), hi_col = gmin(gmin(a.col_hi, Cout), p1 * kPanel);
@@ -323,8 +324,8 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
           for (int64_t t = 0, m = c0; t < tiles; ++t) {
             const int rows = static_cast<int>(n / tiles + (t < n % tiles));
             nhwc_x_rows<2 * kPanel / VL, WR>(rows, K, xc + m * ldc, ldc, panel,
-                                             y + m * Cout + p * kPanel, Cout,
-                                             res != nullptr ? res + m * Cout + p * kPanel : nullptr,
+                                             y + m * ldy + p * kPanel, ldy,
+                                             res != nullptr ? res + m * ldy + p * kPanel : nullptr,
                                              2 * kPanel, a.act, nt, bias, panel + pf);
             m += rows;
           }
@@ -340,8 +341,8 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
           for (int64_t m = c0; m < c1; m += MR) {
             const int rows = static_cast<int>(gmin(MR, c1 - m));
             nhwc_vec_pair_tile_rows<MR, 2>(rows, K, xc + m * ldc, ldc, panel, panel + pf,
-                                           y + m * Cout + p * kPanel, Cout,
-                                           res != nullptr ? res + m * Cout + p * kPanel : nullptr,
+                                           y + m * ldy + p * kPanel, ldy,
+                                           res != nullptr ? res + m * ldy + p * kPanel : nullptr,
                                            static_cast<int>(kPanel + tail), a.act, nt, bias,
                                            bias != nullptr ? bias : panel + pf);
           }
@@ -358,8 +359,8 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
         for (int64_t m = c0; m < c1; m += MR) {
           const int rows = static_cast<int>(gmin(MR, c1 - m));
           const float* xa = xc + m * ldc;
-          float* yo = y + m * Cout + yoff;
-          const float* ro = res != nullptr ? res + m * Cout + yoff : nullptr;
+          float* yo = y + m * ldy + yoff;
+          const float* ro = res != nullptr ? res + m * ldy + yoff : nullptr;
 #ifdef MNV3_PAIR_TILES
           // A slice of at most half a vector (the last of 40, 72, 200 channels): a pair tile.
           // A vector and a half (24 channels, the last 24 of 120 and 184): one tile of both
@@ -368,22 +369,22 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
           // one core, hot: 12544 px 64 -> 24 97-100 -> 111-114 GFLOP/s, 3136 px 72 -> 24
           // 121 -> 116-134.
           if (nc <= VL / 2) {
-            nhwc_pair_tile_rows<MR>(rows, K, xa, ldc, pb, yo, Cout, ro, nc, a.act,
+            nhwc_pair_tile_rows<MR>(rows, K, xa, ldc, pb, yo, ldy, ro, nc, a.act,
                                     bias != nullptr ? bias + s0 : nullptr);
             continue;
           }
           if (nc > VL && nc <= VL + VL / 2) {
-            nhwc_vec_pair_tile_rows<MR, 1>(rows, K, xa, ldc, pb, pb + VL, yo, Cout, ro, nc,
+            nhwc_vec_pair_tile_rows<MR, 1>(rows, K, xa, ldc, pb, pb + VL, yo, ldy, ro, nc,
                                            a.act, nt, bias != nullptr ? bias + s0 : nullptr,
                                            bias != nullptr ? bias + s0 + VL : pb + VL);
             continue;
           }
 #endif
           if (nc > (NV - 1) * VL) {
-            nhwc_x_rows<NV>(rows, K, xa, ldc, pb, yo, Cout, ro, nc, a.act, nt,
+            nhwc_x_rows<NV>(rows, K, xa, ldc, pb, yo, ldy, ro, nc, a.act, nt,
                             bias != nullptr ? bias + s0 : nullptr);
           } else if constexpr (NV > 1) {
-            nhwc_x_rows<NV - 1>(rows, K, xa, ldc, pb, yo, Cout, ro, nc, a.act, nt,
+            nhwc_x_rows<NV - 1>(rows, K, xa, ldc, pb, yo, ldy, ro, nc, a.act, nt,
                                 bias != nullptr ? bias + s0 : nullptr);
           }
         }
