@@ -101,6 +101,9 @@ def test_channel_parts_split_inside_a_panel(threads, isa):
     # 32-channel weight panel, so its GEMM computes only that half of the panel's columns.
     _check((1, 24, 48, 24, 10, 10, 3, 1, 1, True, "relu", "hardswish"), "nhwc", threads)
     _check((1, 40, 112, 24, 7, 7, 5, 1, 1, False, "hardswish", "relu"), "nhwc", threads)
+    # 240 = 7.5 panels: the parts end inside panel 3 (2 threads) or 2 and 4 (3), and the last
+    # part ends in a panel and a half (one tile of three vectors)
+    _check((1, 40, 240, 40, 7, 7, 3, 1, 1, False, "hardswish", "hardswish"), "nhwc", threads)
 
 
 @pytest.mark.parametrize("threads", [2, 3])

@@ -144,6 +144,16 @@ def test_vector_and_pair_tiles(isa, cin, cout, hw):
     _check_tiles(cin, cout, hw)
 
 
+@pytest.mark.parametrize("cin", [16, 37])
+@pytest.mark.parametrize("cout", [44, 48, 112, 176, 240])
+@pytest.mark.parametrize("hw", [(7, 7), (3, 5), (1, 1)])
+def test_panel_and_vector_tiles(isa, cin, cout, hw):
+    # AVX-512 runs a whole panel and at most 16 channels of the next as one tile of 8 rows x 3
+    # vectors: alone (44, 48), after one or two two-panel tiles (112, 176, 240); 49 rows (six
+    # tiles and one row), 15 and 1.
+    _check_tiles(cin, cout, hw)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape,cout", [((9, 16, 112, 112), 16), ((3, 40, 100, 100), 48), ((4, 16, 96, 96), 24)])
 def test_outputs_larger_than_the_caches(isa, streaming, threads, shape, cout):

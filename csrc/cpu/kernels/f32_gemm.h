@@ -259,6 +259,9 @@ inline void nhwc_x_rows(int rows, int64_t K, const float* a, int64_t lda, const 
   }
 }
 
+// Rows of the tile of a panel and at most a vector of the next (24 accumulators).
+constexpr int kTripleRows = 8;
+
 // The accumulators' start of a call without a bias (PwArgs::no_bias).
 alignas(64) constexpr float kZeroRow[kPanel] = {};
 
@@ -328,6 +331,25 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
                                              res != nullptr ? res + m * ldy + p * kPanel : nullptr,
                                              2 * kPanel, a.act, nt, bias, panel + pf);
             m += rows;
+          }
+          ++p;
+          continue;
+        }
+      }
+      if constexpr (WR > 0) {
+        const int64_t tail = hi_col - (p + 1) * kPanel;  // channels of panel p + 1
+        if (p + 1 < p1 && p * kPanel >= lo_col && tail > VL / 2 && tail <= VL) {
+          // Panel p, whole, and the at most VL channels of panel p + 1 (240 = 3 x 64 + 48,
+          // 112 = 64 + 48, 48) as one tile of 8 rows x 3 vectors (24 accumulators, as the
+          // two-panel tile), where a 7 x 32 tile and a 7 x 16 tile each read x's rows, the
+          // second with 7 accumulators (FMA latency bound).
+          for (int64_t m = c0; m < c1; m += kTripleRows) {
+            const int rows = static_cast<int>(gmin(kTripleRows, c1 - m));
+            nhwc_x_rows<3, kTripleRows>(rows, K, xc + m * ldc, ldc, panel,
+                                        y + m * ldy + p * kPanel, ldy,
+                                        res != nullptr ? res + m * ldy + p * kPanel : nullptr,
+                                        static_cast<int>(kPanel + tail), a.act, nt, bias,
+                                        panel + pf);
           }
           ++p;
           continue;
