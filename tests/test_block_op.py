@@ -104,6 +104,9 @@ def test_channel_parts_split_inside_a_panel(threads, isa):
     # 240 = 7.5 panels: the parts end inside panel 3 (2 threads) or 2 and 4 (3), and the last
     # part ends in a panel and a half (one tile of three vectors)
     _check((1, 40, 240, 40, 7, 7, 3, 1, 1, False, "hardswish", "hardswish"), "nhwc", threads)
+    # 184 expanded channels written as 192 (two whole panels at the end): the last part's
+    # GEMM runs to the panel's end
+    _check((1, 40, 184, 40, 7, 7, 3, 1, 1, True, "relu", "relu"), "nhwc", threads)
 
 
 @pytest.mark.parametrize("threads", [2, 3])
