@@ -107,6 +107,8 @@ def test_channel_parts_split_inside_a_panel(threads, isa):
     # 184 expanded channels written as 192 (two whole panels at the end): the last part's
     # GEMM runs to the panel's end
     _check((1, 40, 184, 40, 7, 7, 3, 1, 1, True, "relu", "relu"), "nhwc", threads)
+    # a 24-channel panel cut at 16 (2 threads): two pair vectors and one
+    _check((1, 8, 24, 8, 7, 7, 3, 1, 1, True, "hardswish", "relu"), "nhwc", threads)
 
 
 @pytest.mark.parametrize("threads", [2, 3])

@@ -137,10 +137,10 @@ def test_two_panel_tiles(isa, cin, cout, hw):
 @pytest.mark.parametrize("cout", [24, 40, 56, 104, 120])
 @pytest.mark.parametrize("hw", [(7, 7), (2, 5), (1, 1)])
 def test_vector_and_pair_tiles(isa, cin, cout, hw):
-    # AVX-512 tiles of vectors and a pair vector: a 24-channel slice (a whole 24-channel output,
-    # the last 24 of 56 and 120) as one vector and a pair, a whole panel and 8 channels of the
-    # next (40; 104 after a two-panel tile) as two vectors and a pair. K odd (37) and even, the
-    # compile-time K = 16, every tile height (49, 10 and 1 rows).
+    # AVX-512 pair vectors (weights interleaved once per call): a 24-channel panel (a whole
+    # 24-channel output, the last 24 of 56 and 120) as three pair vectors, a whole panel and 8
+    # channels of the next (40; 104 after a two-panel tile) as two vectors and a pair. K odd (37)
+    # and even, K = 16, every tile height (49, 10 and 1 rows).
     _check_tiles(cin, cout, hw)
 
 

@@ -119,51 +119,124 @@ inline void nhwc_tile_rows(int rows, int64_t K, const float* a, int64_t lda, con
 }
 
 #ifdef MNV3_PAIR_TILES
-// A slice of ncols <= VL / 2 output channels (the 8 after 16, 32 or 64 in 24, 40, 72, 200):
-// a 16-lane tile would leave half its lanes empty. Here lane pair j holds output channel j's
-// products with input channels k (even lane) and k + 1 (odd lane), x[m, k] and x[m, k + 1]
-// being one 8-byte broadcast: half the FMAs. The two partial sums are added at the end, then the
-// bias, the activation and the residual as in nhwc_tile.
-template <int R>
-inline void nhwc_pair_tile(int64_t K, const float* a, int64_t lda, const float* pb, float* y,
-                           int64_t ldy, const float* res, int ncols, int act, const float* bias) {
-  vf acc[R];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) acc[r] = vzero();
+// Pair vectors: lane pair j of a vector holds output channel j's products with input channels
+// k (even lane) and k + 1 (odd lane), x[m, k] and x[m, k + 1] being one 8-byte broadcast: for
+// a slice of at most VL / 2 channels (the 8 after 16, 32 or 64 in 24, 40, 72, 200) half the
+// FMAs of a 16-lane tile, and for a panel of 24 channels (24-channel outputs, the last 24 of
+// 120, 184) three of them take one broadcast per row and input-channel pair where a vector and
+// a pair vector take three (a load per FMA). The two partial sums of a lane pair are added at
+// the end, then the bias, the activation and the residual as in nhwc_tile.
+//
+// The pair weights [w_k[c], w_k+1[c], ...] are interleaved once per call (pair_interleave), not
+// by a permute per tile and input-channel pair. One core, 3136 px 72 -> 24 78.4 -> 72.4 us,
+// 12544 px 64 -> 24 324 -> 296, 3136 px 88 -> 24 96 -> 88.
+
+// Vector q of input-channel pair kp at pw + kp * pstride + q * VL: channels [q * VL / 2,
+// (q + 1) * VL / 2) of the panel slice pb (bias row first), for q in [0, nv).
+inline void pair_interleave(int64_t K, const float* pb, int nv, int64_t pstride, float* pw) {
   const float* bk = pb + kPanel;
-  int64_t k = 0;
-#pragma GCC unroll 2
-  for (; k + 2 <= K; k += 2) {
-    const vf w = vpair_w(bk + k * kPanel, bk + (k + 1) * kPanel);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) acc[r] = vfma(vpair_x(a + r * lda + k), w, acc[r]);
-  }
-  if (k < K) {
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) acc[r] = vpair_fma_even(a[r * lda + k], bk + k * kPanel, acc[r]);
-  }
-  const vf b = vload_n(bias != nullptr ? bias : pb, ncols);
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-    store_out(act_v(vadd(vpair_sum(acc[r]), b), act), y + r * ldy,
-              res != nullptr ? res + r * ldy : nullptr, ncols);
+  for (int64_t k = 0; k + 2 <= K; k += 2) {
+    for (int q = 0; q < nv; ++q) {
+      vstore(pw + (k / 2) * pstride + q * VL,
+             vpair_w(bk + k * kPanel + q * (VL / 2), bk + (k + 1) * kPanel + q * (VL / 2)));
+    }
   }
 }
 
-// V vectors of output channels and a pair vector (as nhwc_pair_tile) of at most VL / 2 more,
-// over the same rows: 2 V + 1 FMAs per row and two input channels. V = 1: a slice of
-// VL < ncols <= 3 VL / 2 channels (24-channel outputs, the last 24 of 120 or 184), instead of
-// a two-vector tile whose second vector is half empty (4 FMAs). V = 2: a whole panel and the
-// at most VL / 2 channels of the next (40 = 32 + 8), instead of a 7 x 32 tile and a pair tile
-// that each read the rows of x. The vectors' sums are the two-vector tile's (the same FMAs in
-// the same order), the pair's are nhwc_pair_tile's.
-// pb: the vectors' panel (bias row first); pp: the pair's first channel in a bias row (kPanel
-// floats per k after it); bias / pbias: the vectors' and the pair's bias (bias null: pb's row).
+// Stores row r's pair sums of P pair vectors (ncols real channels), bias b[q] added.
+template <int P>
+__attribute__((always_inline)) inline void store_pairs(const vf* acc, const vf* b, float* y,
+                                                       const float* res, int ncols, int act) {
+#pragma GCC unroll 4
+  for (int q = 0; q < P; ++q) {
+    const int n = ncols - q * (VL / 2);
+    store_out(act_v(vadd(vpair_sum(acc[q]), b[q]), act), y + q * (VL / 2),
+              res != nullptr ? res + q * (VL / 2) : nullptr, n < VL / 2 ? n : VL / 2);
+  }
+}
+
+template <int P>
+__attribute__((always_inline)) inline void load_pair_bias(const float* b0, int ncols, vf* b) {
+#pragma GCC unroll 4
+  for (int q = 0; q < P; ++q) {
+    const int n = ncols - q * (VL / 2);
+    b[q] = vload_n(b0 + q * (VL / 2), n < VL / 2 ? n : VL / 2);
+  }
+}
+
+// R rows x P pair vectors (ncols <= P * VL / 2 channels). pb: the slice's panel (bias row first,
+// the odd K's last row read from it); pw / pstride: its interleaved weights; bias: the
+// accumulators' bias (null: pb's row).
+template <int R, int P>
+inline void nhwc_pairs_tile(int64_t K, const float* a, int64_t lda, const float* pb,
+                            const float* pw, int64_t pstride, float* y, int64_t ldy,
+                            const float* res, int ncols, int act, const float* bias) {
+  vf acc[R][P];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int q = 0; q < P; ++q) acc[r][q] = vzero();
+  }
+  int64_t k = 0;
+#pragma GCC unroll 2
+  for (; k + 2 <= K; k += 2) {
+    const float* wk = pw + (k / 2) * pstride;
+    vf w[P];
+#pragma GCC unroll 4
+    for (int q = 0; q < P; ++q) w[q] = vload(wk + q * VL);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const vf xp = vpair_x(a + r * lda + k);
+#pragma GCC unroll 4
+      for (int q = 0; q < P; ++q) acc[r][q] = vfma(xp, w[q], acc[r][q]);
+    }
+  }
+  if (k < K) {
+    const float* bk = pb + kPanel + k * kPanel;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+      for (int q = 0; q < P; ++q) {
+        acc[r][q] = vpair_fma_even(a[r * lda + k], bk + q * (VL / 2), acc[r][q]);
+      }
+    }
+  }
+  vf b[P];
+  load_pair_bias<P>(bias != nullptr ? bias : pb, ncols, b);
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    store_pairs<P>(acc[r], b, y + r * ldy, res != nullptr ? res + r * ldy : nullptr, ncols,
+                   act);
+  }
+}
+
+template <int R, int P>
+inline void nhwc_pairs_tile_rows(int rows, int64_t K, const float* a, int64_t lda,
+                                 const float* pb, const float* pw, int64_t pstride, float* y,
+                                 int64_t ldy, const float* res, int ncols, int act,
+                                 const float* bias) {
+  if constexpr (R > 0) {
+    if (rows == R) {
+      return nhwc_pairs_tile<R, P>(K, a, lda, pb, pw, pstride, y, ldy, res, ncols, act, bias);
+    }
+    nhwc_pairs_tile_rows<R - 1, P>(rows, K, a, lda, pb, pw, pstride, y, ldy, res, ncols, act,
+                                   bias);
+  }
+}
+
+// V vectors of output channels and a pair vector of at most VL / 2 more, over the same rows:
+// 2 V + 1 FMAs per row and two input channels. V = 2: a whole panel and the at most VL / 2
+// channels of the next (40 = 32 + 8), instead of a 7 x 32 tile and a pair tile that each read
+// the rows of x. The vectors' sums are the two-vector tile's (the same FMAs in the same order),
+// the pair's are nhwc_pairs_tile's.
+// pb: the vectors' panel (bias row first); pp: the pair's channels in their panel (bias row
+// first), pw / pstride: their interleaved weights; bias / pbias: the vectors' and the pair's
+// bias (bias null: pb's row).
 template <int R, int V>
 inline void nhwc_vec_pair_tile(int64_t K, const float* a, int64_t lda, const float* pb,
-                               const float* pp, float* y, int64_t ldy, const float* res,
-                               int ncols, int act, bool nt, const float* bias,
-                               const float* pbias) {
+                               const float* pp, const float* pw, int64_t pstride, float* y,
+                               int64_t ldy, const float* res, int ncols, int act, bool nt,
+                               const float* bias, const float* pbias) {
   vf acc[R][V], accp[R];
 #pragma GCC unroll 4
   for (int v = 0; v < V; ++v) {
@@ -174,7 +247,6 @@ inline void nhwc_vec_pair_tile(int64_t K, const float* a, int64_t lda, const flo
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) accp[r] = vzero();
   const float* bk = pb + kPanel;
-  const float* pk = pp + kPanel;
   int64_t k = 0;
 #pragma GCC unroll 2
   for (; k + 2 <= K; k += 2) {
@@ -184,7 +256,7 @@ inline void nhwc_vec_pair_tile(int64_t K, const float* a, int64_t lda, const flo
       w0[v] = vload(bk + k * kPanel + v * VL);
       w1[v] = vload(bk + (k + 1) * kPanel + v * VL);
     }
-    const vf wp = vpair_w(pk + k * kPanel, pk + (k + 1) * kPanel);
+    const vf wp = vload(pw + (k / 2) * pstride);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const float* ar = a + r * lda + k;
@@ -203,10 +275,11 @@ inline void nhwc_vec_pair_tile(int64_t K, const float* a, int64_t lda, const flo
       const vf x0 = vset1(a[r * lda + k]);
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) acc[r][v] = vfma(x0, vload(bk + k * kPanel + v * VL), acc[r][v]);
-      accp[r] = vpair_fma_even(a[r * lda + k], pk + k * kPanel, accp[r]);
+      accp[r] = vpair_fma_even(a[r * lda + k], pp + kPanel + k * kPanel, accp[r]);
     }
   }
-  const vf bp = vload_n(pbias, ncols - V * VL);
+  vf bp[1];
+  load_pair_bias<1>(pbias, ncols - V * VL, bp);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
@@ -214,34 +287,39 @@ inline void nhwc_vec_pair_tile(int64_t K, const float* a, int64_t lda, const flo
       store_out(act_v(acc[r][v], act), y + r * ldy + v * VL,
                 res != nullptr ? res + r * ldy + v * VL : nullptr, VL, nt);
     }
-    store_out(act_v(vadd(vpair_sum(accp[r]), bp), act), y + r * ldy + V * VL,
-              res != nullptr ? res + r * ldy + V * VL : nullptr, ncols - V * VL);
+    store_pairs<1>(&accp[r], bp, y + r * ldy + V * VL,
+                   res != nullptr ? res + r * ldy + V * VL : nullptr, ncols - V * VL, act);
   }
 }
 
 template <int R, int V>
 inline void nhwc_vec_pair_tile_rows(int rows, int64_t K, const float* a, int64_t lda,
-                                    const float* pb, const float* pp, float* y, int64_t ldy,
-                                    const float* res, int ncols, int act, bool nt,
-                                    const float* bias, const float* pbias) {
+                                    const float* pb, const float* pp, const float* pw,
+                                    int64_t pstride, float* y, int64_t ldy, const float* res,
+                                    int ncols, int act, bool nt, const float* bias,
+                                    const float* pbias) {
   if constexpr (R > 0) {
     if (rows == R) {
-      return nhwc_vec_pair_tile<R, V>(K, a, lda, pb, pp, y, ldy, res, ncols, act, nt, bias,
-                                      pbias);
+      return nhwc_vec_pair_tile<R, V>(K, a, lda, pb, pp, pw, pstride, y, ldy, res, ncols, act,
+                                      nt, bias, pbias);
     }
-    nhwc_vec_pair_tile_rows<R - 1, V>(rows, K, a, lda, pb, pp, y, ldy, res, ncols, act, nt,
-                                      bias, pbias);
+    nhwc_vec_pair_tile_rows<R - 1, V>(rows, K, a, lda, pb, pp, pw, pstride, y, ldy, res, ncols,
+                                      act, nt, bias, pbias);
   }
 }
 
-template <int R>
-inline void nhwc_pair_tile_rows(int rows, int64_t K, const float* a, int64_t lda, const float* pb,
-                                float* y, int64_t ldy, const float* res, int ncols, int act,
-                                const float* bias) {
-  if constexpr (R > 0) {
-    if (rows == R) return nhwc_pair_tile<R>(K, a, lda, pb, y, ldy, res, ncols, act, bias);
-    nhwc_pair_tile_rows<R - 1>(rows, K, a, lda, pb, y, ldy, res, ncols, act, bias);
+// Rows of the pair tiles (24 accumulators for a 24-channel panel).
+constexpr int kPairRows = 8;
+
+// A per-thread buffer of at least `floats` floats for the interleaved pair weights, reused.
+inline float* pair_weights_buffer(int64_t floats) {
+  thread_local std::unique_ptr<float[]> buf;
+  thread_local int64_t cap = 0;
+  if (cap < floats) {
+    buf.reset(new float[floats]);
+    cap = floats;
   }
+  return buf.get();
 }
 #endif
 
@@ -288,6 +366,21 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
   const int64_t lo_col = gmax(a.col_lo, p0 * kPanel), hi_col = gmin(gmin(a.col_hi, Cout), p1 * kPanel);
   const bool wide = WR > 0 && (hi_col / kPanel) - (lo_col + kPanel - 1) / kPanel >= 2;
   const int64_t tr = wide ? WR : MR;
+#ifdef MNV3_PAIR_TILES
+  // The call's last panel, where its channels are pair vectors (at most VL / 2 of them, or
+  // VL < n <= 3 VL / 2): their weights interleaved once for every tile.
+  const int64_t pair_p = (hi_col - 1) / kPanel;
+  const int64_t pair_real = gmin(kPanel, Cout - pair_p * kPanel);
+  const bool pair_panel =
+      hi_col > lo_col && (pair_real <= VL / 2 || (pair_real > VL && pair_real <= VL + VL / 2));
+  const int pair_nv = static_cast<int>((pair_real + VL / 2 - 1) / (VL / 2));
+  const int64_t pstride = pair_nv * VL;
+  float* pw = nullptr;
+  if (pair_panel) {
+    pw = pair_weights_buffer(gmax(1, K / 2) * pstride);
+    pair_interleave(K, a.packed + pair_p * pf, pair_nv, pstride, pw);
+  }
+#endif
   // Rows per chunk: the chunk's x rows stay in L1/L2 while every panel of the call passes. The
   // rows are cut into near-equal chunks (49 rows in 6-row chunks: four of 6 and five of 5, not
   // eight of 6 and one of 1).
@@ -359,11 +452,12 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
       if constexpr (NV == 2) {
         const int64_t tail = hi_col - (p + 1) * kPanel;  // channels of panel p + 1
         if (p + 1 < p1 && p * kPanel >= lo_col && tail > 0 && tail <= VL / 2) {
-          // Panel p, whole, and the at most VL / 2 channels of panel p + 1 as one tile.
+          // Panel p, whole, and the at most VL / 2 channels of panel p + 1 (the pair panel) as
+          // one tile.
           for (int64_t m = c0; m < c1; m += MR) {
             const int rows = static_cast<int>(gmin(MR, c1 - m));
-            nhwc_vec_pair_tile_rows<MR, 2>(rows, K, xc + m * ldc, ldc, panel, panel + pf,
-                                           y + m * ldy + p * kPanel, ldy,
+            nhwc_vec_pair_tile_rows<MR, 2>(rows, K, xc + m * ldc, ldc, panel, panel + pf, pw,
+                                           pstride, y + m * ldy + p * kPanel, ldy,
                                            res != nullptr ? res + m * ldy + p * kPanel : nullptr,
                                            static_cast<int>(kPanel + tail), a.act, nt, bias,
                                            bias != nullptr ? bias : panel + pf);
@@ -378,30 +472,36 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
         const int nc = static_cast<int>(gmin(kSlice, cols - s0));
         const float* pb = panel + s0;
         const int64_t yoff = p * kPanel + s0;
+#ifdef MNV3_PAIR_TILES
+        if (pair_panel && p == pair_p) {
+          // Pair vectors: nc <= VL / 2 channels (the last of 40, 72, 200) or part or all of a
+          // 24-channel panel (a fused block's threads may cut it at 16).
+          const float* pws = pw + s0 / (VL / 2) * VL;
+          const float* bs = bias != nullptr ? bias + s0 : nullptr;
+          for (int64_t m = c0; m < c1; m += kPairRows) {
+            const int rows = static_cast<int>(gmin(kPairRows, c1 - m));
+            const float* xa = xc + m * ldc;
+            float* yo = y + m * ldy + yoff;
+            const float* ro = res != nullptr ? res + m * ldy + yoff : nullptr;
+            if (nc > VL) {
+              nhwc_pairs_tile_rows<kPairRows, 3>(rows, K, xa, ldc, pb, pws, pstride, yo, ldy, ro,
+                                                 nc, a.act, bs);
+            } else if (nc > VL / 2) {
+              nhwc_pairs_tile_rows<kPairRows, 2>(rows, K, xa, ldc, pb, pws, pstride, yo, ldy, ro,
+                                                 nc, a.act, bs);
+            } else {
+              nhwc_pairs_tile_rows<kPairRows, 1>(rows, K, xa, ldc, pb, pws, pstride, yo, ldy, ro,
+                                                 nc, a.act, bs);
+            }
+          }
+          continue;
+        }
+#endif
         for (int64_t m = c0; m < c1; m += MR) {
           const int rows = static_cast<int>(gmin(MR, c1 - m));
           const float* xa = xc + m * ldc;
           float* yo = y + m * ldy + yoff;
           const float* ro = res != nullptr ? res + m * ldy + yoff : nullptr;
-#ifdef MNV3_PAIR_TILES
-          // A slice of at most half a vector (the last of 40, 72, 200 channels): a pair tile.
-          // A vector and a half (24 channels, the last 24 of 120 and 184): one tile of both
-          // (a separate 16-lane tile and pair tile over the same rows were 5% slower than one
-          // two-vector tile: two tiles of 7 accumulators wait on the FMA latency). Measured on
-          // one core, hot: 12544 px 64 -> 24 97-100 -> 111-114 GFLOP/s, 3136 px 72 -> 24
-          // 121 -> 116-134.
-          if (nc <= VL / 2) {
-            nhwc_pair_tile_rows<MR>(rows, K, xa, ldc, pb, yo, ldy, ro, nc, a.act,
-                                    bias != nullptr ? bias + s0 : nullptr);
-            continue;
-          }
-          if (nc > VL && nc <= VL + VL / 2) {
-            nhwc_vec_pair_tile_rows<MR, 1>(rows, K, xa, ldc, pb, pb + VL, yo, ldy, ro, nc,
-                                           a.act, nt, bias != nullptr ? bias + s0 : nullptr,
-                                           bias != nullptr ? bias + s0 + VL : pb + VL);
-            continue;
-          }
-#endif
           if (nc > (NV - 1) * VL) {
             nhwc_x_rows<NV>(rows, K, xa, ldc, pb, yo, ldy, ro, nc, a.act, nt,
                             bias != nullptr ? bias + s0 : nullptr);

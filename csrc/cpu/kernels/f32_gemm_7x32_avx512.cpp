@@ -5,6 +5,7 @@
 // instead (24 accumulators; the rows cut into near-equal tiles). Reached through
 // pointwise_kernels() after isa.cpp checked the CPU.
 #include <cstdint>
+#include <memory>
 
 #include "../kernels.h"
 #include "../pointwise.h"
