@@ -8,9 +8,10 @@
 // expands the input rows its depthwise taps need into a per-thread row buffer (rows already
 // there from the previous group are kept: the buffer slides down the image), runs the depthwise
 // rows from it, and projects them at once (+ the residual, read from x), so the expanded tensor
-// never exists in full: it lives in a few rows of L2. Where the depthwise shape has compile-time
-// kernels (which skip padding columns) the buffer rows hold the image columns only and a group's
-// new rows are one GEMM call; otherwise each row is stored between zero padding columns.
+// never exists in full: it lives in a few rows of L2, its pixels padded to whole cache lines
+// (buffer_pixel_stride). Where the depthwise shape has compile-time kernels (which skip padding
+// columns) the buffer rows hold the image columns only and a group's new rows are one GEMM call;
+// otherwise each row is stored between zero padding columns.
 //
 // With squeeze-excite the projection needs the gate, i.e. the mean of the whole depthwise
 // output. When whole samples are the items (batch >= threads), a thread writes a sample's
