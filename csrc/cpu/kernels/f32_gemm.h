@@ -429,9 +429,11 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
           continue;
         }
       }
+      // Panel p, whole, and the call's channels of panel p + 1 (its last) as one tile.
+      const int64_t tail = hi_col - (p + 1) * kPanel;  // channels of panel p + 1
+      [[maybe_unused]] const bool whole_and_part = p + 1 < p1 && p * kPanel >= lo_col && tail > 0;
       if constexpr (WR > 0) {
-        const int64_t tail = hi_col - (p + 1) * kPanel;  // channels of panel p + 1
-        if (p + 1 < p1 && p * kPanel >= lo_col && tail > VL / 2 && tail <= VL) {
+        if (whole_and_part && tail > VL / 2 && tail <= VL) {
           // Panel p, whole, and the at most VL channels of panel p + 1 (240 = 3 x 64 + 48,
           // 112 = 64 + 48, 48) as one tile of 8 rows x 3 vectors (24 accumulators, as the
           // two-panel tile), where a 7 x 32 tile and a 7 x 16 tile each read x's rows, the
@@ -450,8 +452,7 @@ void pw_nhwc(const PwArgs& a, int64_t n, int64_t r0, int64_t r1, int64_t p0, int
       }
 #ifdef MNV3_PAIR_TILES
       if constexpr (NV == 2) {
-        const int64_t tail = hi_col - (p + 1) * kPanel;  // channels of panel p + 1
-        if (p + 1 < p1 && p * kPanel >= lo_col && tail > 0 && tail <= VL / 2) {
+        if (whole_and_part && tail <= VL / 2) {
           // Panel p, whole, and the at most VL / 2 channels of panel p + 1 (the pair panel) as
           // one tile.
           for (int64_t m = c0; m < c1; m += MR) {
