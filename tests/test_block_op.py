@@ -40,6 +40,9 @@ BLOCKS = [
     # stored (dilation 3 has no compile-time kernels)
     (2, 24, 88, 24, 28, 28, 3, 1, 1, True, "relu", "relu"),
     (1, 12, 24, 12, 11, 9, 3, 1, 3, False, "hardswish", "relu"),
+    # squeeze-excite weights larger than a sample's depthwise output: whole samples in chunks
+    # whose gates are computed together (2 threads: 2 + 2 + 1 samples)
+    (5, 16, 120, 16, 5, 5, 3, 1, 1, True, "hardswish", "hardswish"),
 ]
 
 
@@ -90,7 +93,8 @@ def test_block_matches_reference(spec, isa):
 
 @pytest.mark.parametrize("layout", ["nchw", "sliced"])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("spec", [BLOCKS[3], BLOCKS[9], BLOCKS[-1]], ids=["28-se", "odd-se", "parts"])
+@pytest.mark.parametrize("spec", [BLOCKS[3], BLOCKS[9], BLOCKS[16], BLOCKS[19]],
+                         ids=["28-se", "odd-se", "parts", "se-chunks"])
 def test_block_layouts_and_threads(spec, layout, threads):
     _check(spec, layout, threads)
 
@@ -163,11 +167,12 @@ def test_block_bands_match_at_every_thread_count():
 
 @pytest.mark.parametrize("spec", [
     (8, 24, 72, 24, 14, 14, 3, 1, 1, True, "relu", "hardswish"),   # whole samples, SE per sample
+    (7, 16, 120, 24, 5, 5, 3, 1, 1, True, "hardswish", "relu"),    # chunks of samples (3, 3, 1)
     (7, 24, 72, 24, 14, 14, 5, 1, 1, True, "relu", "hardswish"),   # channel parts (2 per sample)
     (1, 40, 96, 40, 7, 7, 5, 1, 1, True, "relu", "hardswish"),     # one sample's parts, partial sums
     (3, 24, 72, 40, 28, 28, 3, 2, 1, True, "relu", "relu"),        # bands, SE in two phases
     (5, 16, None, 16, 20, 20, 3, 1, 1, False, "none", "relu"),     # bands read in place, no SE
-], ids=["per-sample", "channel-parts", "one-sample-parts", "two-phase", "in-place"])
+], ids=["per-sample", "sample-chunks", "channel-parts", "one-sample-parts", "two-phase", "in-place"])
 def test_block_items_taken_in_any_order_give_the_same_bits(spec):
     # The threads claim items (samples, bands, channel parts) as they get free: which thread
     # runs which item changes from call to call, the output must not.

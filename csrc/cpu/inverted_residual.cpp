@@ -17,11 +17,12 @@
 // output. When whole samples are the items (batch >= threads), a thread writes a sample's
 // depthwise output into its own buffer (it stays in L2), sums each group's channels while they
 // are in cache, runs the gate MLP and projects the sample with the gate folded in as the GEMM's
-// input scale. Otherwise (a sample split over threads) phase 1 writes the depthwise output and
-// the sums, the threads meet at a barrier, and phase 2 runs the gate and the projection. A
-// single sample whose expanded channels the threads split (7x7 and 14x14 layers at batch 1)
-// is projected by the same split: each thread multiplies the channels it holds, and the
-// partial sums are added.
+// input scale; where the gate's weights outweigh a sample's depthwise output (7x7 layers), an
+// item is a few samples whose gates are computed together (kSeChunkBytes). Otherwise (a sample
+// split over threads) phase 1 writes the depthwise output and the sums, the threads meet at a
+// barrier, and phase 2 runs the gate and the projection. A single sample whose expanded
+// channels the threads split (7x7 and 14x14 layers at batch 1) is projected by the same split:
+// each thread multiplies the channels it holds, and the partial sums are added.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -62,6 +63,12 @@ constexpr int64_t kGroupPixels = 400;
 // Row buffer budget in floats (256 KB): rows beyond the minimum a group needs let the buffer
 // slide several groups before it must move its kept rows to the front.
 constexpr int64_t kBufferFloats = 64 * 1024;
+// Depthwise output of the samples whose squeeze-excite gates a thread computes together (each
+// SE weight read once for them), where those weights outweigh a sample's depthwise output.
+// Batch 8 on 2 threads, alternating, 1 sample per item against this: Large's 7x7 blocks
+// 1232 -> 1026 us (4 samples), its 14x14 stride-2 block 1368 -> 1325 (4); 14x14 with 672
+// channels stays at 1 sample (527 KB each; 3 samples in 2 MB were 23% slower).
+constexpr int64_t kSeChunkBytes = 1 << 20;
 // Below this many multiply-adds a block runs on the calling thread (fork/join costs a few us).
 constexpr int64_t kSerialMacs = int64_t(1) << 18;
 // Threads that split a block's expanded channels take multiples of this many (a multiple of
@@ -152,8 +159,10 @@ struct Block {
   float* dw_out;           // (N, OH, OW, Ce) or null: each group is projected at once
   // Squeeze-excite with whole samples as items (batch >= threads): a thread keeps a sample's
   // depthwise output in its own buffer (L2), computes that sample's gate and projects it; no
-  // phase 2, no barrier.
+  // phase 2, no barrier. An item is se_chunk consecutive samples, whose gates are computed
+  // together (each squeeze-excite weight read once for them).
   bool se_per_sample;
+  int64_t se_chunk;
   const float *w1, *b1, *w2, *b2;
   int64_t R;
   bool in_place;           // no expand conv, and depthwise kernels that read x's rows in place
@@ -168,20 +177,40 @@ struct Block {
   int64_t min_rows, cap;   // rows a group needs; rows the buffer holds
 };
 
+// A thread's band buffer: the row buffer, then the depthwise output of a group of rows (of
+// se_chunk whole samples where se_per_sample; none in two-phase blocks), then the gate's
+// scratch (sums, gates and hidden units of a chunk).
+struct BandBuffer {
+  float *ring, *group, *tmp;
+};
+BandBuffer band_buffer(const Block& b) {
+  const int64_t sample_floats = b.OH * b.OW * b.Ce;
+  const int64_t group_floats = b.se_per_sample ? b.se_chunk * sample_floats
+                               : b.dw_out == nullptr ? b.G * b.OW * b.Ce
+                                                     : 0;
+  const int64_t tmp_floats = (b.se_per_sample ? b.se_chunk : 1) * (2 * b.Ce + b.R) + 48;
+  BandBuffer buf;
+  buf.ring = thread_buffer(kBandSlot, b.cap * b.rowp + group_floats + tmp_floats);
+  buf.group = buf.ring + b.cap * b.rowp;
+  buf.tmp = buf.group + group_floats;
+  return buf;
+}
+
 // Output rows [oa, ob) of sample n, expanded channels [c0, c1) (one work item). c0 is a
-// multiple of kChannelStep; c1 too, or Ce.
+// multiple of kChannelStep; c1 too, or Ce. Where se_per_sample, the whole sample's depthwise
+// output goes to slot `slot` of the band buffer's group and its channel sums to sums (the
+// gate and the projection follow in project_samples).
 void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int64_t c1,
-              float* sums) {
+              float* sums, int64_t slot = 0) {
   const KernelTable& kt = kernels();
   const PointwiseKernels& pk = pointwise_kernels();
   const DwConvParams& p = b.p;
   const int64_t Ce = b.Ce, OW = b.OW;
   const bool per_sample = b.se_per_sample;  // then [oa, ob) is the whole sample
-  const int64_t group_floats =
-      per_sample ? b.OH * OW * Ce : (b.dw_out == nullptr ? b.G * OW * Ce : 0);
-  float* ring = thread_buffer(kBandSlot, b.cap * b.rowp + group_floats + 2 * Ce + b.R + 48);
-  float* group = ring + b.cap * b.rowp;
-  float* tmp = group + group_floats;
+  const BandBuffer buf = band_buffer(b);
+  float* ring = buf.ring;
+  float* group = buf.group + slot * b.OH * OW * Ce;
+  float* tmp = buf.tmp;
   // The padding columns of every padded buffer row are zeros; the expansion writes only
   // [PW, PW + Wv).
   const int64_t left = std::min(p.PW, b.Wp), right0 = std::min(b.Wp, p.PW + b.Wv);
@@ -303,25 +332,45 @@ void run_band(const Block& b, int64_t n, int64_t oa, int64_t ob, int64_t c0, int
     o.residual = b.residual ? b.x + ((n * b.H + oy0) * b.W) * b.Cin : nullptr;
     pk.nhwc(o, 0, 0, g * OW, 0, Po, nullptr);
   }
-  if (!per_sample) return;
-  // The sample's gate (fc1 + relu -> fc2 + hardsigmoid on its channel means), then its
-  // projection with the gate folded in, while its depthwise output is in this core's cache.
-  float* gate = tmp + Ce;
-  float* hidden = gate + Ce;
-  kt.se_fc1(sums, 1.0f / static_cast<float>(b.OH * OW), b.w1, b.b1, hidden, 1, Ce, b.R, 0, b.R);
-  kt.se_fc2(hidden, b.w2, b.b2, gate, 1, Ce, b.R, 0, Ce);
-  o.HW = b.OH * OW;
-  o.x = group;
-  o.y = b.out + n * b.OH * OW * b.Cout;
-  o.residual = b.residual ? b.x + n * b.H * b.W * b.Cin : nullptr;
-  if (gate_in_weights(b.Cout, o.HW)) {
-    float* scaled = gemm_thread_scratch(Po * pointwise_panel_floats(Ce));
-    pk.scale_panels(b.project, gate, Ce, Po, scaled);
-    o.packed = scaled;
-    pk.nhwc(o, 0, 0, o.HW, 0, Po, nullptr);
-  } else {
-    o.scale = gate;
-    pk.nhwc(o, 0, 0, o.HW, 0, Po, gemm_thread_scratch(pointwise_scratch_floats(Ce)));
+}
+
+// Samples [n0, n0 + count) of a se_per_sample block, after run_band put them in slots
+// [0, count) of this thread's band buffer and their channel sums (count x Ce) in sums: their
+// gates (fc1 + relu -> fc2 + hardsigmoid on the channel means, every weight row read once for
+// the chunk), then each sample's projection with its gate folded in, while its depthwise output
+// is in this core's cache.
+void project_samples(const Block& b, int64_t n0, int64_t count, const float* sums) {
+  const KernelTable& kt = kernels();
+  const PointwiseKernels& pk = pointwise_kernels();
+  const int64_t Ce = b.Ce, HW = b.OH * b.OW;
+  const int64_t Po = pointwise_panels(b.Cout);
+  const BandBuffer buf = band_buffer(b);
+  float* gate = buf.tmp;
+  float* hidden = gate + count * Ce;
+  kt.se_fc1(sums, 1.0f / static_cast<float>(HW), b.w1, b.b1, hidden, count, Ce, b.R, 0, b.R);
+  kt.se_fc2(hidden, b.w2, b.b2, gate, count, Ce, b.R, 0, Ce);
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t n = n0 + i;
+    PwArgs o{};
+    o.N = 1;
+    o.HW = HW;
+    o.K = Ce;
+    o.Cout = b.Cout;
+    o.act = 0;
+    o.packed = b.project;
+    o.stream = b.stream;
+    o.x = buf.group + i * HW * Ce;
+    o.y = b.out + n * HW * b.Cout;
+    o.residual = b.residual ? b.x + n * b.H * b.W * b.Cin : nullptr;
+    if (gate_in_weights(b.Cout, HW)) {
+      float* scaled = gemm_thread_scratch(Po * pointwise_panel_floats(Ce));
+      pk.scale_panels(b.project, gate + i * Ce, Ce, Po, scaled);
+      o.packed = scaled;
+      pk.nhwc(o, 0, 0, HW, 0, Po, nullptr);
+    } else {
+      o.scale = gate + i * Ce;
+      pk.nhwc(o, 0, 0, HW, 0, Po, gemm_thread_scratch(pointwise_scratch_floats(Ce)));
+    }
   }
 }
 
@@ -532,6 +581,14 @@ at::Tensor inverted_residual_prepacked_cpu(
 
   float *sums = nullptr, *pooled = nullptr, *hidden = nullptr, *gate = nullptr;
   b.se_per_sample = has_se && bands == 1 && !by_channels;
+  b.se_chunk = 1;
+  if (b.se_per_sample) {
+    const int64_t sample_bytes = p.OH * p.OW * Ce * static_cast<int64_t>(sizeof(float));
+    const int64_t se_bytes = 2 * Ce * R * static_cast<int64_t>(sizeof(float));
+    if (se_bytes > sample_bytes) {
+      b.se_chunk = std::max<int64_t>(1, std::min(N / threads, kSeChunkBytes / sample_bytes));
+    }
+  }
   // One sample with its channels split: each thread projects the channels it holds (a partial
   // sum over part of K, the gate of its own channels folded in) and the partial sums are added
   // up, rather than every thread reading the other's depthwise output from its core's cache
@@ -593,6 +650,17 @@ at::Tensor inverted_residual_prepacked_cpu(
     c1 = std::min(Ce, steps * (part + 1) / threads * kChannelStep);
   };
   auto phases = [&](int tid, int nt, const auto& barrier) {
+    if (b.se_per_sample) {  // items of se_chunk samples, each sample's sums at sums + n * Ce
+      const int64_t chunks = cdiv(N, b.se_chunk);
+      for (int64_t i = tid; i < chunks; i = nt + claimed.fetch_add(1)) {
+        const int64_t n0 = i * b.se_chunk, count = std::min(b.se_chunk, N - n0);
+        for (int64_t j = 0; j < count; ++j) {
+          run_band(b, n0 + j, 0, p.OH, 0, Ce, sums + (n0 + j) * Ce, j);
+        }
+        project_samples(b, n0, count, sums + n0 * Ce);
+      }
+      return;
+    }
     for (int64_t i = tid; i < items; i = nt + claimed.fetch_add(1)) {
       float* item_sums = has_se ? sums + i * Ce : nullptr;
       if (by_channels) {
