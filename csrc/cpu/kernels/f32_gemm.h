@@ -121,6 +121,37 @@ __attribute__((always_inline)) inline void store_part(vf o, float* y, const floa
   vstore_n(y, o, n);
 }
 
+// Stores an R x V register tile (rows ld floats apart, ncols real lanes per row) through the
+// activation, residual (same layout) added: fixed_epilogue's loop where the rows are whole,
+// else store_out's tests per vector.
+template <int R, int V>
+__attribute__((always_inline)) inline void store_tile(const vf (&acc)[R][V], float* y,
+                                                      int64_t ld, const float* res, int ncols,
+                                                      int act, bool nt) {
+  if (ncols >= V * VL &&
+      fixed_epilogue(act, res != nullptr, nt, [&](auto e) __attribute__((always_inline)) {
+        using E = decltype(e);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+          for (int v = 0; v < V; ++v) {
+            store_full<E>(acc[r][v], y + r * ld + v * VL, E::res ? res + r * ld + v * VL : nullptr,
+                          act);
+          }
+        }
+      })) {
+    return;
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      store_out(act_v(acc[r][v], act), y + r * ld + v * VL,
+                res != nullptr ? res + r * ld + v * VL : nullptr, ncols - v * VL, nt);
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // NHWC: R pixels x V vectors of output channels. a: x at the tile's first pixel (rows of lda
 // floats); pb: the panel slice (bias row first, then kPanel floats per k); y/res: the tile's first
@@ -159,28 +190,7 @@ inline void nhwc_tile(int64_t K, const float* a, int64_t lda, const float* pb, f
       for (int v = 0; v < V; ++v) acc[r][v] = vfma(xr, w[v], acc[r][v]);
     }
   }
-  if (ncols >= V * VL &&
-      fixed_epilogue(act, res != nullptr, nt, [&](auto e) __attribute__((always_inline)) {
-        using E = decltype(e);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-          for (int v = 0; v < V; ++v) {
-            store_full<E>(acc[r][v], y + r * ldy + v * VL,
-                          E::res ? res + r * ldy + v * VL : nullptr, act);
-          }
-        }
-      })) {
-    return;
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) {
-      store_out(act_v(acc[r][v], act), y + r * ldy + v * VL,
-                res != nullptr ? res + r * ldy + v * VL : nullptr, ncols - v * VL, nt);
-    }
-  }
+  store_tile<R, V>(acc, y, ldy, res, ncols, act, nt);
 }
 
 template <int R, int V, bool KMAJOR = false, int KC = 0>
@@ -657,28 +667,7 @@ inline void nchw_tile(int64_t K, const float* pa, const float* bias, const float
       for (int v = 0; v < V; ++v) acc[r][v] = vfma(w, xv[v], acc[r][v]);
     }
   }
-  if (!TAIL &&
-      fixed_epilogue(act, res != nullptr, false, [&](auto e) __attribute__((always_inline)) {
-        using E = decltype(e);
-#pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-          for (int v = 0; v < V; ++v) {
-            store_full<E>(acc[r][v], y + r * hw + v * VL,
-                          E::res ? res + r * hw + v * VL : nullptr, act);
-          }
-        }
-      })) {
-    return;
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) {
-      store_out(act_v(acc[r][v], act), y + r * hw + v * VL,
-                res != nullptr ? res + r * hw + v * VL : nullptr, TAIL ? nq - v * VL : VL);
-    }
-  }
+  store_tile<R, V>(acc, y, hw, res, TAIL ? nq : V * VL, act, false);
 }
 
 template <int R, int V, bool TAIL>
@@ -834,25 +823,7 @@ inline void dense_direct_block(const DenseConvArgs& a, const float* xn, int64_t 
       }
     }
   }
-  if (a.Cout >= CV * VL &&
-      fixed_epilogue(a.act, false, nt, [&](auto e) __attribute__((always_inline)) {
-        using E = decltype(e);
-#pragma GCC unroll 4
-        for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 2
-          for (int v = 0; v < CV; ++v) store_full<E>(acc[r][v], y + r * a.Cout + v * VL, nullptr, 0);
-        }
-      })) {
-    return;
-  }
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 2
-    for (int v = 0; v < CV; ++v) {
-      store_out(act_v(acc[r][v], a.act), y + r * a.Cout + v * VL, nullptr,
-                static_cast<int>(a.Cout - v * VL), nt);
-    }
-  }
+  store_tile<R, CV>(acc, y, a.Cout, nullptr, static_cast<int>(a.Cout), a.act, nt);
 }
 
 // The interior of a row, one vector of output channels (AVX-512: 32 registers): blocks of RW
