@@ -43,6 +43,9 @@ BLOCKS = [
     # squeeze-excite weights larger than a sample's depthwise output: whole samples in chunks
     # whose gates are computed together (2 threads: 2 + 2 + 1 samples)
     (5, 16, 120, 16, 5, 5, 3, 1, 1, True, "hardswish", "hardswish"),
+    # squeeze-excite where the depthwise kernels sum their outputs (above) and, dilation 3 (no
+    # compile-time kernels), where a pass over each group's output does
+    (2, 12, 40, 12, 11, 9, 3, 1, 3, True, "hardswish", "relu"),
 ]
 
 

@@ -49,6 +49,9 @@ struct DwBandArgs {
   int64_t col0, cols;
   float* y;            // output row 0, pixel 0, channel 0
   int64_t ldy;         // floats per output row
+  // Or null: each output (after the activation) also added to sums[c] for its channel c. Only
+  // where dw_band_in_place says the shape has compile-time kernels (the others ignore it).
+  float* sums;
 };
 // Floats of dw_band_pack's output, for an ISA of `lanes` floats per vector.
 inline int64_t dw_band_packed_floats(int64_t C, int64_t taps, int lanes) {

@@ -36,6 +36,7 @@ void dwconv_band_rows(const DwBandArgs& a) {
     f.ystep = a.ldy;
     f.vlo = a.valid_lo;
     f.vhi = a.valid_hi;
+    f.sums = a.sums != nullptr ? a.sums + a.t0 * VL : nullptr;
     return nhwc_row<KW_, SW_, DH_, DW_>(p, f, wtile, a.wpk + a.t0 * wtile, a.t0, a.t1,
                                         a.y + a.t0 * VL, p.OW, true, a.act);
   }

@@ -54,6 +54,10 @@ struct NhwcFrame {
   // kh1 are then unused). A tile runs all the rows before the next tile, so its input rows stay
   // in L1 for each output row that reads them.
   int64_t nrows = 1, ystep = 0, vlo = 0, vhi = 0;
+  // Compile-time-shape kernels only, or null: every output (after the activation) is also added
+  // to its channel's sum, the first tile's channel 0 at sums (a squeeze-excite block's pool,
+  // while the outputs are in registers, instead of a pass over them afterwards).
+  float* sums = nullptr;
 };
 constexpr int64_t kNoEdge = int64_t(1) << 60;
 
@@ -171,6 +175,7 @@ inline void nhwc_fixed_block(const NhwcFrame& f, const float* bx, int64_t jlo, i
   constexpr int NJ = (PX - 1) * SW + (KW - 1) * DW + 1;  // input pixels of the block's row
   const int64_t pxs = f.pxs;
   for (int64_t tl = 0; tl < ntiles; ++tl, bx += VL, wt += wtile, yo += VL) {
+    float* sm = f.sums != nullptr ? f.sums + tl * VL : nullptr;
     for (int64_t row = 0; row < f.nrows; ++row) {
       const int64_t r0 = f.r0 + row * SW;  // the compile-time shapes have SH == SW
       int64_t kh0 = f.kh0, kh1 = f.kh1;
@@ -205,12 +210,18 @@ inline void nhwc_fixed_block(const NhwcFrame& f, const float* bx, int64_t jlo, i
       }
 #pragma GCC unroll 32
       for (int px = 0; px < PX; ++px) {
-        const vf v = act_v(acc[px], act);
+        acc[px] = act_v(acc[px], act);
         if (nl < VL) {
-          vstore_n(yr + px * f.ypx, v, nl);
+          vstore_n(yr + px * f.ypx, acc[px], nl);
         } else {
-          vstore(yr + px * f.ypx, v);
+          vstore(yr + px * f.ypx, acc[px]);
         }
+      }
+      if (sm != nullptr) {  // lanes past nl hold the products of zero weights: not stored
+        vf total = acc[0];
+#pragma GCC unroll 32
+        for (int px = 1; px < PX; ++px) total = vadd(total, acc[px]);
+        vstore_n(sm, vadd(vload_n(sm, nl), total), nl);
       }
     }
   }
@@ -323,11 +334,13 @@ __attribute__((always_inline)) inline void nhwc_fixed_row(const DwConvParams& p,
       const float* bl = bx + nfull * VL;
       const float* wl = wpk + nfull * wtile;
       float* yl = yb + nfull * VL;
+      NhwcFrame fl = f;
+      if (fl.sums != nullptr) fl.sums += nfull * VL;
       if (masked_tail) {
-        nhwc_fixed_edges<KW, SW, DH, DW, PX, true>(f, bl, jlo, jhi, need, wl, wtile, yl, 1, r,
+        nhwc_fixed_edges<KW, SW, DH, DW, PX, true>(fl, bl, jlo, jhi, need, wl, wtile, yl, 1, r,
                                                    last_nl, act);
       } else {
-        nhwc_fixed_edges<KW, SW, DH, DW, PX, false>(f, bl, jlo, jhi, need, wl, wtile, yl, 1, r,
+        nhwc_fixed_edges<KW, SW, DH, DW, PX, false>(fl, bl, jlo, jhi, need, wl, wtile, yl, 1, r,
                                                     last_nl, act);
       }
     }
