@@ -345,6 +345,7 @@ class _Converter:
                 continue
             module.__class__ = FusedMobileNetV3
             module.backend = "auto"  # the parts keep their own backends; this one is not used
+            M.register_chain_owner(module)
             self.add(path, "model", "fused", shape)
 
     def global_pools(self) -> None:

@@ -8,9 +8,10 @@ forward runs features -> pool -> classifier as one ``LayerChain`` in eval mode w
 autograd. Around the three parts the original forward spends, per call, three module calls,
 their chain checks and the output-layout hook in Python, each after the features have pushed
 the interpreter out of the caches (measured in one process, MobileNetV3-Large at batch 1 on 2
-threads: 4.07 ms per call as one chain, 4.29 ms through torchvision's forward). Otherwise
-(training, autograd, tracing, other devices or dtypes, a part that cannot be chained) it is
-torchvision's forward.
+threads: 4.07 ms per call as one chain, 4.29 ms through torchvision's forward). Under
+torch.compile (eval, no autograd) the compiled graph calls that chain as one operator
+(``modules.compiled_chain_call``). Otherwise (training, autograd, export, other devices or dtypes,
+a part that cannot be chained) it is torchvision's forward.
 
 This module imports torchvision: ``convert`` loads it only for a model that is one.
 """
@@ -76,14 +77,39 @@ class FusedMobileNetV3(M.FusedModule, MobileNetV3):
 
         return _layout_hook(self, (x,), MobileNetV3.forward(self, x))
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        M.register_chain_owner(self)
+
+    def _chain(self, x: torch.Tensor):
+        """The LayerChain serving x, or why none can."""
+        return M.cached_chain(self, x, (4,), self._chain_parts, flat_out=True, owner_keys=("_forward_impl",))
+
+    @staticmethod
+    def _run_chain(chain, x: torch.Tensor) -> torch.Tensor:
+        y = chain(x)
+        return y.view(y.shape[0], y.shape[1])
+
+    def _chain_size_steps(self):
+        """How the chain changes its input's size (see modules.compiled_chain_call), or None."""
+        if whole_model_unsupported_reason(self) is not None:
+            return None
+        parts = [M.chain_size_steps(self._modules[k]) for k in ("features", "avgpool", "classifier")]
+        if any(p is None for p in parts):
+            return None
+        return parts[0] + parts[1] + (("flatten",),) + parts[2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = M.served_by_chain(self, x)  # the chain watches _forward_impl's absence too
         if y is not None:
             return y
-        chain = M.cached_chain(self, x, (4,), self._chain_parts, flat_out=True, owner_keys=("_forward_impl",))
+        if torch.compiler.is_compiling():
+            y = M.compiled_chain_call(self, x, (4,))
+            if y is not None:
+                return y
+        chain = self._chain(x)
         if isinstance(chain, str):
             self._count("layer by layer", chain)
             return self._layer_by_layer(x)
         self._count("fused", "cpu")
-        y = chain(x)
-        return y.view(y.shape[0], y.shape[1])
+        return self._run_chain(chain, x)

@@ -530,3 +530,139 @@ def test_run_checked_serves_only_what_the_module_would(one_thread):
     gc.collect()
     with torch.inference_mode():
         assert chain.run_checked(x) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Under torch.compile: a chain's owner is one mnv3::chain_owner_call
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_dynamo():
+    """Each test compiles new model objects whose forward is the same code: Dynamo keeps at most
+    8 graphs per code object, so the compiled graphs go when the test ends."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def _captured(model):
+    """model under torch.compile(fullgraph=True) with a backend that keeps the graphs and runs
+    them as captured (Inductor's code generation is exercised by the tests below it)."""
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    return torch.compile(model, fullgraph=True, backend=capture), graphs
+
+
+def _targets(graphs):
+    return [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+
+
+@pytest.mark.parametrize("grad_mode", [torch.no_grad, torch.inference_mode])
+def test_compiled_model_is_one_chain_call(one_thread, fresh_dynamo, grad_mode):
+    conv, _, want = _pair("small")
+    compiled, graphs = _captured(conv)
+    x = torch.randn(2, 3, 67, 45)
+    with grad_mode():
+        compiled(x)  # builds the chain
+        mnv3_kernels.path_stats(reset=True)
+        y = compiled(x)
+        stats = mnv3_kernels.path_stats(reset=True)
+    assert rel_err(y, want(x.double())) <= 1e-4
+    assert y.shape == (2, 1000) and y.is_contiguous()
+    assert [t for t in _targets(graphs) if "mnv3" in t] == ["mnv3.chain_owner_call.default"], _targets(graphs)
+    assert _chain_ran(stats), stats
+
+
+def test_compiled_features_return_channels_last(one_thread, fresh_dynamo):
+    conv, _, want = _pair("large")
+    compiled, graphs = _captured(conv.features)
+    x = torch.randn(1, 3, 50, 61)
+    with torch.no_grad():
+        y = compiled(x)
+        ref = want.features(x.double())
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, ref) <= 1e-4
+    assert [t for t in _targets(graphs) if "mnv3" in t] == ["mnv3.chain_owner_call.default"]
+
+
+def test_compiled_model_sees_in_place_changes_and_copies(one_thread, fresh_dynamo):
+    conv, _, want = _pair("small")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        compiled = torch.compile(conv, fullgraph=True)  # Inductor: the graph is one op
+        assert rel_err(compiled(x), want(x.double())) <= 1e-4
+        for m in (conv, want):
+            m.classifier[3].bias.add_(1.0)
+            m.features[4].block[1][1].running_var.mul_(3.0)
+        assert rel_err(compiled(x), want(x.double())) <= 1e-4
+        other = copy.deepcopy(conv)  # a copy is an owner of its own
+        other.classifier[3].bias.sub_(2.0)
+        assert rel_err(torch.compile(other, fullgraph=True)(x), want(x.double()) - 2.0) <= 1e-4
+        assert rel_err(compiled(x), want(x.double())) <= 1e-4
+
+
+def test_compiled_functional_call_runs_the_given_tensors(one_thread, fresh_dynamo):
+    conv, _, want = _pair("small")
+    x = torch.randn(2, 3, 64, 64)
+    given = {k: (v * 1.5 if k.endswith("weight") else v) for k, v in conv.state_dict(keep_vars=True).items()}
+    given_64 = {k: (v.double() if v.is_floating_point() else v) for k, v in given.items()}
+    with torch.no_grad():
+        compiled, graphs = _captured(lambda p, x: torch.func.functional_call(conv, p, (x,)))
+        y = compiled(given, x)
+        assert rel_err(y, torch.func.functional_call(want, given_64, (x.double(),))) <= 1e-4
+        assert rel_err(y, conv(x)) > 1e-2  # the given tensors, not the module's own
+    assert "mnv3.chain_owner_call.default" in _targets(graphs)
+
+
+def test_compiled_model_runs_eager_forward_for_changes_made_after_compiling(one_thread, fresh_dynamo):
+    conv, _, want = _pair("small")
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        compiled, graphs = _captured(conv)
+        compiled(x)
+        conv.features[2].train()  # a layer's flag: the compiled graph does not depend on it
+        ref = copy.deepcopy(conv)
+        mnv3_kernels.path_stats(reset=True)
+        y = compiled(x)
+        stats = mnv3_kernels.path_stats(reset=True)
+        assert torch.equal(y, ref(x))  # batch statistics, running stats updated as in eager mode
+        assert torch.equal(conv.features[2].block[1][1].running_mean, ref.features[2].block[1][1].running_mean)
+    assert any(path == "layer by layer" for (_, path, _) in stats), stats
+
+
+def test_compile_traces_the_layers_for_autograd_training_and_export(one_thread, fresh_dynamo):
+    conv, _, want = _pair("small")
+    x = torch.randn(1, 3, 64, 64)
+    compiled, graphs = _captured(conv)
+    y = compiled(x)  # autograd records the call: the layers, traced
+    assert rel_err(y.detach(), want(x.double())) <= 1e-4
+    assert "mnv3.chain_owner_call.default" not in _targets(graphs)
+    assert any("mnv3" in t for t in _targets(graphs))
+    with torch.no_grad():
+        program = torch.export.export(conv, (x,))  # a program that stands on its own
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert not any("chain_owner_call" in t for t in targets) and any("mnv3" in t for t in targets)
+    conv.train()
+    graphs.clear()
+    with torch.no_grad():
+        compiled(torch.randn(2, 3, 64, 64))
+    assert "mnv3.chain_owner_call.default" not in _targets(graphs)
+
+
+def test_compiled_model_with_dynamic_shapes(one_thread, fresh_dynamo):
+    conv, _, want = _pair("small")
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(conv, fullgraph=True, dynamic=True, backend=capture)
+    with torch.no_grad():
+        for shape in ((2, 3, 64, 48), (5, 3, 81, 47), (4, 3, 33, 9)):  # no 0, 1 or equal sizes: Dynamo specializes those
+            x = torch.randn(shape)
+            assert rel_err(compiled(x), want(x.double())) <= 1e-4
+    assert len(graphs) == 1 and _targets(graphs).count("mnv3.chain_owner_call.default") == 1

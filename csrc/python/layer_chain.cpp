@@ -30,6 +30,7 @@
 #include <chrono>
 #include <map>
 #include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -158,6 +159,20 @@ class LayerChain {
     if (v.is_inference()) return false;
     const c10::TensorImpl* impl = v.unsafeGetTensorImpl();
     tensors_.push_back({py::reinterpret_borrow<py::object>(t), impl, v._version(), storage_of(impl)});
+    return true;
+  }
+
+  // Whether every tensor the chain's weights derive from is one of `sources` (the same tensor
+  // objects): a torch.compile graph that passes its owner's parameters and buffers runs the
+  // chain only while it computes from those (not under torch.func.functional_call with others).
+  bool reads_only(py::sequence sources) const {
+    std::unordered_set<const c10::TensorImpl*> given;
+    for (auto item : sources) {
+      if (THPVariable_Check(item.ptr())) given.insert(THPVariable_Unpack(item.ptr()).unsafeGetTensorImpl());
+    }
+    for (const auto& w : tensors_) {
+      if (given.count(w.impl) == 0) return false;
+    }
     return true;
   }
 
@@ -438,6 +453,7 @@ void bind_layer_chain(py::module_& m) {
       .def("watch_members", &LayerChain::watch_members)
       .def("watch_tensor", &LayerChain::watch_tensor)
       .def("valid", &LayerChain::valid)
+      .def("reads_only", &LayerChain::reads_only)
       .def("serve", &LayerChain::serve, py::arg("in_dim"), py::arg("flat_out"), py::arg("inference_mode"),
            py::arg("label"))
       .def("watch_owner", &LayerChain::watch_owner)
