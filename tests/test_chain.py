@@ -666,3 +666,18 @@ def test_compiled_model_with_dynamic_shapes(one_thread, fresh_dynamo):
             x = torch.randn(shape)
             assert rel_err(compiled(x), want(x.double())) <= 1e-4
     assert len(graphs) == 1 and _targets(graphs).count("mnv3.chain_owner_call.default") == 1
+
+
+def test_compiled_timm_model_calls_its_stages(one_thread, fresh_dynamo):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = randomize_model_bn_(timm.create_model("mobilenetv3_small_050", pretrained=False)).eval()
+    want = copy.deepcopy(model).double()
+    conv = mnv3_kernels.convert(model)
+    stages = [m for m in conv.blocks.children() if isinstance(m, M.FusedSequential)]
+    compiled, graphs = _captured(conv)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert rel_err(compiled(x), want(x.double())) <= 1e-4
+    # Each block stage is one call; the stem, head and classifier are traced layer by layer.
+    assert stages and _targets(graphs).count("mnv3.chain_owner_call.default") == len(stages)
