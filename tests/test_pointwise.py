@@ -266,6 +266,36 @@ def test_bad_arguments(bad, match):
         ops.pointwise_conv_bn_act(backend="cpu", **kw)
 
 
+def _packed_layout(w, b):
+    """[bias; W^T] with Cout padded to whole panels of 32, cut into (panels, K + 1, 32)."""
+    w = w.reshape(w.shape[0], -1)
+    cout, k = w.shape
+    panels = (cout + 31) // 32
+    bias = torch.zeros(cout, dtype=w.dtype) if b is None else b
+    rows = torch.cat([bias.reshape(1, cout), w.t()], 0)
+    rows = torch.nn.functional.pad(rows, (0, panels * 32 - cout))
+    return rows.reshape(k + 1, panels, 32).permute(1, 0, 2).contiguous()
+
+
+@pytest.mark.parametrize("cout,cin", [(1, 1), (33, 7), (40, 0), (72, 24), (100, 17), (960, 160), (1280, 960)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pack_pointwise_weight_layout(cout, cin, bias, dtype):
+    w = torch.randn(cout, cin, 1, 1, dtype=dtype)
+    b = torch.randn(cout, dtype=dtype) if bias else None
+    assert torch.equal(ops.pack_pointwise_weight(w, b), _packed_layout(w, b))
+    wt = torch.randn(cin, cout, dtype=dtype).t()  # a transposed (non-contiguous) weight
+    assert torch.equal(ops.pack_pointwise_weight(wt, b), _packed_layout(wt, b))
+    if cin:
+        w[cout - 1, cin - 1] = float("nan")  # copied, not computed with
+        assert torch.equal(ops.pack_pointwise_weight(w, b).isnan(), _packed_layout(w, b).isnan())
+
+
+def test_pack_pointwise_weight_refuses_a_bias_elsewhere():
+    with pytest.raises(ValueError, match="bias is on meta but weight is on cpu"):
+        ops.pack_pointwise_weight(torch.randn(8, 4), torch.randn(8, device="meta"))
+
+
 def test_packed_op_checks_its_panels():
     pk = ops.pack_pointwise_weight(torch.randn(40, 8))
     with pytest.raises(ValueError, match="packed weight must be"):

@@ -13,6 +13,7 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 
@@ -168,10 +169,38 @@ at::Tensor pack_pointwise_weight(const at::Tensor& weight_in, const c10::optiona
                       cout, ",), got ", bias->sizes());
     TORCH_CHECK_TYPE(bias->scalar_type() == w.scalar_type(), op, ": bias dtype ",
                      bias->scalar_type(), " does not match weight dtype ", w.scalar_type());
+    TORCH_CHECK_VALUE(bias->device() == w.device(), op, ": bias is on ", bias->device(),
+                      " but weight is on ", w.device());
     b = *bias;
-  } else {
-    b = at::zeros({cout}, w.options());
   }
+  if (w.device().is_cpu() && w.scalar_type() == at::kFloat) {
+    // One pass, in blocks of 16 input channels so each weight row is read a cache line at a
+    // time: the cat / pad / permute below took 2.96 ms for 1280 x 960 (2 threads), which a
+    // torch.compile graph or an unpacked op call pays on every call.
+    const at::Tensor wc = w.contiguous();
+    const at::Tensor bc = b.defined() ? b.contiguous() : at::Tensor();
+    const float* src = wc.const_data_ptr<float>();
+    const float* bsrc = bc.defined() ? bc.const_data_ptr<float>() : nullptr;
+    at::Tensor out = at::empty({P, K + 1, kPanel}, w.options());
+    float* dst = out.mutable_data_ptr<float>();
+    at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        float* d = dst + p * (K + 1) * kPanel;
+        const int64_t c0 = p * kPanel, n = std::min(kPanel, cout - c0);
+        if (n < kPanel) std::fill(d, d + (K + 1) * kPanel, 0.0f);
+        for (int64_t j = 0; j < n; ++j) d[j] = bsrc != nullptr ? bsrc[c0 + j] : 0.0f;
+        for (int64_t k0 = 0; k0 < K; k0 += 16) {
+          const int64_t k1 = std::min(K, k0 + 16);
+          for (int64_t j = 0; j < n; ++j) {
+            const float* s = src + (c0 + j) * K;
+            for (int64_t k = k0; k < k1; ++k) d[(k + 1) * kPanel + j] = s[k];
+          }
+        }
+      }
+    });
+    return out;
+  }
+  if (!b.defined()) b = at::zeros({cout}, w.options());
   // [bias; W^T] is (K + 1, Cout); pad Cout to whole panels and cut it into (P, K + 1, kPanel).
   const at::Tensor rows = at::cat({b.reshape({1, cout}), w.t()}, 0);
   const at::Tensor padded = at::constant_pad_nd(rows, {0, P * kPanel - cout}, 0);
