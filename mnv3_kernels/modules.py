@@ -1599,13 +1599,17 @@ def _chain_owner_call(x: torch.Tensor, sources, owner: int, size) -> torch.Tenso
             module._count("fused", "cpu")
             y = module._run_chain(chain, x)
         else:
-            why = chain if isinstance(chain, str) else "called with other tensors than the module's own"
-            module._count("layer by layer", why)
-            names = [n for n, _ in module.named_parameters()] + [n for n, _ in module.named_buffers()]
-            if len(names) != len(sources):
+            named = list(module.named_parameters()) + list(module.named_buffers())
+            if len(named) != len(sources):
                 raise RuntimeError("mnv3::chain_owner_call: the module's parameters and buffers changed "
                                    "since it was compiled; compile it again")
-            y = torch.func.functional_call(module, dict(zip(names, sources)), (x,))
+            if all(t is s for (_, t), s in zip(named, sources)):
+                # No chain now (a layer set to training mode, another backend, hooks...): the
+                # eager forward, which says why in path_stats().
+                y = type(module).forward(module, x)
+            else:
+                module._count("layer by layer", "called with other tensors than the module's own")
+                y = torch.func.functional_call(module, {n: s for (n, _), s in zip(named, sources)}, (x,))
     if list(y.shape) != list(size):
         raise RuntimeError(f"mnv3::chain_owner_call: the output is {tuple(y.shape)} but {tuple(size)} was "
                            "traced (a layer changed since the model was compiled: compile it again)")

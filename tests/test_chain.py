@@ -633,6 +633,21 @@ def test_compiled_model_runs_eager_forward_for_changes_made_after_compiling(one_
     assert any(path == "layer by layer" for (_, path, _) in stats), stats
 
 
+def test_compiled_model_without_a_chain_runs_the_eager_forward(one_thread, fresh_dynamo):
+    conv, _, want = _pair("small")
+    x = torch.randn(2, 3, 48, 48)
+    conv.features[5].block[1].backend = "reference"  # a layer no chain can hold: the model runs layer by layer
+    with torch.no_grad():
+        compiled, graphs = _captured(conv)
+        mnv3_kernels.path_stats(reset=True)
+        y = compiled(x)
+        stats = mnv3_kernels.path_stats(reset=True)
+        assert torch.equal(y, conv(x))
+    assert rel_err(y, want(x.double())) <= 1e-4
+    assert "mnv3.chain_owner_call.default" in _targets(graphs)
+    assert stats[("FusedMobileNetV3", "layer by layer", "layer 5: a layer's backend is not the CPU kernels")] == 1, stats
+
+
 def test_compile_traces_the_layers_for_autograd_training_and_export(one_thread, fresh_dynamo):
     conv, _, want = _pair("small")
     x = torch.randn(1, 3, 64, 64)
