@@ -546,7 +546,7 @@ def fresh_dynamo():
 
 def _captured(model):
     """model under torch.compile(fullgraph=True) with a backend that keeps the graphs and runs
-    them as captured (Inductor's code generation is exercised by the tests below it)."""
+    them as captured (Inductor's code generation: test_compiled_model_sees_in_place_changes_and_copies)."""
     graphs = []
 
     def capture(gm, example_inputs):
