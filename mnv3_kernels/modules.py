@@ -1549,8 +1549,13 @@ def apply_size_steps(steps: tuple, size: list) -> Optional[list]:
     return size
 
 
+def _owner_named_tensors(owner: nn.Module) -> list:
+    """(name, tensor) of every parameter, then every buffer: the op's `sources`, in order."""
+    return list(owner.named_parameters()) + list(owner.named_buffers())
+
+
 def _owner_tensors(owner: nn.Module) -> list:
-    return [t for _, t in owner.named_parameters()] + [t for _, t in owner.named_buffers()]
+    return [t for _, t in _owner_named_tensors(owner)]
 
 
 @torch.compiler.assume_constant_result
@@ -1599,7 +1604,7 @@ def _chain_owner_call(x: torch.Tensor, sources, owner: int, size) -> torch.Tenso
             module._count("fused", "cpu")
             y = module._run_chain(chain, x)
         else:
-            named = list(module.named_parameters()) + list(module.named_buffers())
+            named = _owner_named_tensors(module)
             if len(named) != len(sources):
                 raise RuntimeError("mnv3::chain_owner_call: the module's parameters and buffers changed "
                                    "since it was compiled; compile it again")
